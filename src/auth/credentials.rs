@@ -1,0 +1,298 @@
+//! Who someone is: username + password checked against the configured sources (htpasswd, the
+//! generated admin, refresh tokens). bcrypt runs on the blocking pool; successes are cached for a
+//! short time under a hash of the credential so a CI burst costs one bcrypt, not one per request.
+
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Htpasswd,
+    Admin,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub account: String,
+    pub groups: Vec<String>,
+    pub source: Source,
+    /// Changes when the credential behind the identity changes (password reset, user removed),
+    /// so long-lived refresh tokens can be re-checked against it.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    BadCredentials,
+    Unavailable(String),
+}
+
+type Users = HashMap<String, String>;
+type Stamp = Option<(SystemTime, u64)>;
+
+struct HtpasswdFile {
+    path: PathBuf,
+    users: HashMap<String, String>,
+    stamp: Option<(SystemTime, u64)>,
+    checked: Instant,
+}
+
+impl HtpasswdFile {
+    fn load(path: &Path) -> Result<(Users, Stamp), String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read auth.htpasswd {}: {e}", path.display()))?;
+        let meta = std::fs::metadata(path).ok();
+        let stamp = meta.and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut users = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((u, h)) = line.split_once(':') else {
+                return Err(format!(
+                    "auth.htpasswd {} line {}: expected user:hash",
+                    path.display(),
+                    i + 1
+                ));
+            };
+            if !(h.starts_with("$2y$") || h.starts_with("$2b$") || h.starts_with("$2a$")) {
+                return Err(format!(
+                    "auth.htpasswd {} line {}: user {u} does not have a bcrypt hash (create it with htpasswd -B)",
+                    path.display(),
+                    i + 1
+                ));
+            }
+            users.insert(u.to_owned(), h.to_owned());
+        }
+        Ok((users, stamp))
+    }
+}
+
+pub struct Credentials {
+    htpasswd: Option<RwLock<HtpasswdFile>>,
+    admin: Option<String>,
+    dummy_hash: String,
+    cache: moka::sync::Cache<[u8; 32], Identity>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("htpasswd", &self.htpasswd.is_some())
+            .field("admin", &self.admin.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+fn fingerprint(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..12])
+}
+
+impl Credentials {
+    /// `admin`: the generated admin's password, when there is one.
+    pub fn new(htpasswd: Option<&Path>, admin: Option<String>) -> Result<Self, String> {
+        let htpasswd = match htpasswd {
+            Some(p) => {
+                let (users, stamp) = HtpasswdFile::load(p)?;
+                Some(RwLock::new(HtpasswdFile {
+                    path: p.to_owned(),
+                    users,
+                    stamp,
+                    checked: Instant::now(),
+                }))
+            }
+            None => None,
+        };
+        let dummy_hash = bcrypt::hash(rand::random::<u64>().to_string(), bcrypt::DEFAULT_COST)
+            .map_err(|e| format!("bcrypt unavailable: {e}"))?;
+        Ok(Self {
+            htpasswd,
+            admin,
+            dummy_hash,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        })
+    }
+
+    /// Re-reads the htpasswd file when it changed (checked at most once a second).
+    fn refresh_htpasswd(&self) {
+        let Some(lock) = &self.htpasswd else { return };
+        let due = lock
+            .read()
+            .map(|f| f.checked.elapsed() >= Duration::from_secs(1))
+            .unwrap_or(true);
+        if !due {
+            return;
+        }
+        let Ok(mut f) = lock.write() else { return };
+        f.checked = Instant::now();
+        let now = std::fs::metadata(&f.path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        if now == f.stamp {
+            return;
+        }
+        match HtpasswdFile::load(&f.path) {
+            Ok((users, stamp)) => {
+                tracing::info!(path = %f.path.display(), users = users.len(), "htpasswd reloaded");
+                f.users = users;
+                f.stamp = stamp;
+                self.cache.invalidate_all();
+            }
+            Err(e) => tracing::warn!(error = %e, "htpasswd changed but cannot be loaded; keeping the previous users"),
+        }
+    }
+
+    fn htpasswd_hash(&self, user: &str) -> Option<String> {
+        self.refresh_htpasswd();
+        self.htpasswd.as_ref()?.read().ok()?.users.get(user).cloned()
+    }
+
+    pub async fn authenticate(&self, user: &str, pass: &str) -> Result<Identity, AuthError> {
+        if user.is_empty() || pass.is_empty() {
+            return Err(AuthError::BadCredentials);
+        }
+        let key: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(user.as_bytes());
+            h.update([0]);
+            h.update(pass.as_bytes());
+            h.finalize().into()
+        };
+        let stored = self.htpasswd_hash(user);
+        if let Some(id) = self.cache.get(&key) {
+            // still the same credential behind it?
+            if self.still_valid(&id) {
+                return Ok(id);
+            }
+            self.cache.invalidate(&key);
+        }
+        if user == "admin" && stored.is_none() {
+            if let Some(a) = &self.admin {
+                let ok: bool = Sha256::digest(pass.as_bytes())
+                    .ct_eq(&Sha256::digest(a.as_bytes()))
+                    .into();
+                if ok {
+                    let id = Identity {
+                        account: "admin".into(),
+                        groups: Vec::new(),
+                        source: Source::Admin,
+                        fingerprint: fingerprint(a),
+                    };
+                    self.cache.insert(key, id.clone());
+                    return Ok(id);
+                }
+                return Err(AuthError::BadCredentials);
+            }
+        }
+        // unknown users cost one bcrypt too, so timing does not reveal who exists
+        let hash = stored.clone().unwrap_or_else(|| self.dummy_hash.clone());
+        let pass = pass.to_owned();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        match (ok, stored) {
+            (true, Some(h)) => {
+                let id = Identity {
+                    account: user.to_owned(),
+                    groups: Vec::new(),
+                    source: Source::Htpasswd,
+                    fingerprint: fingerprint(&h),
+                };
+                self.cache.insert(key, id.clone());
+                Ok(id)
+            }
+            _ => Err(AuthError::BadCredentials),
+        }
+    }
+
+    /// Whether an identity established earlier still stands: the user is still in its source and
+    /// the credential has not changed.
+    pub fn still_valid(&self, id: &Identity) -> bool {
+        match id.source {
+            Source::Htpasswd => self
+                .htpasswd_hash(&id.account)
+                .is_some_and(|h| fingerprint(&h) == id.fingerprint),
+            Source::Admin => self.admin.as_ref().is_some_and(|a| fingerprint(a) == id.fingerprint),
+        }
+    }
+
+    pub fn has_admin(&self) -> bool {
+        self.admin.is_some()
+    }
+}
+
+pub type SharedCredentials = Arc<Credentials>;
+
+/// Splits an `Authorization: Basic` value into user and password, on the first `:` only.
+pub fn parse_basic(value: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let b64 = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_splits_on_first_colon() {
+        use base64::Engine as _;
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("bob:pa:ss:word")
+        );
+        assert_eq!(parse_basic(&v), Some(("bob".into(), "pa:ss:word".into())));
+        assert_eq!(parse_basic("Bearer x"), None);
+        assert_eq!(parse_basic("Basic !!!"), None);
+    }
+
+    #[tokio::test]
+    async fn htpasswd_and_reload() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("htpasswd");
+        let h = bcrypt::hash("s3cret", 4).unwrap();
+        std::fs::write(&p, format!("alice:{h}\n")).unwrap();
+        let c = Credentials::new(Some(&p), None).unwrap();
+        let id = c.authenticate("alice", "s3cret").await.unwrap();
+        assert_eq!(id.account, "alice");
+        assert_eq!(c.authenticate("alice", "wrong").await, Err(AuthError::BadCredentials));
+        assert_eq!(c.authenticate("nobody", "s3cret").await, Err(AuthError::BadCredentials));
+        assert!(c.still_valid(&id));
+        // password changed in the file: the old identity and cached success no longer stand
+        std::thread::sleep(Duration::from_millis(1100));
+        let h2 = bcrypt::hash("new", 4).unwrap();
+        std::fs::write(&p, format!("alice:{h2}\n# comment\n")).unwrap();
+        assert_eq!(c.authenticate("alice", "s3cret").await, Err(AuthError::BadCredentials));
+        assert!(!c.still_valid(&id));
+        assert!(c.authenticate("alice", "new").await.is_ok());
+    }
+
+    #[test]
+    fn refuses_non_bcrypt() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("htpasswd");
+        std::fs::write(&p, "bob:{SHA}abc\n").unwrap();
+        let e = Credentials::new(Some(&p), None).unwrap_err();
+        assert!(e.contains("htpasswd -B"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn admin() {
+        let c = Credentials::new(None, Some("pw".into())).unwrap();
+        assert_eq!(c.authenticate("admin", "pw").await.unwrap().source, Source::Admin);
+        assert!(c.authenticate("admin", "px").await.is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The Docker token endpoint (`/token`): GET with Basic credentials (docker, skopeo, podman) and
+//! POST with an OAuth2 form (`grant_type=password|refresh_token`, containerd/BuildKit and docker's
+//! identity-token logins). Errors are JSON whose `details` docker shows to the user.
+
+use super::credentials::{parse_basic, AuthError, Credentials, Identity};
+use super::policy::{Policy, Subject};
+use super::refresh::RefreshStore;
+use super::scope::Scope;
+use super::token::TokenKeys;
+use crate::http::{self, query_get, query_pairs, BodyReader, Resp};
+use ::http::{header, HeaderMap, Method, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct TokenService {
+    pub keys: TokenKeys,
+    pub creds: Arc<Credentials>,
+    pub policy: Policy,
+    pub refresh: RefreshStore,
+}
+
+/// The outcome of a token request, for the audit log.
+#[derive(Debug, Default, Clone)]
+pub struct TokenAudit {
+    pub account: Option<String>,
+    pub asked: Vec<String>,
+    pub granted: Vec<String>,
+    pub denied_reason: Option<&'static str>,
+}
+
+fn error(code: StatusCode, oauth_error: &str, details: &str) -> Resp {
+    let mut r = http::json(
+        code,
+        &json!({
+            "error": oauth_error,
+            "error_description": details,
+            "details": details,
+            "errors": [{ "code": "UNAUTHORIZED", "message": details }],
+        }),
+    );
+    if code == StatusCode::UNAUTHORIZED {
+        http::set(&mut r, header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
+    }
+    r
+}
+
+const BAD_CREDENTIALS: &str = "incorrect username or password (use your regate account, or a CLI password from /login)";
+
+impl TokenService {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn handle(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: Incoming,
+        ip: IpAddr,
+        now: u64,
+        audit: &mut TokenAudit,
+    ) -> Resp {
+        match *method {
+            Method::GET => {
+                let q = query_pairs(query);
+                self.get(headers, &q, ip, now, audit).await
+            }
+            Method::POST => {
+                let ct = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !ct.starts_with("application/x-www-form-urlencoded") {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "POST /token takes an application/x-www-form-urlencoded form",
+                    );
+                }
+                let form = match BodyReader::new(body, Duration::from_secs(30)).read_all(64 * 1024).await {
+                    Ok(b) => query_pairs(std::str::from_utf8(&b).ok()),
+                    Err(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request",
+                            "form body too large or unreadable",
+                        )
+                    }
+                };
+                self.post(&form, ip, now, audit).await
+            }
+            _ => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET or POST");
+                http::set(&mut r, header::ALLOW, "GET, POST");
+                r
+            }
+        }
+    }
+
+    fn scopes(pairs: &[(String, String)]) -> Vec<Scope> {
+        Scope::parse_list(pairs.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()))
+    }
+
+    async fn get(
+        &self,
+        headers: &HeaderMap,
+        q: &[(String, String)],
+        ip: IpAddr,
+        now: u64,
+        audit: &mut TokenAudit,
+    ) -> Resp {
+        let scopes = Self::scopes(q);
+        audit.asked = scopes.iter().map(|s| s.to_string()).collect();
+        let basic = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| parse_basic(v).ok_or(()));
+        let identity = match basic {
+            None => None,
+            Some(Err(())) => {
+                audit.denied_reason = Some("malformed authorization");
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request",
+                    "malformed Authorization header; use Basic credentials",
+                );
+            }
+            Some(Ok((user, pass))) => match self.creds.authenticate(&user, &pass).await {
+                Ok(id) => Some(id),
+                Err(AuthError::BadCredentials) => {
+                    audit.account = Some(user);
+                    audit.denied_reason = Some("bad credentials");
+                    return error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS);
+                }
+                Err(AuthError::Unavailable(m)) => {
+                    tracing::error!(error = %m, "credential check failed");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "credential check unavailable; retry",
+                    );
+                }
+            },
+        };
+        let offline = query_get(q, "offline_token") == Some("true");
+        self.answer(identity, &scopes, offline, false, ip, now, audit).await
+    }
+
+    async fn post(&self, form: &[(String, String)], ip: IpAddr, now: u64, audit: &mut TokenAudit) -> Resp {
+        let scopes = Self::scopes(form);
+        audit.asked = scopes.iter().map(|s| s.to_string()).collect();
+        match query_get(form, "grant_type") {
+            Some("password") => {
+                let (Some(user), Some(pass)) = (query_get(form, "username"), query_get(form, "password")) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "username and password are required",
+                    );
+                };
+                audit.account = Some(user.to_owned());
+                match self.creds.authenticate(user, pass).await {
+                    Ok(id) => {
+                        let offline = query_get(form, "access_type") == Some("offline");
+                        self.answer(Some(id), &scopes, offline, true, ip, now, audit).await
+                    }
+                    Err(AuthError::BadCredentials) => {
+                        audit.denied_reason = Some("bad credentials");
+                        error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS)
+                    }
+                    Err(AuthError::Unavailable(_)) => error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "credential check unavailable; retry",
+                    ),
+                }
+            }
+            Some("refresh_token") => {
+                let Some(rt) = query_get(form, "refresh_token") else {
+                    return error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required");
+                };
+                let rec = match self.refresh.lookup(rt, now).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        audit.denied_reason = Some("unknown refresh token");
+                        return error(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_grant",
+                            "this login has expired or was revoked; run docker login again",
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "refresh token lookup failed");
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "temporarily_unavailable",
+                            "token storage unavailable; retry",
+                        );
+                    }
+                };
+                let id = rec.identity();
+                audit.account = Some(id.account.clone());
+                if !self.creds.still_valid(&id) {
+                    audit.denied_reason = Some("credential changed");
+                    return error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_grant",
+                        "the password behind this login changed or the account was removed; run docker login again",
+                    );
+                }
+                self.answer(Some(id), &scopes, false, true, ip, now, audit).await
+            }
+            Some(other) => error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("grant_type {other:?} is not supported (password, refresh_token)"),
+            ),
+            None => error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        id: Option<Identity>,
+        scopes: &[Scope],
+        offline: bool,
+        oauth: bool,
+        ip: IpAddr,
+        now: u64,
+        audit: &mut TokenAudit,
+    ) -> Resp {
+        let subject = match &id {
+            Some(i) => Subject {
+                account: i.account.clone(),
+                groups: i.groups.clone(),
+                ip,
+                anonymous: false,
+            },
+            None => Subject::anonymous(ip),
+        };
+        let granted = self.policy.grant(&subject, scopes);
+        audit.account = Some(subject.account.clone());
+        audit.granted = granted.iter().map(|s| s.to_string()).collect();
+        let sub = if subject.anonymous {
+            ""
+        } else {
+            subject.account.as_str()
+        };
+        let token = match self.keys.issue(sub, &subject.groups, &granted, now) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "token signing failed");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "token signing failed",
+                );
+            }
+        };
+        let mut body = json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": self.keys.ttl,
+            "issued_at": crate::util::rfc3339(now),
+        });
+        if oauth {
+            body["scope"] = json!(granted.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "));
+        }
+        if offline {
+            if let Some(i) = &id {
+                match self.refresh.mint(i, now).await {
+                    Ok(rt) => body["refresh_token"] = json!(rt),
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing refresh token failed");
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "temporarily_unavailable",
+                            "token storage unavailable; retry",
+                        );
+                    }
+                }
+            }
+        }
+        let mut r = http::json(StatusCode::OK, &body);
+        http::set(&mut r, header::CACHE_CONTROL, "no-store");
+        r
+    }
+}

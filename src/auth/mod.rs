@@ -1,0 +1,8 @@
+//! Who may do what: credentials, scopes, the access policy, JWTs and the token endpoint.
+
+pub mod credentials;
+pub mod endpoint;
+pub mod policy;
+pub mod refresh;
+pub mod scope;
+pub mod token;

@@ -1,0 +1,329 @@
+//! The access policy: ordered rules; the first rule that fits the caller and the repository
+//! decides which actions are granted; no fitting rule means no access.
+
+use super::scope::{expand, Action, Actions, Scope};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// A repository pattern: `*` matches any run of characters (including `/`), `?` one character,
+/// and `${account}` the caller's account name, lower-cased and taken literally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(Vec<Tok>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Lit(char),
+    Star,
+    Quest,
+    Account,
+}
+
+impl Glob {
+    pub fn new(p: &str) -> Self {
+        let mut toks = Vec::new();
+        let mut rest = p;
+        while let Some(c) = rest.chars().next() {
+            if let Some(r) = rest.strip_prefix("${account}") {
+                toks.push(Tok::Account);
+                rest = r;
+                continue;
+            }
+            toks.push(match c {
+                '*' => Tok::Star,
+                '?' => Tok::Quest,
+                c => Tok::Lit(c),
+            });
+            rest = &rest[c.len_utf8()..];
+        }
+        Glob(toks)
+    }
+
+    pub fn matches(&self, s: &str, account: &str) -> bool {
+        // expand ${account} into literal characters first, so it can never act as a wildcard
+        let acct = account.to_lowercase();
+        let mut toks = Vec::with_capacity(self.0.len());
+        for t in &self.0 {
+            match t {
+                Tok::Account => toks.extend(acct.chars().map(Tok::Lit)),
+                t => toks.push(t.clone()),
+            }
+        }
+        let s: Vec<char> = s.chars().collect();
+        glob_match(&toks, &s)
+    }
+}
+
+fn glob_match(p: &[Tok], s: &[char]) -> bool {
+    // iterative wildcard matching with single backtrack point
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        match p.get(pi) {
+            Some(Tok::Lit(c)) if *c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            Some(Tok::Quest) => {
+                pi += 1;
+                si += 1;
+            }
+            Some(Tok::Star) => {
+                star = Some(pi);
+                mark = si;
+                pi += 1;
+            }
+            _ => match star {
+                Some(sp) => {
+                    pi = sp + 1;
+                    mark += 1;
+                    si = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|t| *t == Tok::Star)
+}
+
+#[derive(Debug, Clone)]
+pub enum Rule {
+    Static(StaticRule),
+    /// `{ gitee: repo_permission }`: the Gitee repository's permission decides.
+    GiteeRepoPermission,
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticRule {
+    /// Accounts this rule is for; `None` means any signed-in account (never anonymous).
+    pub accounts: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub repository: Option<Glob>,
+    pub networks: Option<Vec<IpNet>>,
+    pub actions: Actions,
+    pub catalog: bool,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub account: String,
+    pub groups: Vec<String>,
+    pub ip: IpAddr,
+    pub anonymous: bool,
+}
+
+impl Subject {
+    pub fn anonymous(ip: IpAddr) -> Self {
+        Subject {
+            account: "anonymous".into(),
+            groups: Vec::new(),
+            ip,
+            anonymous: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub anonymous_pull: bool,
+}
+
+impl StaticRule {
+    fn fits_subject(&self, s: &Subject) -> bool {
+        let account_ok = match &self.accounts {
+            None => !s.anonymous,
+            Some(list) => list.iter().any(|a| a == &s.account || (a == "*" && !s.anonymous)),
+        };
+        let groups_ok = match &self.groups {
+            None => true,
+            Some(g) => g.iter().any(|g| s.groups.contains(g)),
+        };
+        let net_ok = match &self.networks {
+            None => true,
+            Some(n) => n.iter().any(|n| n.contains(&s.ip)),
+        };
+        account_ok && groups_ok && net_ok
+    }
+}
+
+impl Policy {
+    /// The actions `s` may perform on repository `repo`.
+    pub fn actions(&self, s: &Subject, repo: &str) -> Actions {
+        for r in &self.rules {
+            let Rule::Static(r) = r else {
+                // Gitee permission rules are decided by the Gitee module when it is configured;
+                // without it they fit no one.
+                continue;
+            };
+            if !r.fits_subject(s) {
+                continue;
+            }
+            if let Some(g) = &r.repository {
+                if !g.matches(repo, &s.account) {
+                    continue;
+                }
+            } else {
+                continue;
+            }
+            let mut a = expand(&r.actions);
+            if s.anonymous {
+                if !self.anonymous_pull {
+                    return Actions::new();
+                }
+                a.retain(|x| *x == Action::Pull);
+            }
+            return a;
+        }
+        Actions::new()
+    }
+
+    /// Whether `s` may list the catalog (`registry:catalog:*`).
+    pub fn catalog(&self, s: &Subject) -> bool {
+        if s.anonymous {
+            return false;
+        }
+        self.rules
+            .iter()
+            .any(|r| matches!(r, Rule::Static(r) if r.catalog && r.fits_subject(s)))
+    }
+
+    /// What of `requested` the policy grants: the intersection, never an error.
+    pub fn grant(&self, s: &Subject, requested: &[Scope]) -> Vec<Scope> {
+        let mut out = Vec::new();
+        for sc in requested {
+            let granted: Actions = match (sc.kind.as_str(), sc.class.as_deref()) {
+                ("repository", None) => {
+                    if crate::registry::names::RepoName::parse(&sc.name).is_none() {
+                        continue;
+                    }
+                    let allowed = self.actions(s, &sc.name);
+                    expand(&sc.actions).intersection(&allowed).copied().collect()
+                }
+                ("registry", None) if sc.name == "catalog" && sc.actions.contains(&Action::All) => {
+                    if self.catalog(s) {
+                        [Action::All].into_iter().collect()
+                    } else {
+                        Actions::new()
+                    }
+                }
+                _ => Actions::new(),
+            };
+            if !granted.is_empty() {
+                out.push(Scope {
+                    kind: sc.kind.clone(),
+                    class: sc.class.clone(),
+                    name: sc.name.clone(),
+                    actions: granted,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subj(a: &str) -> Subject {
+        Subject {
+            account: a.into(),
+            groups: vec!["team".into()],
+            ip: "10.1.2.3".parse().unwrap(),
+            anonymous: false,
+        }
+    }
+
+    fn rule(accounts: Option<&[&str]>, repo: &str, actions: &[Action]) -> Rule {
+        Rule::Static(StaticRule {
+            accounts: accounts.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            groups: None,
+            repository: Some(Glob::new(repo)),
+            networks: None,
+            actions: actions.iter().copied().collect(),
+            catalog: false,
+        })
+    }
+
+    #[test]
+    fn globs() {
+        let g = Glob::new("${account}/*");
+        assert!(g.matches("alice/app", "Alice"));
+        assert!(g.matches("alice/a/b", "alice"));
+        assert!(!g.matches("bob/app", "alice"));
+        // an account full of glob characters matches only itself
+        assert!(!g.matches("xyz/app", "*"));
+        assert!(!g.matches("xyz/app", "???"));
+        assert!(Glob::new("*").matches("anything/at/all", "x"));
+        assert!(Glob::new("lib/?ed").matches("lib/red", "x"));
+        assert!(!Glob::new("lib/?ed").matches("lib/bred", "x"));
+        assert!(Glob::new("a*b*c").matches("axxbyyc", ""));
+        assert!(!Glob::new("a*b*c").matches("axxbyy", ""));
+    }
+
+    #[test]
+    fn first_match_decides_default_deny() {
+        let p = Policy {
+            rules: vec![
+                rule(Some(&["admin"]), "*", &[Action::All]),
+                rule(None, "secret/*", &[]),
+                rule(None, "${account}/*", &[Action::Pull, Action::Push]),
+                rule(None, "public/*", &[Action::Pull]),
+                rule(Some(&["anonymous"]), "public/*", &[Action::Pull, Action::Push]),
+            ],
+            anonymous_pull: true,
+        };
+        assert_eq!(p.actions(&subj("admin"), "secret/x").len(), 3);
+        assert!(p.actions(&subj("alice"), "secret/x").is_empty());
+        assert_eq!(p.actions(&subj("alice"), "alice/x").len(), 2);
+        assert_eq!(
+            p.actions(&subj("alice"), "public/x"),
+            [Action::Pull].into_iter().collect()
+        );
+        assert!(p.actions(&subj("alice"), "bob/x").is_empty());
+        let anon = Subject::anonymous("127.0.0.1".parse().unwrap());
+        // anonymous never gets more than pull, and only with anonymous_pull
+        assert_eq!(p.actions(&anon, "public/x"), [Action::Pull].into_iter().collect());
+        let p2 = Policy {
+            anonymous_pull: false,
+            ..p.clone()
+        };
+        assert!(p2.actions(&anon, "public/x").is_empty());
+    }
+
+    #[test]
+    fn grant_is_intersection() {
+        let p = Policy {
+            rules: vec![rule(None, "${account}/*", &[Action::Pull, Action::Push])],
+            anonymous_pull: false,
+        };
+        let req = Scope::parse_list(["repository:alice/x:pull,push,delete repository:bob/x:pull registry:catalog:*"]);
+        let g = p.grant(&subj("alice"), &req);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].to_string(), "repository:alice/x:pull,push");
+    }
+
+    #[test]
+    fn networks_and_groups() {
+        let p = Policy {
+            rules: vec![Rule::Static(StaticRule {
+                accounts: None,
+                groups: Some(vec!["team".into()]),
+                repository: Some(Glob::new("*")),
+                networks: Some(vec!["10.0.0.0/8".parse().unwrap()]),
+                actions: [Action::Pull].into_iter().collect(),
+                catalog: true,
+            })],
+            anonymous_pull: false,
+        };
+        assert_eq!(p.actions(&subj("a"), "x").len(), 1);
+        assert!(p.catalog(&subj("a")));
+        let mut outside = subj("a");
+        outside.ip = "192.0.2.1".parse().unwrap();
+        assert!(p.actions(&outside, "x").is_empty());
+        let mut nogroup = subj("a");
+        nogroup.groups.clear();
+        assert!(p.actions(&nogroup, "x").is_empty());
+    }
+}

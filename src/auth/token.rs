@@ -1,0 +1,496 @@
+//! Docker token-auth JWTs: issued by `/token`, verified on every `/v2/` request, and accepted by
+//! any standard registry configured with regate's certificate as its `rootcertbundle`.
+//!
+//! Header `{alg, typ, kid, x5c}`: `x5c` carries the signing certificate (what distribution 2.8 and
+//! 3.x look up first), `kid` is the libtrust fingerprint of the key (what 2.8 accepts on its own)
+//! and names the key in `/.well-known/jwks.json`.
+
+use super::scope::{Action, Scope};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::path::Path;
+
+/// Clock skew tolerated on `exp`/`nbf` when verifying our own tokens.
+pub const LEEWAY_SECS: u64 = 30;
+/// Tokens are valid from this many seconds before issue, so a registry with a slightly slow
+/// clock accepts them.
+const NBF_SKEW: u64 = 10;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    pub access: Vec<AccessEntry>,
+    /// regate's own claim: the groups the subject had when the token was issued.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grp: Vec<String>,
+}
+
+impl Claims {
+    /// Whether the token grants `action` on `kind:name`.
+    pub fn allows(&self, kind: &str, name: &str, action: Action) -> bool {
+        self.access
+            .iter()
+            .any(|a| a.kind == kind && a.name == name && a.actions.iter().any(|x| x == action.as_str() || x == "*"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    Malformed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuerOrAudience,
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VerifyError::Malformed => "malformed token",
+            VerifyError::BadSignature => "token signature does not verify",
+            VerifyError::Expired => "token has expired",
+            VerifyError::NotYetValid => "token is not valid yet",
+            VerifyError::WrongIssuerOrAudience => "token was issued for another service",
+        })
+    }
+}
+
+struct VerifyKey {
+    kid: String,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+pub struct TokenKeys {
+    alg: Algorithm,
+    encoding: EncodingKey,
+    kid: String,
+    x5c: String,
+    verify: Vec<VerifyKey>,
+    jwks: serde_json::Value,
+    pub issuer: String,
+    pub audience: String,
+    pub ttl: u64,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The libtrust key id distribution 2.8 computes: base32 of the first 240 bits of the SHA-256 of
+/// the DER SubjectPublicKeyInfo, in 12 groups of 4 joined by `:`.
+pub fn libtrust_kid(spki_der: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let h = Sha256::digest(spki_der);
+    let bytes = &h[..30];
+    let mut out = String::with_capacity(59);
+    let (mut buf, mut bits) = (0u64, 0u32);
+    let mut n = 0;
+    for &b in bytes {
+        buf = (buf << 8) | u64::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            if n > 0 && n % 4 == 0 {
+                out.push(':');
+            }
+            out.push(ALPHABET[((buf >> bits) & 31) as usize] as char);
+            n += 1;
+        }
+    }
+    out
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+impl TokenKeys {
+    /// Loads the signing key and certificate, generating an EC P-256 key and a self-signed
+    /// certificate for it when the files do not exist yet.
+    pub fn load_or_generate(
+        key_path: &Path,
+        cert_path: &Path,
+        extra_certs: &[std::path::PathBuf],
+        issuer: &str,
+        audience: &str,
+        ttl: u64,
+    ) -> Result<Self, String> {
+        let key_pem = match std::fs::read_to_string(key_path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                    .map_err(|e| format!("cannot generate a token signing key: {e}"))?;
+                let pem = kp.serialize_pem();
+                write_private(key_path, pem.as_bytes())
+                    .map_err(|e| format!("cannot write the token signing key {}: {e}", key_path.display()))?;
+                tracing::info!(path = %key_path.display(), "generated token signing key");
+                pem
+            }
+            Err(e) => return Err(format!("cannot read auth.signing_key {}: {e}", key_path.display())),
+        };
+        let kp = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| {
+            format!(
+                "auth.signing_key {} is not a PKCS#8 EC P-256 or RSA private key: {e}",
+                key_path.display()
+            )
+        })?;
+        let alg = if kp.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
+            Algorithm::ES256
+        } else if kp.is_compatible(&rcgen::PKCS_RSA_SHA256) {
+            Algorithm::RS256
+        } else {
+            return Err(format!(
+                "auth.signing_key {}: only EC P-256 and RSA keys are supported",
+                key_path.display()
+            ));
+        };
+        let spki = kp.public_key_der();
+        let cert_der = match std::fs::read(cert_path) {
+            Ok(pem) => {
+                use rustls_pki_types::pem::PemObject;
+                let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).map_err(|e| {
+                    format!(
+                        "auth.signing_cert {} is not a PEM certificate: {e}",
+                        cert_path.display()
+                    )
+                })?;
+                // the certificate embeds its SubjectPublicKeyInfo verbatim
+                if !der.windows(spki.len()).any(|w| w == spki.as_slice()) {
+                    return Err(format!(
+                        "auth.signing_cert {} does not belong to auth.signing_key {}",
+                        cert_path.display(),
+                        key_path.display()
+                    ));
+                }
+                der.to_vec()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+                    .map_err(|e| format!("cannot build a signing certificate: {e}"))?;
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
+                params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+                let cert = params
+                    .self_signed(&kp)
+                    .map_err(|e| format!("cannot self-sign the signing certificate: {e}"))?;
+                write_private(cert_path, cert.pem().as_bytes())
+                    .map_err(|e| format!("cannot write auth.signing_cert {}: {e}", cert_path.display()))?;
+                tracing::info!(path = %cert_path.display(), "generated token signing certificate");
+                cert.der().to_vec()
+            }
+            Err(e) => return Err(format!("cannot read auth.signing_cert {}: {e}", cert_path.display())),
+        };
+        let encoding = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(key_pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(key_pem.as_bytes()),
+        }
+        .map_err(|e| format!("auth.signing_key {}: {e}", key_path.display()))?;
+        let kid = libtrust_kid(&spki);
+        let mut verify = vec![VerifyKey {
+            kid: kid.clone(),
+            alg,
+            key: decoding_key(alg, &kp.public_key_pem())?,
+        }];
+        let mut jwks = vec![jwk_for(&encoding, alg, &kid)?];
+        for p in extra_certs {
+            let (vk, j) = verify_key_from_cert(p)?;
+            verify.push(vk);
+            jwks.push(j);
+        }
+        Ok(TokenKeys {
+            alg,
+            encoding,
+            kid,
+            x5c: base64::engine::general_purpose::STANDARD.encode(&cert_der),
+            verify,
+            jwks: serde_json::json!({ "keys": jwks }),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            ttl,
+        })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn jwks(&self) -> &serde_json::Value {
+        &self.jwks
+    }
+
+    /// Signs a token for `sub` carrying `access`, valid for the configured TTL from `now`.
+    pub fn issue(&self, sub: &str, groups: &[String], access: &[Scope], now: u64) -> Result<String, String> {
+        let mut h = Header::new(self.alg);
+        h.typ = Some("JWT".into());
+        h.kid = Some(self.kid.clone());
+        h.x5c = Some(vec![self.x5c.clone()]);
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: sub.to_owned(),
+            aud: self.audience.clone(),
+            exp: now + self.ttl,
+            nbf: now.saturating_sub(NBF_SKEW),
+            iat: now,
+            jti: hex::encode(rand::random::<[u8; 16]>()),
+            access: access
+                .iter()
+                .map(|s| AccessEntry {
+                    kind: match &s.class {
+                        Some(c) => format!("{}({c})", s.kind),
+                        None => s.kind.clone(),
+                    },
+                    name: s.name.clone(),
+                    actions: s.actions.iter().map(|a| a.as_str().to_owned()).collect(),
+                })
+                .collect(),
+            grp: groups.to_vec(),
+        };
+        jsonwebtoken::encode(&h, &claims, &self.encoding).map_err(|e| format!("signing a token failed: {e}"))
+    }
+
+    /// Verifies signature (with the pinned algorithm of a known key), issuer, audience and
+    /// validity at `now`.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        let key = match &header.kid {
+            Some(kid) => self.verify.iter().find(|k| &k.kid == kid),
+            None => self.verify.first(),
+        }
+        .ok_or(VerifyError::BadSignature)?;
+        if header.alg != key.alg {
+            return Err(VerifyError::BadSignature);
+        }
+        let mut v = Validation::new(key.alg);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.set_required_spec_claims(&["exp", "iss", "aud", "nbf"]);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidIssuer | K::InvalidAudience => VerifyError::WrongIssuerOrAudience,
+                K::InvalidSignature | K::InvalidAlgorithm | K::InvalidKeyFormat => VerifyError::BadSignature,
+                _ => VerifyError::Malformed,
+            }
+        })?;
+        let c = data.claims;
+        if now >= c.exp + LEEWAY_SECS {
+            return Err(VerifyError::Expired);
+        }
+        if c.nbf > now + LEEWAY_SECS {
+            return Err(VerifyError::NotYetValid);
+        }
+        Ok(c)
+    }
+}
+
+fn decoding_key(alg: Algorithm, pub_pem: &str) -> Result<DecodingKey, String> {
+    match alg {
+        Algorithm::ES256 => DecodingKey::from_ec_pem(pub_pem.as_bytes()),
+        _ => DecodingKey::from_rsa_pem(pub_pem.as_bytes()),
+    }
+    .map_err(|e| format!("cannot use the public key: {e}"))
+}
+
+fn jwk_for(enc: &EncodingKey, alg: Algorithm, kid: &str) -> Result<serde_json::Value, String> {
+    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(enc, alg).map_err(|e| format!("cannot build JWK: {e}"))?;
+    let mut v = serde_json::to_value(&jwk).map_err(|e| e.to_string())?;
+    v["kid"] = serde_json::json!(kid);
+    v["use"] = serde_json::json!("sig");
+    v["alg"] = serde_json::json!(format!("{alg:?}"));
+    Ok(v)
+}
+
+/// An older signing certificate kept for verification during key rotation.
+fn verify_key_from_cert(p: &Path) -> Result<(VerifyKey, serde_json::Value), String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(p)
+        .map_err(|e| format!("auth.verification_certs: {} is not a PEM certificate: {e}", p.display()))?;
+    // find the SubjectPublicKeyInfo: for P-256 it is a fixed 91-byte structure with a known prefix
+    const P256_SPKI_PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+        0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let pos = der
+        .windows(P256_SPKI_PREFIX.len())
+        .position(|w| w == P256_SPKI_PREFIX)
+        .ok_or_else(|| format!("auth.verification_certs: {} does not hold an EC P-256 key", p.display()))?;
+    let spki = der
+        .get(pos..pos + 91)
+        .ok_or_else(|| format!("auth.verification_certs: {} is truncated", p.display()))?;
+    let point = &spki[27..];
+    let kid = libtrust_kid(spki);
+    let key = DecodingKey::from_ec_der(point);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..65]),
+        "kid": kid, "use": "sig", "alg": "ES256",
+    });
+    Ok((
+        VerifyKey {
+            kid,
+            alg: Algorithm::ES256,
+            key,
+        },
+        jwk,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(dir: &Path) -> TokenKeys {
+        TokenKeys::load_or_generate(&dir.join("k.pem"), &dir.join("c.pem"), &[], "regate", "reg.test", 300).unwrap()
+    }
+
+    fn claims_of(tok: &str) -> serde_json::Value {
+        let p = tok.split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap()
+    }
+
+    fn forge(header: serde_json::Value, claims: serde_json::Value, sig: &[u8]) -> String {
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            b.encode(serde_json::to_vec(&header).unwrap()),
+            b.encode(serde_json::to_vec(&claims).unwrap()),
+            b.encode(sig)
+        )
+    }
+
+    #[test]
+    fn issue_and_verify_with_fixed_clock() {
+        let d = tempfile::tempdir().unwrap();
+        let k = keys(d.path());
+        let now = 1_800_000_000;
+        let t = k
+            .issue("alice", &[], &[Scope::repository("alice/app", &[Action::Pull])], now)
+            .unwrap();
+        let c = k.verify(&t, now + 10).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert!(c.allows("repository", "alice/app", Action::Pull));
+        assert!(!c.allows("repository", "alice/app", Action::Push));
+        assert_eq!(k.verify(&t, now + 300 + LEEWAY_SECS), Err(VerifyError::Expired));
+        assert_eq!(k.verify(&t, now - 100), Err(VerifyError::NotYetValid));
+        // header carries x5c and the libtrust kid; aud is a plain string
+        let h = jsonwebtoken::decode_header(&t).unwrap();
+        assert_eq!(h.alg, Algorithm::ES256);
+        assert_eq!(h.x5c.as_ref().map(|v| v.len()), Some(1));
+        assert_eq!(h.kid.as_deref(), Some(k.kid()));
+        assert_eq!(k.kid().len(), 59);
+        assert!(claims_of(&t)["aud"].is_string());
+        assert!(claims_of(&t)["exp"].is_u64());
+        // ES256 signatures are raw r||s, 64 bytes
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.rsplit('.').next().unwrap())
+            .unwrap();
+        assert_eq!(sig.len(), 64);
+        // the key is reloaded, not regenerated, on the next start
+        let k2 = keys(d.path());
+        assert_eq!(k2.kid(), k.kid());
+        assert!(k2.verify(&t, now).is_ok());
+    }
+
+    #[test]
+    fn forged_tokens_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let k = keys(d.path());
+        let now = 1_800_000_000;
+        let good = k
+            .issue("alice", &[], &[Scope::repository("a", &[Action::Pull])], now)
+            .unwrap();
+        let mut c = claims_of(&good);
+
+        // alg none
+        let t = forge(serde_json::json!({"alg":"none","typ":"JWT"}), c.clone(), b"");
+        assert!(k.verify(&t, now).is_err());
+        // HS256 keyed with the public key
+        let pubpem = std::fs::read(d.path().join("c.pem")).unwrap();
+        let hs = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &c, &EncodingKey::from_secret(&pubpem)).unwrap();
+        assert!(k.verify(&hs, now).is_err());
+        // a token from another key, even with our kid and its own x5c
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = keys(other_dir.path());
+        let mut foreign = other.issue("alice", &[], &[], now).unwrap();
+        assert!(k.verify(&foreign, now).is_err());
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(k.kid().to_owned());
+        foreign = jsonwebtoken::encode(&h, &c, &other.encoding).unwrap();
+        assert_eq!(k.verify(&foreign, now), Err(VerifyError::BadSignature));
+        // edited payload, original signature
+        c["sub"] = serde_json::json!("admin");
+        let parts: Vec<&str> = good.split('.').collect();
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let edited = format!(
+            "{}.{}.{}",
+            parts[0],
+            b.encode(serde_json::to_vec(&c).unwrap()),
+            parts[2]
+        );
+        assert!(k.verify(&edited, now).is_err());
+        // string exp, wrong aud, wrong iss (all properly signed)
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(k.kid().to_owned());
+        for (field, val) in [
+            ("exp", serde_json::json!(format!("{}", now + 100))),
+            ("aud", serde_json::json!("other.service")),
+            ("aud", serde_json::json!(["reg.test"])),
+            ("iss", serde_json::json!("someone-else")),
+        ] {
+            let mut cc = claims_of(&good);
+            cc[field] = val;
+            let t = jsonwebtoken::encode(&h, &cc, &k.encoding).unwrap();
+            assert!(k.verify(&t, now).is_err(), "{field}");
+        }
+    }
+
+    #[test]
+    fn libtrust_kid_format() {
+        let kid = libtrust_kid(b"anything");
+        assert_eq!(kid.split(':').count(), 12);
+        assert!(kid.split(':').all(|g| g.len() == 4));
+    }
+}

@@ -1,0 +1,477 @@
+//! The command line: `serve`, `check-config`, `gc`. Every failure ends in one human sentence and
+//! exit code 2 (bad configuration or arguments) or 1 (anything else); never a panic.
+
+use crate::app::App;
+use crate::auth::credentials::Credentials;
+use crate::auth::endpoint::TokenService;
+use crate::auth::policy::{Glob, Policy, Rule, StaticRule};
+use crate::auth::refresh::RefreshStore;
+use crate::auth::scope::Action;
+use crate::auth::token::TokenKeys;
+use crate::config::{self, Backend, Config};
+use crate::registry::{self, Registry};
+use crate::server::{self, tls, ServeOptions};
+use crate::storage::{self, Storage};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "regate",
+    version,
+    about = "A single-binary, Gitee-signed-in Docker/OCI registry and token gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway (and the embedded registry unless `upstream` is set).
+    Serve {
+        /// Config file; defaults to $REGATE_CONFIG, then ./regate.yaml if present, else built-in defaults.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Log format: text or json (overrides log.format).
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+    /// Validate a config file and every file it names; exit 0 when valid, 2 when not.
+    CheckConfig {
+        /// Check keys, types and values only, not whether named files exist.
+        #[arg(long)]
+        schema_only: bool,
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// Garbage-collect blobs no manifest references (and, with --delete-untagged, untagged manifests).
+    Gc {
+        /// Report what would be freed without deleting anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete manifests that no tag, index or living subject references.
+        #[arg(long)]
+        delete_untagged: bool,
+        /// Only delete what is older than this (e.g. 1h, 30m, 0s).
+        #[arg(long, default_value = "1h")]
+        grace: String,
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Exit code 2: configuration or arguments. 1: anything else.
+pub enum Failure {
+    Config(Vec<String>),
+    Other(String),
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let env = config::process_env();
+    let result = match cli.cmd {
+        Cmd::CheckConfig { schema_only, config } => check_config(config.as_deref(), schema_only, &env),
+        Cmd::Serve { config, log_format } => serve(config, log_format, env),
+        Cmd::Gc {
+            dry_run,
+            delete_untagged,
+            grace,
+            config,
+        } => gc(config, dry_run, delete_untagged, &grace, env),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Failure::Config(lines)) => {
+            for l in lines {
+                eprintln!("regate: {l}");
+            }
+            2
+        }
+        Err(Failure::Other(m)) => {
+            eprintln!("regate: {m}");
+            1
+        }
+    }
+}
+
+fn config_path(explicit: Option<PathBuf>, env: &config::Env) -> Option<PathBuf> {
+    explicit
+        .or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == "REGATE_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
+        })
+        .or_else(|| Path::new("regate.yaml").exists().then(|| PathBuf::from("regate.yaml")))
+}
+
+fn check_config(path: Option<&Path>, schema_only: bool, env: &config::Env) -> Result<(), Failure> {
+    let path = config_path(path.map(Path::to_path_buf), env)
+        .ok_or_else(|| Failure::Config(vec!["check-config needs --config FILE".into()]))?;
+    let cfg = config::load(Some(&path), env).map_err(Failure::Config)?;
+    let problems = cfg.validate(!schema_only);
+    if !problems.is_empty() {
+        return Err(Failure::Config(
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+        ));
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn load_valid(path: Option<PathBuf>, env: &config::Env) -> Result<Config, Failure> {
+    let path = config_path(path, env);
+    let cfg = config::load(path.as_deref(), env).map_err(Failure::Config)?;
+    let problems = cfg.validate(true);
+    if !problems.is_empty() {
+        let origin = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into());
+        return Err(Failure::Config(
+            problems.into_iter().map(|p| format!("{origin}: {p}")).collect(),
+        ));
+    }
+    Ok(cfg)
+}
+
+fn init_logging(format: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("REGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == Some("json") {
+        b.json().flatten_event(true).try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))
+}
+
+/// Opens the configured storage backend.
+pub fn open_storage(cfg: &Config) -> Result<Storage, Failure> {
+    match cfg.storage.backend {
+        Backend::Fs => {
+            let (root, fsync) = match &cfg.storage.fs {
+                Some(f) => (f.root.clone(), f.fsync),
+                None => (cfg.data_dir(), true),
+            };
+            storage::fs::FsStore::open(&root, fsync)
+                .map(Storage::Fs)
+                .map_err(|e| Failure::Other(format!("storage.fs.root {}: {e}", root.display())))
+        }
+        Backend::Memory => Ok(Storage::Memory(storage::memory::MemStore::default())),
+        other => Err(Failure::Config(vec![format!(
+            "storage.backend {other:?} is not available in this version of regate; use fs or memory"
+        )
+        .to_lowercase()])),
+    }
+}
+
+/// Builds the access policy from config (or the default: admin may do anything, everyone
+/// signed in may push and pull under their own name).
+pub fn build_policy(cfg: &Config) -> Policy {
+    let rules = match &cfg.access {
+        Some(rules) => rules
+            .iter()
+            .map(|r| {
+                if r.gitee.is_some() {
+                    Rule::GiteeRepoPermission
+                } else {
+                    Rule::Static(StaticRule {
+                        accounts: r.account.clone().map(|a| a.into_vec()),
+                        groups: r.groups.clone(),
+                        repository: r.repository.as_deref().map(Glob::new),
+                        networks: r.networks.clone(),
+                        actions: r.actions.iter().copied().collect(),
+                        catalog: r.catalog,
+                    })
+                }
+            })
+            .collect(),
+        None => vec![
+            Rule::Static(StaticRule {
+                accounts: Some(vec!["admin".into()]),
+                groups: None,
+                repository: Some(Glob::new("*")),
+                networks: None,
+                actions: [Action::All].into_iter().collect(),
+                catalog: true,
+            }),
+            Rule::Static(StaticRule {
+                accounts: None,
+                groups: None,
+                repository: Some(Glob::new("${account}/*")),
+                networks: None,
+                actions: [Action::Pull, Action::Push].into_iter().collect(),
+                catalog: false,
+            }),
+        ],
+    };
+    Policy {
+        rules,
+        anonymous_pull: cfg.auth.anonymous_pull,
+    }
+}
+
+/// The generated admin's password: read from `<data>/admin-password`, or created there (0600)
+/// on first start. Returns the password and whether it was just created.
+fn admin_password(dir: &Path) -> Result<(String, bool), Failure> {
+    let p = dir.join("admin-password");
+    match std::fs::read_to_string(&p) {
+        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Failure::Other(format!("cannot read {}: {e}", p.display()))),
+    }
+    use base64::Engine as _;
+    use std::io::Write;
+    let pw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>());
+    std::fs::create_dir_all(dir).map_err(|e| Failure::Other(format!("cannot create {}: {e}", dir.display())))?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(&p)
+        .and_then(|mut f| f.write_all(format!("{pw}\n").as_bytes()))
+        .map_err(|e| Failure::Other(format!("cannot write {}: {e}", p.display())))?;
+    Ok((pw, true))
+}
+
+fn host_of(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn serve(path: Option<PathBuf>, log_format: Option<String>, env: config::Env) -> Result<(), Failure> {
+    let cfg = load_valid(path, &env)?;
+    if let Some(f) = &log_format {
+        if f != "text" && f != "json" {
+            return Err(Failure::Config(vec!["--log-format must be text or json".into()]));
+        }
+    }
+    let env_fmt = env
+        .iter()
+        .find(|(k, _)| k == "REGATE_LOG_FORMAT")
+        .map(|(_, v)| v.clone());
+    init_logging(log_format.or(env_fmt).or(cfg.log.format.clone()).as_deref());
+    let rt = runtime()?;
+    rt.block_on(serve_async(cfg))
+}
+
+async fn serve_async(cfg: Config) -> Result<(), Failure> {
+    let store = Arc::new(open_storage(&cfg)?);
+    let data = cfg.data_dir();
+    let admin = if cfg.auth.htpasswd.is_none() {
+        let (pw, created) = admin_password(&data)?;
+        Some((pw, created))
+    } else {
+        None
+    };
+    let creds = Arc::new(
+        Credentials::new(cfg.auth.htpasswd.as_deref(), admin.as_ref().map(|(p, _)| p.clone()))
+            .map_err(|m| Failure::Config(vec![m]))?,
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Failure::Other(format!("cannot listen on {} (listen): {e}", cfg.listen)))?;
+    let local = listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let public_url = match &cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let host = if local.ip().is_unspecified() {
+                tracing::warn!("listening on all interfaces without public_url; token realm and Location headers will name 127.0.0.1");
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+            } else {
+                local
+            };
+            format!("{scheme}://{host}")
+        }
+    };
+    let service = cfg.auth.service.clone().unwrap_or_else(|| host_of(&public_url));
+    let keys = TokenKeys::load_or_generate(
+        &cfg.signing_key_path(),
+        &cfg.signing_cert_path(),
+        &cfg.auth.verification_certs,
+        &cfg.auth.issuer,
+        &service,
+        cfg.auth.token_ttl,
+    )
+    .map_err(|m| Failure::Config(vec![m]))?;
+    let refresh_ttl = cfg.auth.refresh_token_ttl.unwrap_or(30 * 86_400);
+    let tokens = TokenService {
+        keys,
+        creds,
+        policy: build_policy(&cfg),
+        refresh: RefreshStore::new(store.clone(), refresh_ttl),
+    };
+    let registry = Registry::new(
+        store,
+        registry::Options {
+            delete: cfg.storage.delete,
+            max_manifest_bytes: cfg.limits.max_manifest_bytes,
+            public_url: public_url.clone(),
+            body_idle: Duration::from_secs(cfg.limits.body_idle_timeout.max(1)),
+        },
+    );
+    let tls_cfg = match &cfg.tls {
+        Some(t) => {
+            let resolver = tls::ReloadingResolver::new(&t.cert, &t.key).map_err(|m| Failure::Config(vec![m]))?;
+            resolver.watch(Duration::from_secs(2));
+            Some(tls::server_config(resolver).map_err(|m| Failure::Config(vec![m]))?)
+        }
+        None => None,
+    };
+    let app = Arc::new(App::new(
+        public_url.clone(),
+        service,
+        registry,
+        tokens,
+        cfg.network.allow.clone(),
+        cfg.network.trusted_proxies.clone(),
+        cfg.tls.as_ref().map(|t| t.hsts_max_age),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = cfg.tls.as_ref().and_then(|t| t.http_redirect_listen) {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Failure::Other(format!("cannot listen on {addr} (tls.http_redirect_listen): {e}")))?;
+        let mut rx = stop_rx.clone();
+        tokio::spawn(server::run_redirect(l, public_url.clone(), async move {
+            let _ = rx.changed().await;
+        }));
+    }
+    if let Some((pw, true)) = &admin {
+        let host = host_of(&public_url);
+        println!(
+            "regate: generated the admin password (saved in {}):",
+            data.join("admin-password").display()
+        );
+        println!("  echo '{pw}' | docker login {host} -u admin --password-stdin");
+    }
+    println!("regate listening on {public_url} ({local})");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(%local, %public_url, "listening");
+    let opts = ServeOptions {
+        tls: tls_cfg,
+        max_connections: cfg.limits.max_connections,
+        header_read_timeout: Duration::from_secs(cfg.limits.header_read_timeout.max(1)),
+        handshake_timeout: Duration::from_secs(10),
+        shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace),
+    };
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    server::run(listener, app, opts, shutdown).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {},
+                    _ = i.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `30s`, `15m`, `1h`, `2d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(mult)?))
+}
+
+fn gc(
+    path: Option<PathBuf>,
+    dry_run: bool,
+    delete_untagged: bool,
+    grace: &str,
+    env: config::Env,
+) -> Result<(), Failure> {
+    let grace = parse_duration(grace)
+        .ok_or_else(|| Failure::Config(vec![format!("--grace {grace:?} is not a duration like 1h, 30m or 0s")]))?;
+    let cfg = load_valid(path, &env)?;
+    init_logging(Some("text"));
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = open_storage(&cfg)?;
+        let report = crate::gc::run(
+            &store,
+            crate::gc::Options {
+                dry_run,
+                delete_untagged,
+                grace,
+            },
+        )
+        .await
+        .map_err(|e| Failure::Other(format!("garbage collection failed: {e}")))?;
+        print!("{report}");
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("1y"), None);
+    }
+}

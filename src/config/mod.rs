@@ -1,0 +1,865 @@
+//! Configuration: YAML (unknown keys are errors), secrets from `KEY_file` or `REGATE_<PATH>`
+//! environment variables, validated once into typed values.
+
+use crate::auth::scope::Action;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Keys that hold secrets and may be given as `<key>_file: /path` instead.
+const SECRET_KEYS: &[&str] = &[
+    "client_secret",
+    "access_key_secret",
+    "secret_access_key",
+    "access_key_id",
+    "token",
+    "secret_key",
+    "secret_id",
+    "secret",
+    "password",
+];
+
+/// Environment variables that are not config paths.
+const RESERVED_ENV: &[&str] = &["REGATE_CONFIG", "REGATE_LOG", "REGATE_LOG_FORMAT"];
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5000))
+}
+fn default_true() -> bool {
+    true
+}
+fn default_hsts() -> u64 {
+    31_536_000
+}
+fn default_issuer() -> String {
+    "regate".into()
+}
+fn default_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub access: Option<Vec<RuleConfig>>,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
+    #[serde(default)]
+    pub notifications: Vec<NotificationConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age: u64,
+    #[serde(default)]
+    pub http_redirect_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Fs,
+    S3,
+    Oss,
+    Cos,
+    Lfs,
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+    #[serde(default)]
+    pub oss: Option<OssConfig>,
+    #[serde(default)]
+    pub cos: Option<CosConfig>,
+    #[serde(default)]
+    pub lfs: Option<LfsConfig>,
+    #[serde(default)]
+    pub redirect: bool,
+    #[serde(default = "default_true")]
+    pub delete: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: Backend::Fs,
+            fs: None,
+            s3: None,
+            oss: None,
+            cos: None,
+            lfs: None,
+            redirect: false,
+            delete: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub root: PathBuf,
+    /// fsync blobs before they become visible (survives power loss, not only crashes).
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub virtual_host_style: bool,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OssConfig {
+    pub bucket: String,
+    pub endpoint: String,
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    #[serde(default)]
+    pub access_key_secret: Option<Secret>,
+    #[serde(default)]
+    pub presign_endpoint: Option<String>,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosConfig {
+    pub bucket: String,
+    pub endpoint: String,
+    #[serde(default)]
+    pub secret_id: Option<Secret>,
+    #[serde(default)]
+    pub secret_key: Option<Secret>,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LfsConfig {
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub token: Option<Secret>,
+    #[serde(default)]
+    pub metadata: Option<Box<StorageConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    #[serde(default = "default_ttl")]
+    pub token_ttl: u64,
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    #[serde(default)]
+    pub signing_cert: Option<PathBuf>,
+    /// Certificates of earlier signing keys: their tokens keep verifying until they expire.
+    #[serde(default)]
+    pub verification_certs: Vec<PathBuf>,
+    #[serde(default)]
+    pub htpasswd: Option<PathBuf>,
+    #[serde(default)]
+    pub anonymous_pull: bool,
+    #[serde(default)]
+    pub gitee: Option<GiteeConfig>,
+    /// Lifetime of refresh (identity) tokens handed to `docker login`, in seconds; 0 = no expiry.
+    #[serde(default)]
+    pub refresh_token_ttl: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GiteeConfig {
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_url: Option<String>,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    #[serde(default)]
+    pub password_grant: bool,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            service: None,
+            issuer: default_issuer(),
+            token_ttl: default_ttl(),
+            signing_key: None,
+            signing_cert: None,
+            verification_certs: Vec::new(),
+            htpasswd: None,
+            anonymous_pull: false,
+            gitee: None,
+            refresh_token_ttl: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(default)]
+    pub account: Option<OneOrMany>,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub networks: Option<Vec<IpNet>>,
+    #[serde(default)]
+    pub actions: Vec<Action>,
+    /// This rule also grants `registry:catalog:*` (the catalog lists only pullable names).
+    #[serde(default)]
+    pub catalog: bool,
+    /// `gitee: repo_permission`
+    #[serde(default)]
+    pub gitee: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    pub url: String,
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest manifest accepted, bytes.
+    #[serde(default = "LimitsConfig::d_manifest")]
+    pub max_manifest_bytes: u64,
+    /// Seconds a request body may stall before the request is dropped.
+    #[serde(default = "LimitsConfig::d_idle")]
+    pub body_idle_timeout: u64,
+    /// Seconds a client has to send its request headers.
+    #[serde(default = "LimitsConfig::d_header")]
+    pub header_read_timeout: u64,
+    /// Concurrent connections accepted; further ones wait.
+    #[serde(default = "LimitsConfig::d_conns")]
+    pub max_connections: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[serde(default = "LimitsConfig::d_grace")]
+    pub shutdown_grace: u64,
+}
+
+impl LimitsConfig {
+    fn d_manifest() -> u64 {
+        4 << 20
+    }
+    fn d_idle() -> u64 {
+        120
+    }
+    fn d_header() -> u64 {
+        10
+    }
+    fn d_conns() -> usize {
+        4096
+    }
+    fn d_grace() -> u64 {
+        30
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_manifest_bytes: Self::d_manifest(),
+            body_idle_timeout: Self::d_idle(),
+            header_read_timeout: Self::d_header(),
+            max_connections: Self::d_conns(),
+            shutdown_grace: Self::d_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Write the audit stream (who did what where) to this file as JSON lines.
+    #[serde(default)]
+    pub audit_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // an empty mapping deserialises into every default
+        #[allow(clippy::expect_used)]
+        serde_yaml_ng::from_value(Value::Mapping(Default::default())).expect("defaults deserialise")
+    }
+}
+
+/// Where environment variables come from; tests pass their own list instead of the process's.
+pub type Env = Vec<(String, String)>;
+
+pub fn process_env() -> Env {
+    std::env::vars().collect()
+}
+
+/// Parses the YAML text, applies `*_file` secrets and `REGATE_*` overrides, and deserialises.
+/// Errors are one line each, naming the file or key at fault.
+pub fn parse(text: &str, origin: &str, env: &Env) -> Result<Config, Vec<String>> {
+    let mut v: Value = if text.trim().is_empty() {
+        Value::Mapping(Default::default())
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| vec![format!("{origin}: {e}")])?
+    };
+    if v.is_null() {
+        v = Value::Mapping(Default::default());
+    }
+    let mut errs = Vec::new();
+    // files first, so an environment variable overrides a `*_file` from the config
+    resolve_secret_files(&mut v, "", &mut errs);
+    apply_env(&mut v, env, &mut errs);
+    resolve_secret_files(&mut v, "", &mut errs);
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    serde_yaml_ng::from_value::<Config>(v).map_err(|e| vec![format!("{origin}: {e}")])
+}
+
+fn apply_env(v: &mut Value, env: &Env, errs: &mut Vec<String>) {
+    for (k, val) in env {
+        let Some(path) = k.strip_prefix("REGATE_") else {
+            continue;
+        };
+        if RESERVED_ENV.contains(&k.as_str()) || path.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if keys.iter().any(|s| s.is_empty()) {
+            errs.push(format!("environment variable {k}: empty path component"));
+            continue;
+        }
+        // scalars are parsed as YAML so numbers and booleans keep their types
+        let parsed: Value = serde_yaml_ng::from_str(val).unwrap_or_else(|_| Value::String(val.clone()));
+        let parsed = match parsed {
+            Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_) => parsed,
+            Value::Null => Value::String(val.clone()),
+            other => {
+                // secrets stay strings even when they look like numbers
+                if SECRET_KEYS.contains(&keys[keys.len() - 1].as_str()) {
+                    Value::String(val.clone())
+                } else {
+                    other
+                }
+            }
+        };
+        let mut cur = &mut *v;
+        for (i, key) in keys.iter().enumerate() {
+            if !cur.is_mapping() {
+                *cur = Value::Mapping(Default::default());
+            }
+            let Value::Mapping(m) = cur else { break };
+            let kv = Value::String(key.clone());
+            if i + 1 == keys.len() {
+                m.insert(kv, parsed.clone());
+                break;
+            }
+            if !m.contains_key(&kv) || m.get(&kv).is_some_and(|x| x.is_null()) {
+                m.insert(kv.clone(), Value::Mapping(Default::default()));
+            }
+            match m.get_mut(&kv) {
+                Some(next) => cur = next,
+                None => break,
+            }
+        }
+    }
+}
+
+fn resolve_secret_files(v: &mut Value, at: &str, errs: &mut Vec<String>) {
+    match v {
+        Value::Mapping(m) => {
+            let keys: Vec<Value> = m.keys().cloned().collect();
+            for k in keys {
+                let Some(ks) = k.as_str().map(str::to_owned) else {
+                    continue;
+                };
+                let here = if at.is_empty() {
+                    ks.clone()
+                } else {
+                    format!("{at}.{ks}")
+                };
+                if let Some(base) = ks.strip_suffix("_file") {
+                    if SECRET_KEYS.contains(&base) {
+                        let path = m.get(&k).and_then(|p| p.as_str()).map(str::to_owned);
+                        let Some(path) = path else {
+                            errs.push(format!("{here}: expected a file path"));
+                            continue;
+                        };
+                        match std::fs::read_to_string(&path) {
+                            Ok(s) => {
+                                m.remove(&k);
+                                m.insert(
+                                    Value::String(base.to_owned()),
+                                    Value::String(s.trim_end_matches(['\n', '\r']).to_owned()),
+                                );
+                            }
+                            Err(e) => errs.push(format!("{here}: cannot read {path}: {e}")),
+                        }
+                        continue;
+                    }
+                }
+                if let Some(child) = m.get_mut(&k) {
+                    resolve_secret_files(child, &here, errs);
+                }
+            }
+        }
+        Value::Sequence(s) => {
+            for (i, c) in s.iter_mut().enumerate() {
+                resolve_secret_files(c, &format!("{at}[{i}]"), errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Reads the config from a file (or the defaults when `path` is `None`).
+pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, Vec<String>> {
+    match path {
+        None => parse("", "built-in defaults", env),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| vec![format!("cannot read config file {}: {e}", p.display())])?;
+            parse(&text, &p.display().to_string(), env)
+        }
+    }
+}
+
+impl Config {
+    /// Where regate keeps its own files by default (keys, admin password): the fs root, or
+    /// `./regate-data` for other backends.
+    pub fn data_dir(&self) -> PathBuf {
+        match (&self.storage.backend, &self.storage.fs) {
+            (Backend::Fs, Some(fs)) => fs.root.clone(),
+            _ => PathBuf::from("./regate-data"),
+        }
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.auth
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("token.key"))
+    }
+
+    pub fn signing_cert_path(&self) -> PathBuf {
+        self.auth
+            .signing_cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("token.crt"))
+    }
+
+    /// Checks meaning beyond types; with `files`, also that every named file exists and parses.
+    pub fn validate(&self, files: bool) -> Vec<String> {
+        let mut e = Vec::new();
+        if let Some(u) = &self.public_url {
+            if let Err(m) = check_base_url(u) {
+                e.push(format!("public_url: {m}"));
+            }
+        }
+        if self.tls.is_none()
+            && !self.listen.ip().is_loopback()
+            && self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+        {
+            // fine: TLS terminated in front of us
+        }
+        if let Some(u) = &self.upstream {
+            if let Err(m) = check_base_url(u) {
+                e.push(format!("upstream: {m}"));
+            }
+        }
+        if let Some(m) = &self.mirror {
+            if let Err(msg) = check_base_url(&m.url) {
+                e.push(format!("mirror.url: {msg}"));
+            }
+        }
+        for (i, n) in self.notifications.iter().enumerate() {
+            if let Err(m) = check_base_url(&n.url) {
+                e.push(format!("notifications[{i}].url: {m}"));
+            }
+            for ev in n.events.iter().flatten() {
+                if !["push", "pull", "delete", "mount"].contains(&ev.as_str()) {
+                    e.push(format!(
+                        "notifications[{i}].events: unknown event {ev:?} (push, pull, delete, mount)"
+                    ));
+                }
+            }
+        }
+        let s = &self.storage;
+        let need = |present: bool, key: &str, e: &mut Vec<String>| {
+            if !present {
+                e.push(format!("storage.{key}: required when storage.backend is {key}"));
+            }
+        };
+        match s.backend {
+            Backend::Fs => {}
+            Backend::Memory => {}
+            Backend::S3 => need(s.s3.is_some(), "s3", &mut e),
+            Backend::Oss => need(s.oss.is_some(), "oss", &mut e),
+            Backend::Cos => need(s.cos.is_some(), "cos", &mut e),
+            Backend::Lfs => need(s.lfs.is_some(), "lfs", &mut e),
+        }
+        if self.auth.token_ttl == 0 || self.auth.token_ttl > 86_400 {
+            e.push("auth.token_ttl: must be between 1 and 86400 seconds".into());
+        }
+        if self.auth.service.as_deref().is_some_and(|s| s.is_empty()) {
+            e.push("auth.service: must not be empty".into());
+        }
+        if self.limits.max_manifest_bytes < 1024 {
+            e.push("limits.max_manifest_bytes: must be at least 1024".into());
+        }
+        if let Some(g) = &self.auth.gitee {
+            for (k, v) in [
+                ("base_url", &g.base_url),
+                ("api_url", &g.api_url),
+                ("redirect_url", &g.redirect_url),
+            ] {
+                if let Some(u) = v {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        e.push(format!("auth.gitee.{k}: must be an http(s) URL"));
+                    }
+                }
+            }
+        }
+        for (i, r) in self.access.iter().flatten().enumerate() {
+            match &r.gitee {
+                Some(g) if g != "repo_permission" => {
+                    e.push(format!("access[{i}].gitee: only repo_permission is supported"));
+                }
+                Some(_) => {
+                    if self.auth.gitee.is_none() {
+                        e.push(format!("access[{i}]: a gitee rule needs auth.gitee to be configured"));
+                    }
+                    if r.account.is_some() || r.repository.is_some() || !r.actions.is_empty() || r.groups.is_some() {
+                        e.push(format!("access[{i}]: a gitee rule takes no other keys"));
+                    }
+                }
+                None => {
+                    if r.repository.is_none() && !r.catalog {
+                        e.push(format!("access[{i}]: needs repository (or catalog: true)"));
+                    }
+                }
+            }
+        }
+        if let Some(l) = &self.log.format {
+            if l != "text" && l != "json" {
+                e.push("log.format: must be text or json".into());
+            }
+        }
+        if files {
+            if let Some(t) = &self.tls {
+                if let Err(m) = crate::server::tls::load_certified_key(&t.cert, &t.key) {
+                    e.push(m);
+                }
+            }
+            if let Some(h) = &self.auth.htpasswd {
+                if let Err(m) = crate::auth::credentials::Credentials::new(Some(h), None) {
+                    e.push(m);
+                }
+            }
+            for (k, p) in [
+                ("auth.signing_key", self.signing_key_path()),
+                ("auth.signing_cert", self.signing_cert_path()),
+            ] {
+                if !p.exists() {
+                    let parent = p
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let generated_here = self.auth.signing_key.is_none() && parent == self.data_dir();
+                    if !parent.exists() && !generated_here {
+                        e.push(format!(
+                            "{k}: {} does not exist and its directory {} does not either",
+                            p.display(),
+                            parent.display()
+                        ));
+                    }
+                }
+            }
+            if self.auth.signing_key.as_ref().is_some_and(|p| p.exists()) {
+                let k = self.signing_key_path();
+                if let Ok(pem) = std::fs::read_to_string(&k) {
+                    if rcgen::KeyPair::from_pem(&pem).is_err() {
+                        e.push(format!(
+                            "auth.signing_key: {} is not a PKCS#8 EC P-256 or RSA private key",
+                            k.display()
+                        ));
+                    }
+                }
+            }
+            for p in &self.auth.verification_certs {
+                if !p.exists() {
+                    e.push(format!("auth.verification_certs: {} does not exist", p.display()));
+                }
+            }
+            if let (Backend::Fs, Some(fs)) = (s.backend, &s.fs) {
+                if fs.root.exists() && !fs.root.is_dir() {
+                    e.push(format!("storage.fs.root: {} is not a directory", fs.root.display()));
+                }
+            }
+        }
+        e
+    }
+}
+
+/// `scheme://host[:port]` with nothing after it but an optional trailing `/`.
+pub fn check_base_url(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| format!("{u:?} must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains('@') || host.contains(' ') {
+        return Err(format!("{u:?} has no valid host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = parse("", "t", &vec![]).unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.storage.backend, Backend::Fs);
+        assert!(c.storage.delete);
+        assert_eq!(c.auth.token_ttl, 300);
+        assert_eq!(c.data_dir(), PathBuf::from("./regate-data"));
+        assert!(c.validate(false).is_empty());
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let y = r#"
+listen: 127.0.0.1:5000
+public_url: https://reg.example.com
+tls: { cert: /etc/regate/tls.crt, key: /etc/regate/tls.key, hsts_max_age: 31536000, http_redirect_listen: 0.0.0.0:80 }
+storage:
+  backend: fs
+  fs: { root: /var/lib/regate }
+  s3: { bucket: b, region: us-east-1, endpoint: http://127.0.0.1:9000, access_key_id: AK, secret_access_key: SK, virtual_host_style: false }
+  oss: { bucket: b, endpoint: https://oss-cn-hangzhou.aliyuncs.com, access_key_id: AK, access_key_secret: SK, presign_endpoint: https://cdn.example.com }
+  cos: { bucket: b-1250000000, endpoint: https://cos.ap-guangzhou.myqcloud.com, secret_id: ID, secret_key: KEY }
+  lfs: { url: https://gitee.com/owner/repo.git/info/lfs, username: u, token: t, metadata: { fs: { root: /var/lib/regate-meta } } }
+  redirect: false
+  delete: true
+auth:
+  service: reg.example.com
+  issuer: regate
+  token_ttl: 300
+  signing_key: /etc/regate/token.key
+  signing_cert: /etc/regate/token.crt
+  htpasswd: /etc/regate/htpasswd
+  anonymous_pull: false
+  gitee:
+    base_url: https://gitee.com
+    api_url: https://gitee.com/api/v5
+    client_id: ID
+    client_secret: SECRET
+    redirect_url: https://reg.example.com/login/callback
+    password_grant: false
+access:
+  - { account: admin, repository: "*", actions: [pull, push, delete] }
+  - { repository: "${account}/*", actions: [pull, push] }
+  - { gitee: repo_permission }
+network:
+  allow: [10.0.0.0/8, 127.0.0.1/32]
+  trusted_proxies: []
+upstream: http://127.0.0.1:5001
+mirror: { url: https://registry.example.com, username: u, password: p }
+notifications:
+  - url: https://ci.example.com/hook
+    secret: s3cr3t
+    events: [push, pull, delete]
+"#;
+        let c = parse(y, "t", &vec![]).unwrap();
+        assert_eq!(c.access.as_ref().unwrap().len(), 3);
+        assert!(c.validate(false).is_empty(), "{:?}", c.validate(false));
+        // secrets never show in Debug output
+        let dbg = format!("{c:?}");
+        for s in ["SECRET", "\"SK\"", "s3cr3t", "\"KEY\""] {
+            assert!(!dbg.contains(s), "{s} leaked");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_fail() {
+        let e = parse("listen: 127.0.0.1:5000\nbogus: 1\n", "f.yaml", &vec![]).unwrap_err();
+        assert!(e[0].contains("bogus") && e[0].contains("f.yaml"), "{e:?}");
+        let e = parse("auth: { token_ttl: soon }\n", "f.yaml", &vec![]).unwrap_err();
+        assert!(e[0].contains("token_ttl") || e[0].contains("invalid type"), "{e:?}");
+        let e = parse("network: { allow: [notacidr] }\n", "f.yaml", &vec![]).unwrap_err();
+        assert!(!e.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_and_secret_files() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("cs");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let y = format!(
+            "auth:\n  gitee:\n    client_id: X\n    client_secret_file: {}\n",
+            f.display()
+        );
+        let c = parse(&y, "t", &vec![]).unwrap();
+        assert_eq!(
+            c.auth.gitee.as_ref().unwrap().client_secret.as_ref().unwrap().expose(),
+            "from-file"
+        );
+        let env = vec![
+            ("REGATE_AUTH__GITEE__CLIENT_SECRET".to_string(), "12345".to_string()),
+            ("REGATE_AUTH__TOKEN_TTL".to_string(), "60".to_string()),
+            ("REGATE_LISTEN".to_string(), "127.0.0.1:6000".to_string()),
+            ("REGATE_CONFIG".to_string(), "ignored".to_string()),
+        ];
+        let c = parse(&y, "t", &env).unwrap();
+        assert_eq!(
+            c.auth.gitee.as_ref().unwrap().client_secret.as_ref().unwrap().expose(),
+            "12345"
+        );
+        assert_eq!(c.auth.token_ttl, 60);
+        assert_eq!(c.listen.port(), 6000);
+        let e = parse("", "t", &vec![("REGATE_NOPE".into(), "1".into())]).unwrap_err();
+        assert!(e[0].contains("nope"), "{e:?}");
+    }
+
+    #[test]
+    fn semantic_validation() {
+        let c = parse(
+            "storage: { backend: s3 }\naccess:\n  - { gitee: repo_permission }\n  - { account: x }\n",
+            "t",
+            &vec![],
+        )
+        .unwrap();
+        let e = c.validate(false);
+        assert!(e.iter().any(|m| m.contains("storage.s3")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("access[0]")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("access[1]")), "{e:?}");
+    }
+}

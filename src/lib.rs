@@ -1,0 +1,15 @@
+//! regate: a single-binary, Gitee-signed-in Docker/OCI registry and token gateway.
+//!
+//! `main.rs` only calls [`cli::main`]. The request pipeline is in [`app`]; the registry API in
+//! [`registry`]; storage backends in [`storage`]; authentication and the token service in [`auth`].
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod gc;
+pub mod http;
+pub mod registry;
+pub mod server;
+pub mod storage;
+pub mod util;

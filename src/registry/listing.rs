@@ -1,0 +1,196 @@
+//! Tag list, catalog and referrers, with `n`/`last` pagination.
+
+use super::error::{Code, RegistryError};
+use super::manifests::OCI_INDEX;
+use super::names::{Digest, RepoName};
+use super::{Permissions, Registry};
+use crate::http::{self, query_get, Resp};
+use crate::storage::layout;
+use ::http::{header, HeaderName, StatusCode};
+use serde_json::json;
+
+/// The most entries one page may hold, whatever `n` asks for.
+pub const MAX_PAGE: usize = 1000;
+
+fn page_size(query: &[(String, String)]) -> Result<Option<usize>, RegistryError> {
+    match query_get(query, "n") {
+        None | Some("") => Ok(None),
+        Some(n) => n.parse::<usize>().map(|n| Some(n.min(MAX_PAGE))).map_err(|_| {
+            RegistryError::new(Code::Unsupported, "n must be a non-negative integer")
+                .with_status(StatusCode::BAD_REQUEST)
+        }),
+    }
+}
+
+/// Applies `last` and `n` to a sorted list; returns the page and whether more follow.
+fn paginate(all: Vec<String>, query: &[(String, String)]) -> Result<(Vec<String>, bool), RegistryError> {
+    let n = page_size(query)?;
+    let mut items: Vec<String> = match query_get(query, "last") {
+        Some(last) if !last.is_empty() => all.into_iter().filter(|t| t.as_str() > last).collect(),
+        _ => all,
+    };
+    let limit = n.unwrap_or(MAX_PAGE);
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok((items, more))
+}
+
+fn link_next(r: &mut Resp, path: &str, n: usize, last: Option<&String>) {
+    if let Some(last) = last {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("n", &n.to_string())
+            .append_pair("last", last)
+            .finish();
+        http::set(r, header::LINK, &format!("<{path}?{q}>; rel=\"next\""));
+    }
+}
+
+impl Registry {
+    pub(super) async fn tags(&self, name: &RepoName, query: &[(String, String)]) -> Result<Resp, RegistryError> {
+        let mut tags: Vec<String> = self.tags_of(name).await?.into_iter().map(|t| t.to_string()).collect();
+        if tags.is_empty() && !self.repo_exists(name).await? {
+            return Err(RegistryError::new(
+                Code::NameUnknown,
+                format!("repository {name} is not known"),
+            ));
+        }
+        tags.sort();
+        let (page, more) = paginate(tags, query)?;
+        let n = page.len();
+        let mut r = http::json(StatusCode::OK, &json!({ "name": name.as_str(), "tags": page }));
+        if more {
+            link_next(&mut r, &format!("/v2/{name}/tags/list"), n, page.last());
+        }
+        Ok(r)
+    }
+
+    async fn repo_exists(&self, name: &RepoName) -> Result<bool, RegistryError> {
+        Ok(!self.store.list(&layout::repo(name)).await?.is_empty())
+    }
+
+    /// Every repository name in storage (a directory holding `_manifests`), sorted.
+    pub async fn repositories(&self) -> Result<Vec<RepoName>, RegistryError> {
+        let mut out = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = if rel.is_empty() {
+                layout::REPOS.to_string()
+            } else {
+                format!("{}/{rel}", layout::REPOS)
+            };
+            for e in self.store.list(&dir).await? {
+                if !e.is_dir {
+                    continue;
+                }
+                if e.name == "_manifests" {
+                    if let Some(n) = RepoName::parse(&rel) {
+                        out.push(n);
+                    }
+                } else if !e.name.starts_with('_') {
+                    stack.push(if rel.is_empty() {
+                        e.name
+                    } else {
+                        format!("{rel}/{}", e.name)
+                    });
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub(super) async fn catalog(
+        &self,
+        query: &[(String, String)],
+        perms: &dyn Permissions,
+    ) -> Result<Resp, RegistryError> {
+        let names: Vec<String> = self
+            .repositories()
+            .await?
+            .into_iter()
+            .filter(|n| perms.can_pull(n))
+            .map(|n| n.to_string())
+            .collect();
+        let (page, more) = paginate(names, query)?;
+        let n = page.len();
+        let mut r = http::json(StatusCode::OK, &json!({ "repositories": page }));
+        if more {
+            link_next(&mut r, "/v2/_catalog", n, page.last());
+        }
+        Ok(r)
+    }
+
+    pub(super) async fn referrers(
+        &self,
+        name: &RepoName,
+        subject: &Digest,
+        query: &[(String, String)],
+    ) -> Result<Resp, RegistryError> {
+        let filter = query_get(query, "artifactType").filter(|s| !s.is_empty());
+        let mut manifests = Vec::new();
+        for e in self.store.list(&layout::referrers_dir(name, subject)).await? {
+            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
+                continue;
+            };
+            // a referrer deleted since (revision gone) is no longer listed
+            if self.store.stat(&layout::revision_link(name, &d)).await?.is_none() {
+                continue;
+            }
+            let Some(m) = self.load_manifest(&d).await? else {
+                continue;
+            };
+            if let Some(f) = filter {
+                if m.artifact_type.as_deref() != Some(f) {
+                    continue;
+                }
+            }
+            let mut desc = json!({
+                "mediaType": m.media_type,
+                "digest": d.to_string(),
+                "size": m.bytes.len(),
+            });
+            if let Some(a) = &m.artifact_type {
+                desc["artifactType"] = json!(a);
+            }
+            if let Some(a) = &m.annotations {
+                desc["annotations"] = json!(a);
+            }
+            manifests.push(desc);
+        }
+        let mut r = http::json(
+            StatusCode::OK,
+            &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests }),
+        );
+        http::set(&mut r, header::CONTENT_TYPE, OCI_INDEX);
+        if filter.is_some() {
+            http::set(&mut r, HeaderName::from_static("oci-filters-applied"), "artifactType");
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn pagination() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            paginate(all.clone(), &q(&[("n", "2")])).unwrap(),
+            (vec!["a".into(), "b".into()], true)
+        );
+        assert_eq!(
+            paginate(all.clone(), &q(&[("n", "2"), ("last", "b")])).unwrap(),
+            (vec!["c".into(), "d".into()], false)
+        );
+        assert_eq!(paginate(all.clone(), &q(&[("n", "0")])).unwrap(), (vec![], true));
+        assert_eq!(paginate(all.clone(), &q(&[])).unwrap().0.len(), 4);
+        assert!(paginate(all.clone(), &q(&[("n", "-1")])).is_err());
+        assert_eq!(page_size(&q(&[("n", "99999999999")])).unwrap(), Some(MAX_PAGE));
+    }
+}

@@ -1,0 +1,498 @@
+//! Manifests: PUT with validation, GET/HEAD with `Accept` negotiation, DELETE by tag or digest.
+
+use super::error::{Code, RegistryError};
+use super::names::{Digest, Reference, RepoName, Tag};
+use super::{body_error, digest_header, Event, Outcome, Registry};
+use crate::http::{self, BodyReader, Resp};
+use crate::storage::layout;
+use ::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bytes::Bytes;
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const SCHEMA1: [&str; 3] = [
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/json",
+];
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawManifest {
+    #[serde(rename = "schemaVersion")]
+    schema_version: Option<i64>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(rename = "artifactType", default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    subject: Option<Descriptor>,
+    #[serde(default)]
+    annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "fsLayers", default)]
+    fs_layers: Option<serde_json::Value>,
+}
+
+/// A stored manifest with what the API needs to know about it.
+#[derive(Debug)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Digests this manifest references: config and layers, or index children.
+    pub blobs: Vec<Digest>,
+    pub children: Vec<Digest>,
+}
+
+impl Manifest {
+    /// Parses stored or uploaded bytes. `content_type` is the PUT's Content-Type, used when the
+    /// body does not name its media type.
+    pub fn parse(bytes: Bytes, content_type: Option<&str>) -> Result<Self, RegistryError> {
+        let invalid = |m: String| RegistryError::new(Code::ManifestInvalid, m);
+        let raw: RawManifest =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+        if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
+            return Err(invalid(
+                "Docker schema 1 manifests are not supported; push with a current client (schema 2 or OCI)".into(),
+            ));
+        }
+        if raw.schema_version != Some(2) {
+            return Err(invalid("manifest must have schemaVersion 2".into()));
+        }
+        let ct = content_type
+            .map(|c| c.split(';').next().unwrap_or("").trim())
+            .filter(|c| !c.is_empty());
+        let media_type = match (&raw.media_type, ct) {
+            (Some(m), Some(c)) if m != c && !SCHEMA1.contains(&c) => {
+                return Err(invalid(format!(
+                    "Content-Type {c} does not match the manifest's mediaType {m}"
+                )));
+            }
+            (Some(m), _) => m.clone(),
+            (None, Some(c)) if [OCI_MANIFEST, OCI_INDEX].contains(&c) => c.to_owned(),
+            (None, _) => {
+                if raw.manifests.is_some() {
+                    OCI_INDEX.to_owned()
+                } else {
+                    OCI_MANIFEST.to_owned()
+                }
+            }
+        };
+        let parse_digest =
+            |s: &str| Digest::parse(s).ok_or_else(|| invalid(format!("invalid digest {s:?} in manifest")));
+        let mut blobs = Vec::new();
+        let mut children = Vec::new();
+        match media_type.as_str() {
+            OCI_MANIFEST | DOCKER_MANIFEST => {
+                let config = raw
+                    .config
+                    .as_ref()
+                    .ok_or_else(|| invalid("image manifest without config".into()))?;
+                blobs.push(parse_digest(&config.digest)?);
+                let layers = raw.layers.as_deref().unwrap_or_default();
+                if layers.is_empty() && media_type == DOCKER_MANIFEST {
+                    return Err(invalid("image manifest without layers".into()));
+                }
+                for l in layers {
+                    let d = parse_digest(&l.digest)?;
+                    if l.size < 0 {
+                        return Err(invalid("negative layer size".into()));
+                    }
+                    // foreign layers live elsewhere (their urls) and need not be pushed
+                    let foreign = l.urls.as_ref().is_some_and(|u| !u.is_empty())
+                        || l.media_type.contains("foreign")
+                        || l.media_type.contains("nondistributable");
+                    if !foreign {
+                        blobs.push(d);
+                    }
+                }
+            }
+            OCI_INDEX | DOCKER_LIST => {
+                let ms = raw
+                    .manifests
+                    .as_ref()
+                    .ok_or_else(|| invalid("index without manifests".into()))?;
+                for m in ms {
+                    children.push(parse_digest(&m.digest)?);
+                }
+            }
+            other => {
+                return Err(invalid(format!("unsupported manifest media type {other}")));
+            }
+        }
+        let subject = match &raw.subject {
+            Some(s) => Some(parse_digest(&s.digest)?),
+            None => None,
+        };
+        let artifact_type = raw.artifact_type.clone().or_else(|| {
+            (media_type == OCI_MANIFEST)
+                .then(|| raw.config.as_ref().map(|c| c.media_type.clone()))
+                .flatten()
+        });
+        Ok(Manifest {
+            digest: Digest::sha256_of(&bytes),
+            bytes,
+            media_type,
+            artifact_type,
+            subject,
+            annotations: raw.annotations,
+            blobs,
+            children,
+        })
+    }
+}
+
+impl Registry {
+    /// A manifest by digest, through the cache; `None` when the bytes are not stored.
+    pub async fn load_manifest(&self, d: &Digest) -> Result<Option<Arc<Manifest>>, RegistryError> {
+        if let Some(m) = self.manifests.get(d) {
+            return Ok(Some(m));
+        }
+        let Some(bytes) = self
+            .store
+            .read(&layout::blob_data(d), self.opts.max_manifest_bytes.max(4 << 20))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let m = Arc::new(Manifest::parse(bytes, None)?);
+        self.manifests.insert(d.clone(), m.clone());
+        Ok(Some(m))
+    }
+
+    /// Tag or digest to the digest of a manifest that this repository holds.
+    pub async fn resolve(&self, name: &RepoName, r: &Reference) -> Result<Option<Digest>, RegistryError> {
+        let d = match r {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => match self.read_link(&layout::tag_current(name, t)).await? {
+                Some(d) => d,
+                None => return Ok(None),
+            },
+        };
+        if self.store.stat(&layout::revision_link(name, &d)).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(d))
+    }
+
+    pub(super) async fn get_manifest(
+        &self,
+        name: &RepoName,
+        r: &Reference,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Result<Outcome, RegistryError> {
+        let unknown = || {
+            RegistryError::new(
+                Code::ManifestUnknown,
+                format!("manifest {r} is not known to repository {name}"),
+            )
+        };
+        let d = self.resolve(name, r).await?.ok_or_else(unknown)?;
+        let m = self.load_manifest(&d).await?.ok_or_else(unknown)?;
+        if !accepts(headers, &m.media_type) {
+            return Err(RegistryError::new(
+                Code::ManifestUnknown,
+                format!(
+                    "manifest {r} is a {}, which the Accept header does not allow",
+                    m.media_type
+                ),
+            ));
+        }
+        let mut resp = if head {
+            http::status(StatusCode::OK)
+        } else {
+            Resp::new(http::full(m.bytes.clone()))
+        };
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
+        http::set(&mut resp, header::CONTENT_TYPE, &m.media_type);
+        http::set(&mut resp, header::ETAG, &format!("\"{d}\""));
+        digest_header(&mut resp, &d);
+        let event = (!head).then(|| Event {
+            action: "pull",
+            repo: name.clone(),
+            digest: d.clone(),
+            media_type: m.media_type.clone(),
+            size: m.bytes.len() as u64,
+            tag: match r {
+                Reference::Tag(t) => Some(t.to_string()),
+                Reference::Digest(_) => None,
+            },
+        });
+        Ok(Outcome { resp, event })
+    }
+
+    pub(super) async fn put_manifest(
+        &self,
+        name: &RepoName,
+        r: &Reference,
+        headers: &HeaderMap,
+        body: BodyReader,
+    ) -> Result<Outcome, RegistryError> {
+        let limit = self.opts.max_manifest_bytes;
+        let bytes = body.read_all(limit).await.map_err(|e| match e {
+            crate::http::BodyError::TooLarge => RegistryError::new(
+                Code::ManifestTooLarge,
+                format!("manifest is larger than the {limit}-byte limit"),
+            ),
+            e => body_error(e),
+        })?;
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let m = Manifest::parse(bytes, ct)?;
+        if let Reference::Digest(want) = r {
+            if want.algorithm() != m.digest.algorithm() || want != &m.digest {
+                return Err(RegistryError::new(
+                    Code::DigestInvalid,
+                    format!("manifest content has digest {}, not {want}", m.digest),
+                ));
+            }
+        }
+        // every referenced blob and child manifest must already be in this repository
+        let mut missing = Vec::new();
+        for b in &m.blobs {
+            if !self.blob_linked(name, b).await? {
+                missing.push(b.to_string());
+            }
+        }
+        for c in &m.children {
+            if self.store.stat(&layout::revision_link(name, c)).await?.is_none() {
+                missing.push(c.to_string());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(RegistryError::new(
+                Code::ManifestBlobUnknown,
+                format!(
+                    "manifest references {} that this repository does not have; push them first",
+                    missing.join(", ")
+                ),
+            )
+            .detail(serde_json::json!({ "missing": missing })));
+        }
+        let d = m.digest.clone();
+        let data = layout::blob_data(&d);
+        if self.store.stat(&data).await?.is_none() {
+            self.store.put(&data, m.bytes.clone()).await?;
+        }
+        self.link(&layout::revision_link(name, &d), &d).await?;
+        if let Some(s) = &m.subject {
+            self.link(&layout::referrer_link(name, s, &d), &d).await?;
+        }
+        let tag = match r {
+            Reference::Tag(t) => {
+                self.link(&layout::tag_index(name, t, &d), &d).await?;
+                self.link(&layout::tag_current(name, t), &d).await?;
+                Some(t.to_string())
+            }
+            Reference::Digest(_) => None,
+        };
+        let mut resp = http::status(StatusCode::CREATED);
+        http::set(
+            &mut resp,
+            header::LOCATION,
+            &self.location(&format!("/v2/{name}/manifests/{d}")),
+        );
+        digest_header(&mut resp, &d);
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        if let Some(s) = &m.subject {
+            http::set(&mut resp, HeaderName::from_static("oci-subject"), &s.to_string());
+        }
+        let event = Event {
+            action: "push",
+            repo: name.clone(),
+            digest: d.clone(),
+            media_type: m.media_type.clone(),
+            size: m.bytes.len() as u64,
+            tag,
+        };
+        self.manifests.insert(d, Arc::new(m));
+        Ok(Outcome {
+            resp,
+            event: Some(event),
+        })
+    }
+
+    pub(super) async fn delete_manifest(&self, name: &RepoName, r: &Reference) -> Result<Outcome, RegistryError> {
+        self.deny_delete()?;
+        let unknown = || {
+            RegistryError::new(
+                Code::ManifestUnknown,
+                format!("manifest {r} is not known to repository {name}"),
+            )
+        };
+        let (d, tag) = match r {
+            Reference::Tag(t) => {
+                let d = self
+                    .read_link(&layout::tag_current(name, t))
+                    .await?
+                    .ok_or_else(unknown)?;
+                self.store.delete_all(&layout::tag_dir(name, t)).await?;
+                (d, Some(t.to_string()))
+            }
+            Reference::Digest(d) => {
+                if self.store.stat(&layout::revision_link(name, d)).await?.is_none() {
+                    return Err(unknown());
+                }
+                // untag everything that points here, then drop the revision
+                for t in self.tags_of(name).await? {
+                    if self.read_link(&layout::tag_current(name, &t)).await?.as_ref() == Some(d) {
+                        self.store.delete_all(&layout::tag_dir(name, &t)).await?;
+                    }
+                }
+                if let Some(m) = self.load_manifest(d).await? {
+                    if let Some(s) = &m.subject {
+                        self.store.delete(&layout::referrer_link(name, s, d)).await?;
+                    }
+                }
+                self.store.delete(&layout::revision_link(name, d)).await?;
+                (d.clone(), None)
+            }
+        };
+        let mut resp = http::status(StatusCode::ACCEPTED);
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        Ok(Outcome {
+            resp,
+            event: Some(Event {
+                action: "delete",
+                repo: name.clone(),
+                digest: d,
+                media_type: String::new(),
+                size: 0,
+                tag,
+            }),
+        })
+    }
+
+    pub(super) async fn tags_of(&self, name: &RepoName) -> Result<Vec<Tag>, RegistryError> {
+        let mut out = Vec::new();
+        for e in self.store.list(&layout::tags_dir(name)).await? {
+            if let Some(t) = Tag::parse(&e.name) {
+                if e.is_dir {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether the request's `Accept` allows `media_type`. No Accept, or a wildcard, allows anything.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let mut any = false;
+    for v in headers.get_all(header::ACCEPT) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let t = item.split(';').next().unwrap_or("").trim();
+            if t.is_empty() {
+                continue;
+            }
+            any = true;
+            if t == media_type || t == "*/*" || t == "application/*" || t == "application/json" {
+                return true;
+            }
+        }
+    }
+    !any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    #[test]
+    fn parses_image_and_index() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":3}}],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":4}}}}"#,
+            d('a'),
+            d('b'),
+            d('c')
+        );
+        let m = Manifest::parse(Bytes::from(body), None).unwrap();
+        assert_eq!(m.media_type, OCI_MANIFEST);
+        assert_eq!(m.blobs.len(), 2);
+        assert_eq!(m.subject.unwrap().to_string(), d('c'));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
+
+        let idx = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":5}}]}}"#,
+            d('e')
+        );
+        let m = Manifest::parse(Bytes::from(idx), None).unwrap();
+        assert_eq!(m.media_type, OCI_INDEX);
+        assert_eq!(m.children.len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_manifests() {
+        for (body, ct) in [
+            (r#"{"schemaVersion":1,"fsLayers":[]}"#.to_string(), None),
+            ("not json".to_string(), None),
+            (r#"{"schemaVersion":3}"#.to_string(), None),
+            (
+                format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#),
+                None,
+            ),
+            (
+                format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"x","digest":"sha256:zz","size":1}},"layers":[]}}"#
+                ),
+                None,
+            ),
+            (
+                format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#),
+                Some(DOCKER_LIST),
+            ),
+            (r#"{"schemaVersion":2,"mediaType":"text/plain"}"#.to_string(), None),
+        ] {
+            let e = Manifest::parse(Bytes::from(body.clone()), ct).unwrap_err();
+            assert_eq!(e.code, Code::ManifestInvalid, "{body}");
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let mut h = HeaderMap::new();
+        assert!(accepts(&h, OCI_INDEX));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json"),
+        );
+        assert!(!accepts(&h, OCI_INDEX));
+        assert!(accepts(&h, DOCKER_MANIFEST));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json; q=0.5"),
+        );
+        assert!(accepts(&h, OCI_INDEX));
+    }
+}

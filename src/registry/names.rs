@@ -1,0 +1,289 @@
+//! Typed names from the OCI distribution spec: repository names, tags, digests, references and
+//! upload ids. Every value that reaches a handler or a storage key went through one of these
+//! parsers, so nothing downstream ever sees `..`, `%2f`, an empty segment or an uppercase name.
+
+use std::fmt;
+
+/// Longest repository name accepted (distribution's limit, counting a `host:port/` prefix).
+pub const MAX_NAME_LEN: usize = 255;
+const MAX_TAG_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoName(String);
+
+impl RepoName {
+    /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.is_empty() || s.len() > MAX_NAME_LEN {
+            return None;
+        }
+        if s.split('/').all(valid_component) {
+            Some(Self(s.to_owned()))
+        } else {
+            None
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // a separator run: ".", "_", "__" or "-+"
+        let start = i;
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        if i == start || i >= b.len() || !alnum(b[i]) {
+            return false;
+        }
+    }
+    true
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    /// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.is_empty() || b.len() > MAX_TAG_LEN {
+            return None;
+        }
+        let first_ok = b[0].is_ascii_alphanumeric() || b[0] == b'_';
+        let rest_ok = b[1..]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
+        (first_ok && rest_ok).then(|| Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+    fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+}
+
+/// `algorithm:encoded`, lower-case hex of the right length for a registered algorithm.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    algo: Algorithm,
+    hex: String,
+}
+
+impl Digest {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, hex) = s.split_once(':')?;
+        let algo = match a {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            _ => return None,
+        };
+        let ok = hex.len() == algo.hex_len() && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+        ok.then(|| Self {
+            algo,
+            hex: hex.to_owned(),
+        })
+    }
+    pub fn sha256_of(bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Self::from_sha256(sha2::Sha256::digest(bytes).into())
+    }
+    pub fn from_sha256(raw: [u8; 32]) -> Self {
+        Self {
+            algo: Algorithm::Sha256,
+            hex: hex::encode(raw),
+        }
+    }
+    pub fn algorithm(&self) -> Algorithm {
+        self.algo
+    }
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algo.as_str(), self.hex)
+    }
+}
+
+/// A manifest reference: a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+impl Reference {
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.contains(':') {
+            Digest::parse(s).map(Reference::Digest)
+        } else {
+            Tag::parse(s).map(Reference::Tag)
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => t.fmt(f),
+            Reference::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+/// An upload session id as regate mints them (a UUID); anything else is rejected before storage.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(s)
+            .ok()
+            .filter(|u| u.hyphenated().to_string() == s)
+            .map(|_| Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for UploadId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_names() {
+        for ok in ["a", "library/ubuntu", "a.b/c_d/e__f/g-h/i---j", "0/1/2", "x9.y8"] {
+            assert!(RepoName::parse(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "",
+            "A",
+            "a/",
+            "/a",
+            "a//b",
+            "a/../b",
+            "a/./b",
+            "..",
+            "a_",
+            "a___b",
+            "a.-b",
+            "-a",
+            "a%2fb",
+            "a b",
+            "a:b",
+            &"a".repeat(256),
+        ] {
+            assert!(RepoName::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tags() {
+        assert!(Tag::parse("latest").is_some());
+        assert!(Tag::parse("_x.Y-1").is_some());
+        assert!(Tag::parse(&"a".repeat(128)).is_some());
+        assert!(Tag::parse(&"a".repeat(129)).is_none());
+        assert!(Tag::parse(".x").is_none());
+        assert!(Tag::parse("-x").is_none());
+        assert!(Tag::parse("a/b").is_none());
+        assert!(Tag::parse("").is_none());
+    }
+
+    #[test]
+    fn digests() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(Digest::parse(&d).map(|d| d.to_string()), Some(d));
+        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_none());
+        assert!(Digest::parse(&format!("sha256:{}", "a".repeat(63))).is_none());
+        assert!(Digest::parse(&format!("md5:{}", "a".repeat(32))).is_none());
+        assert!(Digest::parse(&format!("sha512:{}", "0".repeat(128))).is_some());
+        assert_eq!(
+            Digest::sha256_of(b"").to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(Reference::parse("sha256:zz").is_none());
+        assert!(matches!(Reference::parse("v1"), Some(Reference::Tag(_))));
+    }
+
+    #[test]
+    fn upload_ids() {
+        let id = UploadId::new();
+        assert_eq!(UploadId::parse(id.as_str()), Some(id));
+        assert!(UploadId::parse("../x").is_none());
+        assert!(UploadId::parse("ABCDEF00-0000-0000-0000-000000000000").is_none());
+    }
+}

@@ -1,0 +1,327 @@
+//! Local filesystem backend. Objects are plain files under `root`, in distribution's layout, so
+//! a root written by `registry:2` is served as is. New objects are written to `root/.regate-tmp`
+//! and renamed into place, which is atomic on one filesystem.
+
+use super::{clamp_range, ByteStream, Entry, ObjMeta};
+use bytes::Bytes;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+const READ_CHUNK: usize = 1 << 20;
+/// Buffers this large are handed to the writer thread at once.
+const WRITE_CHUNK: usize = 1 << 20;
+pub const TMP_DIR: &str = ".regate-tmp";
+
+pub struct FsStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    fsync: bool,
+}
+
+impl FsStore {
+    /// Opens (creating when missing) a store at `root`, and clears temporary files that a crash
+    /// left behind more than a day ago.
+    pub fn open(root: &Path, fsync: bool) -> io::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        let tmp = root.join(TMP_DIR);
+        std::fs::create_dir_all(&tmp)?;
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            let day = Duration::from_secs(86_400);
+            for e in rd.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > day);
+                if old {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            tmp,
+            fsync,
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        debug_assert!(!key.split('/').any(|s| s == ".." || s.is_empty()), "bad key {key}");
+        self.root.join(key)
+    }
+
+    pub async fn stat(&self, key: &str) -> io::Result<Option<ObjMeta>> {
+        match tokio::fs::metadata(self.path(key)).await {
+            Ok(m) if m.is_file() => Ok(Some(ObjMeta {
+                size: m.len(),
+                modified: m.modified().ok(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get(&self, key: &str, range: Option<(u64, u64)>) -> io::Result<Option<(ObjMeta, ByteStream)>> {
+        let path = self.path(key);
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+            match std::fs::File::open(&path) {
+                Ok(f) => {
+                    let m = f.metadata()?;
+                    if !m.is_file() {
+                        return Ok(None);
+                    }
+                    Ok(Some((f, m)))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let Some((mut file, m)) = opened else {
+            return Ok(None);
+        };
+        let meta = ObjMeta {
+            size: m.len(),
+            modified: m.modified().ok(),
+        };
+        let (start, end) = clamp_range(range, meta.size);
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
+        tokio::task::spawn_blocking(move || {
+            if start > 0 {
+                if let Err(e) = file.seek(SeekFrom::Start(start)) {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+            let mut left = end - start;
+            while left > 0 {
+                let n = (left as usize).min(READ_CHUNK);
+                let mut buf = vec![0u8; n];
+                let res = file.read_exact(&mut buf).map(|_| Bytes::from(buf));
+                let failed = res.is_err();
+                if tx.blocking_send(res).is_err() || failed {
+                    return;
+                }
+                left -= n as u64;
+            }
+        });
+        Ok(Some((meta, receiver_stream(rx))))
+    }
+
+    pub async fn read(&self, key: &str, limit: u64) -> io::Result<Option<Bytes>> {
+        let path = self.path(key);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::new();
+                let n = f.take(limit + 1).read_to_end(&mut buf).await?;
+                if n as u64 > limit {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{key} is larger than {limit} bytes"),
+                    ));
+                }
+                Ok(Some(Bytes::from(buf)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes) -> io::Result<()> {
+        let mut w = self.writer(key).await?;
+        w.write(data).await?;
+        w.commit().await
+    }
+
+    pub async fn writer(&self, key: &str) -> io::Result<FsWriter> {
+        let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
+        let dest = self.path(key);
+        let fsync = self.fsync;
+        let t = tmp.clone();
+        let file =
+            tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).create_new(true).open(&t))
+                .await
+                .map_err(io::Error::other)??;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let thread = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut file = file;
+            while let Some(b) = rx.blocking_recv() {
+                file.write_all(&b)?;
+            }
+            if fsync {
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        Ok(FsWriter {
+            tx: Some(tx),
+            thread,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+            tmp,
+            dest,
+            written: 0,
+            fsync,
+        })
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (self.path(from), self.path(to));
+        if let Some(dir) = to.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::rename(from, to).await
+    }
+
+    pub async fn delete(&self, key: &str) -> io::Result<()> {
+        match tokio::fs::remove_file(self.path(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn delete_all(&self, prefix: &str) -> io::Result<()> {
+        match tokio::fs::remove_dir_all(self.path(prefix)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
+        let dir = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(prefix)
+        };
+        let mut rd = match tokio::fs::read_dir(&dir).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        while let Some(e) = rd.next_entry().await? {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if name == TMP_DIR {
+                continue;
+            }
+            let is_dir = e.file_type().await?.is_dir();
+            out.push(Entry { name, is_dir });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn ready(&self) -> io::Result<()> {
+        let m = tokio::fs::metadata(&self.tmp).await?;
+        if m.permissions().readonly() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "storage root is read-only",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a channel of chunks into a body stream.
+pub(crate) fn receiver_stream(rx: mpsc::Receiver<io::Result<Bytes>>) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// Streams into a temporary file on a blocking thread (so network reads and disk writes overlap)
+/// and renames it into place on commit.
+pub struct FsWriter {
+    tx: Option<mpsc::Sender<Bytes>>,
+    thread: tokio::task::JoinHandle<io::Result<()>>,
+    buf: Vec<u8>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    written: u64,
+    fsync: bool,
+}
+
+impl FsWriter {
+    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        self.written += data.len() as u64;
+        if self.buf.is_empty() && data.len() >= WRITE_CHUNK {
+            return self.send(data).await;
+        }
+        self.buf.extend_from_slice(&data);
+        if self.buf.len() >= WRITE_CHUNK {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
+            self.send(Bytes::from(full)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, b: Bytes) -> io::Result<()> {
+        let Some(tx) = &self.tx else {
+            return Err(io::Error::other("writer closed"));
+        };
+        if tx.send(b).await.is_err() {
+            // the thread stopped: its result says why
+            self.tx = None;
+            let thread = std::mem::replace(&mut self.thread, tokio::spawn(async { Ok(()) }));
+            thread.await.map_err(io::Error::other)??;
+            return Err(io::Error::other("writer thread stopped"));
+        }
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub async fn commit(mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            if let Err(e) = self.send(Bytes::from(rest)).await {
+                let _ = tokio::fs::remove_file(&self.tmp).await;
+                return Err(e);
+            }
+        }
+        self.tx = None;
+        let res = (&mut self.thread).await.map_err(io::Error::other).and_then(|r| r);
+        if let Err(e) = res {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(e);
+        }
+        let (tmp, dest, fsync) = (self.tmp.clone(), self.dest.clone(), self.fsync);
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            if let Err(e) = std::fs::rename(&tmp, &dest) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            if fsync {
+                if let Some(dir) = dest.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    pub async fn abort(mut self) {
+        self.tx = None;
+        let _ = (&mut self.thread).await;
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}

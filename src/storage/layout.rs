@@ -1,0 +1,140 @@
+//! Storage keys, in distribution's layout (`docker/registry/v2/...`), built only from typed names.
+
+use crate::registry::names::{Digest, RepoName, Tag, UploadId};
+
+pub const ROOT: &str = "docker/registry/v2";
+pub const REPOS: &str = "docker/registry/v2/repositories";
+
+pub fn blob_data(d: &Digest) -> String {
+    format!(
+        "{ROOT}/blobs/{}/{}/{}/data",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
+}
+
+pub fn blob_dir(d: &Digest) -> String {
+    format!("{ROOT}/blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex())
+}
+
+pub fn repo(name: &RepoName) -> String {
+    format!("{REPOS}/{name}")
+}
+
+pub fn layer_link(name: &RepoName, d: &Digest) -> String {
+    format!("{REPOS}/{name}/_layers/{}/{}/link", d.algorithm().as_str(), d.hex())
+}
+
+pub fn layers_dir(name: &RepoName) -> String {
+    format!("{REPOS}/{name}/_layers/sha256")
+}
+
+pub fn revision_link(name: &RepoName, d: &Digest) -> String {
+    format!(
+        "{REPOS}/{name}/_manifests/revisions/{}/{}/link",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+pub fn revisions_dir(name: &RepoName) -> String {
+    format!("{REPOS}/{name}/_manifests/revisions/sha256")
+}
+
+pub fn tags_dir(name: &RepoName) -> String {
+    format!("{REPOS}/{name}/_manifests/tags")
+}
+
+pub fn tag_dir(name: &RepoName, t: &Tag) -> String {
+    format!("{REPOS}/{name}/_manifests/tags/{t}")
+}
+
+pub fn tag_current(name: &RepoName, t: &Tag) -> String {
+    format!("{REPOS}/{name}/_manifests/tags/{t}/current/link")
+}
+
+pub fn tag_index(name: &RepoName, t: &Tag, d: &Digest) -> String {
+    format!(
+        "{REPOS}/{name}/_manifests/tags/{t}/index/{}/{}/link",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+/// regate's own index of referrers: one link per (subject, referrer) pair. distribution ignores
+/// `_`-prefixed directories it does not know.
+pub fn referrer_link(name: &RepoName, subject: &Digest, referrer: &Digest) -> String {
+    format!(
+        "{REPOS}/{name}/_referrers/{}/{}/{}/{}/link",
+        subject.algorithm().as_str(),
+        subject.hex(),
+        referrer.algorithm().as_str(),
+        referrer.hex()
+    )
+}
+
+pub fn referrers_dir(name: &RepoName, subject: &Digest) -> String {
+    format!(
+        "{REPOS}/{name}/_referrers/{}/{}/sha256",
+        subject.algorithm().as_str(),
+        subject.hex()
+    )
+}
+
+pub fn uploads_dir(name: &RepoName) -> String {
+    format!("{REPOS}/{name}/_uploads")
+}
+
+pub fn upload_dir(name: &RepoName, id: &UploadId) -> String {
+    format!("{REPOS}/{name}/_uploads/{id}")
+}
+
+/// distribution's marker of an upload's start time (RFC 3339); its purge job reads it.
+pub fn upload_startedat(name: &RepoName, id: &UploadId) -> String {
+    format!("{REPOS}/{name}/_uploads/{id}/startedat")
+}
+
+pub fn upload_state(name: &RepoName, id: &UploadId) -> String {
+    format!("{REPOS}/{name}/_uploads/{id}/regate-state.json")
+}
+
+pub fn upload_part(name: &RepoName, id: &UploadId, offset: u64) -> String {
+    format!("{REPOS}/{name}/_uploads/{id}/part-{offset:020}")
+}
+
+/// regate's own state (refresh tokens, robots, CLI passwords) lives beside the registry tree.
+pub fn state(kind: &str, id: &str) -> String {
+    format!("regate/{kind}/{id}")
+}
+
+pub fn state_dir(kind: &str) -> String {
+    format!("regate/{kind}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribution_paths() {
+        let d = Digest::parse(&format!("sha256:ab{}", "0".repeat(62))).unwrap();
+        let n = RepoName::parse("library/x").unwrap();
+        assert_eq!(
+            blob_data(&d),
+            format!("docker/registry/v2/blobs/sha256/ab/ab{}/data", "0".repeat(62))
+        );
+        assert_eq!(
+            layer_link(&n, &d),
+            format!(
+                "docker/registry/v2/repositories/library/x/_layers/sha256/ab{}/link",
+                "0".repeat(62)
+            )
+        );
+        let t = Tag::parse("v1").unwrap();
+        assert_eq!(
+            tag_current(&n, &t),
+            "docker/registry/v2/repositories/library/x/_manifests/tags/v1/current/link"
+        );
+    }
+}
