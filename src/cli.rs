@@ -149,8 +149,10 @@ fn load_valid(path: Option<PathBuf>, env: &config::Env) -> Result<Config, Failur
 fn init_logging(format: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("REGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == Some("json") {
         b.json().flatten_event(true).try_init()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every regate test on a fresh Debian machine: installs what the tests need when it is
+# missing, builds, and runs the unit and integration suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# skopeo needs a policy; Debian's package ships one, a bare container may not.
+if [ ! -f /etc/containers/policy.json ] && [ ! -f "${HOME}/.config/containers/policy.json" ]; then
+  mkdir -p "${HOME}/.config/containers"
+  echo '{"default":[{"type":"insecureAcceptAnything"}]}' > "${HOME}/.config/containers/policy.json"
+fi
+
+if docker info >/dev/null 2>&1; then
+  echo "Docker engine available: docker login/push/pull tests will run"
+else
+  echo "no Docker engine: docker tests will say so and skip; skopeo tests still run"
+fi
+
+cargo test --all-targets -- --test-threads="${REGATE_TEST_THREADS:-2}"
