@@ -1,0 +1,240 @@
+//! The edge: TLS and HSTS, certificate reload, the HTTP->HTTPS redirect, IP allowlists and
+//! X-Forwarded-For from trusted and untrusted peers, hostile requests on raw sockets, SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{client, Server};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn write_cert(dir: &Path, cn: &str) -> String {
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let cert = p.self_signed(&kp).unwrap();
+    // write key first, then cert, each atomically
+    std::fs::write(dir.join("tls.key.tmp"), kp.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("tls.key.tmp"), dir.join("tls.key")).unwrap();
+    std::fs::write(dir.join("tls.crt.tmp"), cert.pem()).unwrap();
+    std::fs::rename(dir.join("tls.crt.tmp"), dir.join("tls.crt")).unwrap();
+    cert.pem()
+}
+
+fn tls_client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The subject CN the server presents on a new connection, via openssl s_client.
+fn served_cn(host: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl s_client -connect {host} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -subject"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn tls_hsts_everywhere_and_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_cert(dir.path(), "first");
+    let redirect = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raddr = redirect.local_addr().unwrap();
+    drop(redirect); // the config takes an address; a short race with other processes is acceptable here
+    let extra = format!(
+        "public_url: https://localhost:{{PORT}}\ntls: {{ cert: {0}/tls.crt, key: {0}/tls.key, hsts_max_age: 600, http_redirect_listen: {raddr} }}\n",
+        dir.path().display()
+    );
+    // public_url needs the port, which is only known after binding: start once to learn it is
+    // not possible with port 0, so let the default public_url (https://127.0.0.1:PORT) stand.
+    let extra = extra.replace("public_url: https://localhost:{PORT}\n", "");
+    let s = Server::start_in(dir, &extra);
+    assert!(s.url.starts_with("https://127.0.0.1:"));
+    let c = tls_client(&ca);
+    let url = s.url.replace("127.0.0.1", "localhost");
+    for (path, want) in [
+        ("/v2/", 401),
+        ("/nope", 404),
+        ("/token", 200),
+        ("/healthz", 200),
+        ("/v2/A/tags/list", 400),
+    ] {
+        let r = c.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), want, "{path}");
+        assert_eq!(
+            r.headers()["strict-transport-security"],
+            "max-age=600; includeSubDomains",
+            "{path}"
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(r.headers().get("server").is_none());
+    }
+    // HTTP/2 is offered through ALPN
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = h2.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    // the plain listener redirects to public_url, whatever Host says
+    let r = client()
+        .get(format!("http://{raddr}/v2/x/tags/list?n=1"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], format!("{}/v2/x/tags/list?n=1", s.url));
+    assert!(r.headers().get("strict-transport-security").is_none());
+
+    // certificate reload: new handshakes get the new certificate
+    assert!(served_cn(&s.host).contains("first"));
+    let _ca2 = write_cert(s.dir.path(), "second");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !served_cn(&s.host).contains("second") {
+        assert!(Instant::now() < deadline, "certificate not reloaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn plain_http_has_no_hsts() {
+    let s = Server::start("");
+    let r = client().get(format!("{}/v2/", s.url)).send().await.unwrap();
+    assert!(r.headers().get("strict-transport-security").is_none());
+    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
+}
+
+#[tokio::test]
+async fn allowlist_and_forwarded_for() {
+    // 127.0.0.1 is not allowed: everything is 403 JSON
+    let s = Server::start("network: { allow: [10.0.0.0/8] }\n");
+    let r = client().get(format!("{}/v2/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("127.0.0.1"));
+    // a spoofed X-Forwarded-For from an untrusted peer changes nothing
+    let r = client()
+        .get(format!("{}/v2/", s.url))
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    drop(s);
+
+    // behind a trusted proxy, the right-most untrusted address counts
+    let s = Server::start("network: { allow: [10.0.0.0/8], trusted_proxies: [127.0.0.1/32, 192.168.0.0/16] }\n");
+    let c = client();
+    let get = |xff: Option<&'static str>, fwd: Option<&'static str>| {
+        let mut rb = c.get(format!("{}/healthz", s.url));
+        if let Some(x) = xff {
+            rb = rb.header("x-forwarded-for", x);
+        }
+        if let Some(f) = fwd {
+            rb = rb.header("forwarded", f);
+        }
+        rb.send()
+    };
+    assert_eq!(get(Some("10.1.2.3"), None).await.unwrap().status(), 200);
+    assert_eq!(get(Some("10.1.2.3, 192.168.1.1"), None).await.unwrap().status(), 200);
+    // the client put 10.x first itself; the proxy appended the real address
+    assert_eq!(get(Some("10.9.9.9, 203.0.113.7"), None).await.unwrap().status(), 403);
+    assert_eq!(get(Some("::ffff:10.1.2.3"), None).await.unwrap().status(), 200);
+    assert_eq!(get(None, Some("for=10.1.2.3;proto=https")).await.unwrap().status(), 200);
+    assert_eq!(
+        get(None, Some("for=\"[2001:db8::1]:4711\"")).await.unwrap().status(),
+        403
+    );
+    assert_eq!(get(None, None).await.unwrap().status(), 403);
+}
+
+fn raw(host: &str, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[test]
+fn hostile_requests_refused() {
+    let s = Server::start("limits: { header_read_timeout: 1 }\n");
+    let h = &s.host;
+    // request smuggling: both Content-Length and Transfer-Encoding
+    let r = raw(
+        h,
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // duplicate, conflicting Content-Length
+    let r = raw(
+        h,
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // absolute-form target
+    let r = raw(h, b"GET http://evil.example/v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // dot segments and encoded tricks never reach another repository
+    for p in [
+        "/v2/a/../b/tags/list",
+        "/v2/a/%2e%2e/b/tags/list",
+        "/v2/a%2fb/tags/list",
+        "/v2//a/tags/list",
+    ] {
+        let r = raw(h, format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert!(r.starts_with("HTTP/1.1 400"), "{p}: {r}");
+    }
+    // huge headers: 431
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let r = raw(h, big.as_bytes());
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r}");
+    // slowloris: headers never finished -> the connection is closed after header_read_timeout
+    let mut sock = TcpStream::connect(h).unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = sock.read(&mut buf).unwrap_or(0);
+    let got = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "slow client kept for {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn sigterm_exits_cleanly() {
+    let mut s = Server::start("");
+    let status = s
+        .terminate(Duration::from_secs(10))
+        .expect("regate did not exit on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(s.logs().contains("shutting down"));
+}
