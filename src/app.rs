@@ -92,18 +92,21 @@ impl Perms<'_> {
     fn subject(&self) -> Subject {
         match self.principal {
             Principal::Token(c) if c.sub.is_empty() => Subject::anonymous(self.ip),
+            // a token carries exactly its access; the policy is consulted only for what the
+            // token cannot carry (the catalog filter), and never for a limited credential
             Principal::Token(c) => Subject {
                 account: c.sub.clone(),
                 groups: c.grp.clone(),
                 ip: self.ip,
                 anonymous: false,
+                limit: c.lim.then(|| {
+                    Arc::new(crate::auth::stored::Limit {
+                        layers: vec![],
+                        rules: false,
+                    })
+                }),
             },
-            Principal::Basic(id) => Subject {
-                account: id.account.clone(),
-                groups: id.groups.clone(),
-                ip: self.ip,
-                anonymous: false,
-            },
+            Principal::Basic(id) => id.subject(self.ip),
         }
     }
 }
@@ -326,6 +329,24 @@ impl App {
                     reason = audit.denied_reason.unwrap_or("-"),
                     "token"
                 );
+                r
+            }
+            p if p == "/api/v1/tokens" || p.starts_with("/api/v1/tokens/") => {
+                log.route = "api";
+                let (parts, body) = req.into_parts();
+                let (r, who) = crate::api::tokens(
+                    &self.tokens.creds,
+                    &parts.method,
+                    parts.uri.path(),
+                    &parts.headers,
+                    body,
+                )
+                .await;
+                log.account = who;
+                if r.status().is_success() && parts.method != Method::GET {
+                    tracing::info!(target: "regate::audit", event = "cli_password", action = %parts.method, %ip,
+                        account = log.account.as_deref().unwrap_or("-"), "api");
+                }
                 r
             }
             "/.well-known/jwks.json" => {
@@ -560,12 +581,7 @@ impl App {
 }
 
 fn subject_of(id: &Identity, ip: IpAddr) -> Subject {
-    Subject {
-        account: id.account.clone(),
-        groups: id.groups.clone(),
-        ip,
-        anonymous: false,
-    }
+    id.subject(ip)
 }
 
 fn parse_addr(s: &str) -> Option<IpAddr> {

@@ -7,6 +7,7 @@ use crate::auth::endpoint::TokenService;
 use crate::auth::policy::{Glob, Policy, Rule, StaticRule};
 use crate::auth::refresh::RefreshStore;
 use crate::auth::scope::Action;
+use crate::auth::stored::{Grant, Kind, StoredCreds, ROBOT_PREFIX};
 use crate::auth::token::TokenKeys;
 use crate::config::{self, Backend, Config};
 use crate::registry::{self, Registry};
@@ -61,6 +62,43 @@ enum Cmd {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
+    /// Manage robot accounts (CI credentials limited to some repositories).
+    Robot {
+        #[command(subcommand)]
+        cmd: RobotCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RobotCmd {
+    /// Create robot$NAME and print its secret once.
+    Add {
+        name: String,
+        /// Repository pattern the robot may use (repeatable; `*` and `?` globs).
+        #[arg(long = "repo", required = true)]
+        repos: Vec<String>,
+        /// Comma-separated actions: pull, push, delete, *.
+        #[arg(long, default_value = "pull")]
+        actions: String,
+        /// Lifetime, e.g. 30d, 12h; 0 for none.
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// List robot accounts.
+    List {
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// Revoke robot$NAME (every secret it has).
+    Remove {
+        name: String,
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Exit code 2: configuration or arguments. 1: anything else.
@@ -82,6 +120,7 @@ pub fn main() -> i32 {
     let result = match cli.cmd {
         Cmd::CheckConfig { schema_only, config } => check_config(config.as_deref(), schema_only, &env),
         Cmd::Serve { config, log_format } => serve(config, log_format, env),
+        Cmd::Robot { cmd } => robot(cmd, env),
         Cmd::Gc {
             dry_run,
             delete_untagged,
@@ -297,8 +336,12 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
         None
     };
     let creds = Arc::new(
-        Credentials::new(cfg.auth.htpasswd.as_deref(), admin.as_ref().map(|(p, _)| p.clone()))
-            .map_err(|m| Failure::Config(vec![m]))?,
+        Credentials::new(
+            cfg.auth.htpasswd.as_deref(),
+            admin.as_ref().map(|(p, _)| p.clone()),
+            Some(Arc::new(StoredCreds::new(store.clone()))),
+        )
+        .map_err(|m| Failure::Config(vec![m]))?,
     );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -459,6 +502,116 @@ fn gc(
         .await
         .map_err(|e| Failure::Other(format!("garbage collection failed: {e}")))?;
         print!("{report}");
+        Ok(())
+    })
+}
+
+fn valid_robot_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn robot(cmd: RobotCmd, env: config::Env) -> Result<(), Failure> {
+    let cfg_path = match &cmd {
+        RobotCmd::Add { config, .. } | RobotCmd::List { config } | RobotCmd::Remove { config, .. } => config.clone(),
+    };
+    let cfg = load_valid(cfg_path, &env)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let st = StoredCreds::new(Arc::new(open_storage(&cfg)?));
+        let io = |e: std::io::Error| Failure::Other(format!("storage: {e}"));
+        match cmd {
+            RobotCmd::Add {
+                name,
+                repos,
+                actions,
+                expires,
+                description,
+                ..
+            } => {
+                if !valid_robot_name(&name) {
+                    return Err(Failure::Config(vec![format!(
+                        "robot name {name:?} may only use letters, digits, '-', '_' and '.'"
+                    )]));
+                }
+                let mut acts = Vec::new();
+                for a in actions.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                    acts.push(Action::parse(a).ok_or_else(|| {
+                        Failure::Config(vec![format!("--actions: unknown action {a:?} (pull, push, delete, *)")])
+                    })?);
+                }
+                let ttl = parse_duration(&expires).ok_or_else(|| {
+                    Failure::Config(vec![format!("--expires {expires:?} is not a duration like 30d")])
+                })?;
+                let now = crate::util::now_secs();
+                let account = format!("{ROBOT_PREFIX}{name}");
+                let grants = repos
+                    .iter()
+                    .map(|r| Grant {
+                        repository: r.clone(),
+                        actions: acts.clone(),
+                    })
+                    .collect();
+                let exp = if ttl.is_zero() { 0 } else { now + ttl.as_secs() };
+                let (rec, secret) = st
+                    .create(Kind::Robot, &account, grants, vec![], false, exp, &description, now)
+                    .await
+                    .map_err(io)?;
+                println!("created {account} (id {})", rec.id);
+                if exp != 0 {
+                    println!("expires {}", crate::util::rfc3339(exp));
+                }
+                println!("secret (shown once): {secret}");
+                println!("  echo '{secret}' | docker login <registry> -u '{account}' --password-stdin");
+            }
+            RobotCmd::List { .. } => {
+                for r in st
+                    .list()
+                    .await
+                    .map_err(io)?
+                    .into_iter()
+                    .filter(|r| r.kind == Kind::Robot)
+                {
+                    let grants: Vec<String> = r
+                        .grants
+                        .iter()
+                        .map(|g| {
+                            format!(
+                                "{}:{}",
+                                g.repository,
+                                g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
+                            )
+                        })
+                        .collect();
+                    let exp = if r.expires == 0 {
+                        "never".to_owned()
+                    } else {
+                        crate::util::rfc3339(r.expires)
+                    };
+                    println!("{}\t{}\texpires {}\t{}", r.account, r.id, exp, grants.join(" "));
+                }
+            }
+            RobotCmd::Remove { name, .. } => {
+                let account = format!("{ROBOT_PREFIX}{name}");
+                let mut n = 0;
+                for r in st
+                    .list()
+                    .await
+                    .map_err(io)?
+                    .into_iter()
+                    .filter(|r| r.account == account)
+                {
+                    st.revoke(&r.id).await.map_err(io)?;
+                    n += 1;
+                }
+                if n == 0 {
+                    return Err(Failure::Other(format!("no robot named {name}")));
+                }
+                println!("removed {account} ({n} secret(s))");
+            }
+        }
         Ok(())
     })
 }

@@ -3,6 +3,7 @@
 //! `main.rs` only calls [`cli::main`]. The request pipeline is in [`app`]; the registry API in
 //! [`registry`]; storage backends in [`storage`]; authentication and the token service in [`auth`].
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -446,3 +446,279 @@ async fn secrets_never_reach_the_logs() {
         assert!(!logs.contains(secret), "secret {secret} leaked into logs");
     }
 }
+
+fn run_cli(s: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .arg("--config")
+        .arg(s.dir.path().join("regate.yaml"))
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn secret_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once): "))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn robot_accounts_are_limited_expire_and_revoke() {
+    let s = policy_server(tempfile::tempdir().unwrap(), "");
+    let (ok, out, err) = run_cli(&s, &["robot", "add", "ci", "--repo", "ci/*", "--actions", "pull,push"]);
+    assert!(ok, "{err}");
+    let secret = secret_of(&out);
+    assert!(out.contains("docker login"));
+    let t = token(
+        &s,
+        Some(("robot$ci", &secret)),
+        &["repository:ci/app:pull,push,delete", "repository:alice/app:pull"],
+    )
+    .await;
+    let cl = claims(&t);
+    assert_eq!(cl["sub"], "robot$ci");
+    assert_eq!(
+        cl["access"],
+        serde_json::json!([{"type":"repository","name":"ci/app","actions":["pull","push"]}])
+    );
+    // the wrong name with the right secret fails
+    let r = client()
+        .get(format!("{}/token", s.url))
+        .basic_auth("robot$other", Some(&secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (_, list, _) = run_cli(&s, &["robot", "list"]);
+    assert!(list.contains("robot$ci") && list.contains("ci/*:pull,push"), "{list}");
+    assert!(!list.contains(&secret));
+    // a robot's docker login (refresh token) dies with the robot
+    let r = client()
+        .get(format!("{}/token?offline_token=true", s.url))
+        .basic_auth("robot$ci", Some(&secret))
+        .send()
+        .await
+        .unwrap();
+    let rt = r.json::<Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, _, err) = run_cli(&s, &["robot", "remove", "ci"]);
+    assert!(ok, "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let a = client()
+            .get(format!("{}/token", s.url))
+            .basic_auth("robot$ci", Some(&secret))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let b = client()
+            .post(format!("{}/token", s.url))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if a == 401 && b == 401 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "removed robot still works");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // expiry
+    let (ok, out, _) = run_cli(&s, &["robot", "add", "short", "--repo", "*", "--expires", "1s"]);
+    assert!(ok);
+    let secret = secret_of(&out);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while client()
+        .get(format!("{}/token", s.url))
+        .basic_auth("robot$short", Some(&secret))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 401
+    {
+        assert!(std::time::Instant::now() < deadline, "expired robot still works");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // bad input: one sentence, exit 2
+    let (ok, _, err) = run_cli(&s, &["robot", "add", "bad name", "--repo", "*"]);
+    assert!(!ok && err.contains("robot name"), "{err}");
+}
+
+#[tokio::test]
+async fn cli_passwords_mint_list_use_revoke() {
+    let s = policy_server(tempfile::tempdir().unwrap(), "");
+    let c = client();
+    let api = format!("{}/api/v1/tokens", s.url);
+    assert_eq!(c.post(&api).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.post(&api)
+            .basic_auth("alice", Some("nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = c
+        .post(&api)
+        .basic_auth("alice", Some("alice:pw"))
+        .json(&serde_json::json!({"repositories": ["alice/app"], "actions": ["pull"], "expires_in": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let (id, pw) = (
+        v["id"].as_str().unwrap().to_owned(),
+        v["token"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(v["username"], "alice");
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+    // with the CLI password alice gets only what it names, though the rules allow push
+    let t = token(
+        &s,
+        Some(("alice", &pw)),
+        &["repository:alice/app:pull,push", "repository:alice/other:pull"],
+    )
+    .await;
+    assert_eq!(
+        claims(&t)["access"],
+        serde_json::json!([{"type":"repository","name":"alice/app","actions":["pull"]}])
+    );
+    // and never more than alice may do, whatever it asks for
+    let r = c
+        .post(&api)
+        .basic_auth("alice", Some("alice:pw"))
+        .json(&serde_json::json!({"repositories": ["*"], "actions": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    let wide = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let t = token(
+        &s,
+        Some(("alice", &wide)),
+        &["repository:bob/app:pull", "repository:alice/x:pull,push,delete"],
+    )
+    .await;
+    assert_eq!(
+        claims(&t)["access"],
+        serde_json::json!([{"type":"repository","name":"alice/x","actions":["pull","push"]}])
+    );
+    // bob cannot use alice's password, nor see or revoke it
+    assert_eq!(
+        c.get(format!("{}/token", s.url))
+            .basic_auth("bob", Some(&pw))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let list: Value = c
+        .get(&api)
+        .basic_auth("bob", Some("bobpw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, serde_json::json!([]));
+    assert_eq!(
+        c.delete(format!("{api}/{id}"))
+            .basic_auth("bob", Some("bobpw"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let list: Value = c
+        .get(&api)
+        .basic_auth("alice", Some("alice:pw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(list[0].get("token").is_none(), "secrets are shown only once");
+    // bad requests
+    let r = c
+        .post(&api)
+        .basic_auth("alice", Some("alice:pw"))
+        .body("{\"expires_in\": 0}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(&api)
+        .basic_auth("alice", Some("alice:pw"))
+        .body("{\"bogus\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // revoke
+    assert_eq!(
+        c.delete(format!("{api}/{id}"))
+            .basic_auth("alice", Some("alice:pw"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while c
+        .get(format!("{}/token", s.url))
+        .basic_auth("alice", Some(&pw))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 401
+    {
+        assert!(std::time::Instant::now() < deadline, "revoked CLI password still works");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // a robot minting a CLI password stays within the robot's limits
+    let (ok, out, _) = run_cli(&s, &["robot", "add", "ci", "--repo", "ci/*", "--actions", "pull"]);
+    assert!(ok);
+    let rs = secret_of(&out);
+    let r = c
+        .post(&api)
+        .basic_auth("robot$ci", Some(&rs))
+        .json(&serde_json::json!({"repositories": ["*"], "actions": ["pull", "push"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let child = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let t = token(
+        &s,
+        Some(("robot$ci", &child)),
+        &["repository:ci/a:pull,push", "repository:x/y:pull"],
+    )
+    .await;
+    assert_eq!(
+        claims(&t)["access"],
+        serde_json::json!([{"type":"repository","name":"ci/a","actions":["pull"]}])
+    );
+}

@@ -2,6 +2,7 @@
 //! generated admin, refresh tokens). bcrypt runs on the blocking pool; successes are cached for a
 //! short time under a hash of the credential so a CI burst costs one bcrypt, not one per request.
 
+use super::stored::{looks_like_secret, Limit, StoredCreds};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use subtle::ConstantTimeEq;
 pub enum Source {
     Htpasswd,
     Admin,
+    /// A robot secret or CLI password; the fingerprint is the record id.
+    Stored,
 }
 
 /// An authenticated caller.
@@ -25,6 +28,20 @@ pub struct Identity {
     /// Changes when the credential behind the identity changes (password reset, user removed),
     /// so long-lived refresh tokens can be re-checked against it.
     pub fingerprint: String,
+    /// What a robot or CLI password is limited to.
+    pub limit: Option<Arc<Limit>>,
+}
+
+impl Identity {
+    pub fn subject(&self, ip: std::net::IpAddr) -> super::policy::Subject {
+        super::policy::Subject {
+            account: self.account.clone(),
+            groups: self.groups.clone(),
+            ip,
+            anonymous: false,
+            limit: self.limit.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +95,7 @@ impl HtpasswdFile {
 pub struct Credentials {
     htpasswd: Option<RwLock<HtpasswdFile>>,
     admin: Option<String>,
+    stored: Option<Arc<StoredCreds>>,
     dummy_hash: String,
     cache: moka::sync::Cache<[u8; 32], Identity>,
 }
@@ -97,7 +115,11 @@ fn fingerprint(s: &str) -> String {
 
 impl Credentials {
     /// `admin`: the generated admin's password, when there is one.
-    pub fn new(htpasswd: Option<&Path>, admin: Option<String>) -> Result<Self, String> {
+    pub fn new(
+        htpasswd: Option<&Path>,
+        admin: Option<String>,
+        stored: Option<Arc<StoredCreds>>,
+    ) -> Result<Self, String> {
         let htpasswd = match htpasswd {
             Some(p) => {
                 let (users, stamp) = HtpasswdFile::load(p)?;
@@ -115,6 +137,7 @@ impl Credentials {
         Ok(Self {
             htpasswd,
             admin,
+            stored,
             dummy_hash,
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -168,10 +191,17 @@ impl Credentials {
             h.update(pass.as_bytes());
             h.finalize().into()
         };
+        if let (Some(st), true) = (&self.stored, looks_like_secret(pass)) {
+            let rec = st
+                .verify(user, pass, crate::util::now_secs())
+                .await
+                .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+            return rec.map(|r| stored_identity(&r)).ok_or(AuthError::BadCredentials);
+        }
         let stored = self.htpasswd_hash(user);
         if let Some(id) = self.cache.get(&key) {
             // still the same credential behind it?
-            if self.still_valid(&id) {
+            if self.still_valid_local(&id) {
                 return Ok(id);
             }
             self.cache.invalidate(&key);
@@ -187,6 +217,7 @@ impl Credentials {
                         groups: Vec::new(),
                         source: Source::Admin,
                         fingerprint: fingerprint(a),
+                        limit: None,
                     };
                     self.cache.insert(key, id.clone());
                     return Ok(id);
@@ -207,6 +238,7 @@ impl Credentials {
                     groups: Vec::new(),
                     source: Source::Htpasswd,
                     fingerprint: fingerprint(&h),
+                    limit: None,
                 };
                 self.cache.insert(key, id.clone());
                 Ok(id)
@@ -217,13 +249,33 @@ impl Credentials {
 
     /// Whether an identity established earlier still stands: the user is still in its source and
     /// the credential has not changed.
-    pub fn still_valid(&self, id: &Identity) -> bool {
+    fn still_valid_local(&self, id: &Identity) -> bool {
         match id.source {
             Source::Htpasswd => self
                 .htpasswd_hash(&id.account)
                 .is_some_and(|h| fingerprint(&h) == id.fingerprint),
             Source::Admin => self.admin.as_ref().is_some_and(|a| fingerprint(a) == id.fingerprint),
+            Source::Stored => false,
         }
+    }
+
+    /// The identity as it stands now, if it still does (for refresh tokens).
+    pub async fn revalidate(&self, id: &Identity) -> Result<Option<Identity>, AuthError> {
+        match id.source {
+            Source::Stored => {
+                let Some(st) = &self.stored else { return Ok(None) };
+                let rec = st
+                    .current(&id.fingerprint, crate::util::now_secs())
+                    .await
+                    .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+                Ok(rec.filter(|r| r.account == id.account).map(|r| stored_identity(&r)))
+            }
+            _ => Ok(self.still_valid_local(id).then(|| id.clone())),
+        }
+    }
+
+    pub fn stored(&self) -> Option<&Arc<StoredCreds>> {
+        self.stored.as_ref()
     }
 
     pub fn has_admin(&self) -> bool {
@@ -232,6 +284,16 @@ impl Credentials {
 }
 
 pub type SharedCredentials = Arc<Credentials>;
+
+fn stored_identity(r: &super::stored::Record) -> Identity {
+    Identity {
+        account: r.account.clone(),
+        groups: Vec::new(),
+        source: Source::Stored,
+        fingerprint: r.id.clone(),
+        limit: Some(Arc::new(Limit::from_record(r))),
+    }
+}
 
 /// Splits an `Authorization: Basic` value into user and password, on the first `:` only.
 pub fn parse_basic(value: &str) -> Option<(String, String)> {
@@ -265,18 +327,18 @@ mod tests {
         let p = d.path().join("htpasswd");
         let h = bcrypt::hash("s3cret", 4).unwrap();
         std::fs::write(&p, format!("alice:{h}\n")).unwrap();
-        let c = Credentials::new(Some(&p), None).unwrap();
+        let c = Credentials::new(Some(&p), None, None).unwrap();
         let id = c.authenticate("alice", "s3cret").await.unwrap();
         assert_eq!(id.account, "alice");
         assert_eq!(c.authenticate("alice", "wrong").await, Err(AuthError::BadCredentials));
         assert_eq!(c.authenticate("nobody", "s3cret").await, Err(AuthError::BadCredentials));
-        assert!(c.still_valid(&id));
+        assert!(c.still_valid_local(&id));
         // password changed in the file: the old identity and cached success no longer stand
         std::thread::sleep(Duration::from_millis(1100));
         let h2 = bcrypt::hash("new", 4).unwrap();
         std::fs::write(&p, format!("alice:{h2}\n# comment\n")).unwrap();
         assert_eq!(c.authenticate("alice", "s3cret").await, Err(AuthError::BadCredentials));
-        assert!(!c.still_valid(&id));
+        assert!(!c.still_valid_local(&id));
         assert!(c.authenticate("alice", "new").await.is_ok());
     }
 
@@ -285,13 +347,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("htpasswd");
         std::fs::write(&p, "bob:{SHA}abc\n").unwrap();
-        let e = Credentials::new(Some(&p), None).unwrap_err();
+        let e = Credentials::new(Some(&p), None, None).unwrap_err();
         assert!(e.contains("htpasswd -B"), "{e}");
     }
 
     #[tokio::test]
     async fn admin() {
-        let c = Credentials::new(None, Some("pw".into())).unwrap();
+        let c = Credentials::new(None, Some("pw".into()), None).unwrap();
         assert_eq!(c.authenticate("admin", "pw").await.unwrap().source, Source::Admin);
         assert!(c.authenticate("admin", "px").await.is_err());
     }

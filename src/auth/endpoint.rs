@@ -201,14 +201,24 @@ impl TokenService {
                 };
                 let id = rec.identity();
                 audit.account = Some(id.account.clone());
-                if !self.creds.still_valid(&id) {
-                    audit.denied_reason = Some("credential changed");
-                    return error(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_grant",
-                        "the password behind this login changed or the account was removed; run docker login again",
-                    );
-                }
+                let id = match self.creds.revalidate(&id).await {
+                    Ok(Some(id)) => id,
+                    Ok(None) => {
+                        audit.denied_reason = Some("credential changed");
+                        return error(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_grant",
+                            "the password behind this login changed, expired or was revoked; run docker login again",
+                        );
+                    }
+                    Err(_) => {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "temporarily_unavailable",
+                            "credential check unavailable; retry",
+                        )
+                    }
+                };
                 self.answer(Some(id), &scopes, false, true, ip, now, audit).await
             }
             Some(other) => error(
@@ -232,12 +242,7 @@ impl TokenService {
         audit: &mut TokenAudit,
     ) -> Resp {
         let subject = match &id {
-            Some(i) => Subject {
-                account: i.account.clone(),
-                groups: i.groups.clone(),
-                ip,
-                anonymous: false,
-            },
+            Some(i) => i.subject(ip),
             None => Subject::anonymous(ip),
         };
         let granted = self.policy.grant(&subject, scopes);
@@ -248,7 +253,10 @@ impl TokenService {
         } else {
             subject.account.as_str()
         };
-        let token = match self.keys.issue(sub, &subject.groups, &granted, now) {
+        let token = match self
+            .keys
+            .issue(sub, &subject.groups, subject.limit.is_some(), &granted, now)
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "token signing failed");

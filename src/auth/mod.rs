@@ -5,4 +5,5 @@ pub mod endpoint;
 pub mod policy;
 pub mod refresh;
 pub mod scope;
+pub mod stored;
 pub mod token;

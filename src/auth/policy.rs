@@ -8,7 +8,7 @@ use std::net::IpAddr;
 /// A repository pattern: `*` matches any run of characters (including `/`), `?` one character,
 /// and `${account}` the caller's account name, lower-cased and taken literally.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Glob(Vec<Tok>);
+pub struct Glob(Vec<Tok>, String);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
@@ -35,7 +35,12 @@ impl Glob {
             });
             rest = &rest[c.len_utf8()..];
         }
-        Glob(toks)
+        Glob(toks, p.to_owned())
+    }
+
+    /// The pattern as written.
+    pub fn source(&self) -> &str {
+        &self.1
     }
 
     pub fn matches(&self, s: &str, account: &str) -> bool {
@@ -110,6 +115,8 @@ pub struct Subject {
     pub groups: Vec<String>,
     pub ip: IpAddr,
     pub anonymous: bool,
+    /// Robot accounts and CLI passwords can do no more than their limit.
+    pub limit: Option<std::sync::Arc<super::stored::Limit>>,
 }
 
 impl Subject {
@@ -119,6 +126,7 @@ impl Subject {
             groups: Vec::new(),
             ip,
             anonymous: true,
+            limit: None,
         }
     }
 }
@@ -150,6 +158,20 @@ impl StaticRule {
 impl Policy {
     /// The actions `s` may perform on repository `repo`.
     pub fn actions(&self, s: &Subject, repo: &str) -> Actions {
+        match &s.limit {
+            None => self.rule_actions(s, repo),
+            Some(l) => {
+                let lim = l.actions(repo, &s.account);
+                if l.rules {
+                    self.rule_actions(s, repo).intersection(&lim).copied().collect()
+                } else {
+                    lim
+                }
+            }
+        }
+    }
+
+    fn rule_actions(&self, s: &Subject, repo: &str) -> Actions {
         for r in &self.rules {
             let Rule::Static(r) = r else {
                 // Gitee permission rules are decided by the Gitee module when it is configured;
@@ -180,7 +202,7 @@ impl Policy {
 
     /// Whether `s` may list the catalog (`registry:catalog:*`).
     pub fn catalog(&self, s: &Subject) -> bool {
-        if s.anonymous {
+        if s.anonymous || s.limit.is_some() {
             return false;
         }
         self.rules
@@ -232,6 +254,7 @@ mod tests {
             groups: vec!["team".into()],
             ip: "10.1.2.3".parse().unwrap(),
             anonymous: false,
+            limit: None,
         }
     }
 

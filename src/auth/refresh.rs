@@ -32,6 +32,7 @@ impl Record {
             groups: self.groups.clone(),
             source: self.source,
             fingerprint: self.fingerprint.clone(),
+            limit: None,
         }
     }
 }

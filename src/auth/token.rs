@@ -39,6 +39,10 @@ pub struct Claims {
     /// regate's own claim: the groups the subject had when the token was issued.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grp: Vec<String>,
+    /// regate's own claim: issued to a limited credential (robot, CLI password), so the access
+    /// claim is all it may do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lim: bool,
 }
 
 impl Claims {
@@ -260,7 +264,14 @@ impl TokenKeys {
     }
 
     /// Signs a token for `sub` carrying `access`, valid for the configured TTL from `now`.
-    pub fn issue(&self, sub: &str, groups: &[String], access: &[Scope], now: u64) -> Result<String, String> {
+    pub fn issue(
+        &self,
+        sub: &str,
+        groups: &[String],
+        limited: bool,
+        access: &[Scope],
+        now: u64,
+    ) -> Result<String, String> {
         let mut h = Header::new(self.alg);
         h.typ = Some("JWT".into());
         h.kid = Some(self.kid.clone());
@@ -285,6 +296,7 @@ impl TokenKeys {
                 })
                 .collect(),
             grp: groups.to_vec(),
+            lim: limited,
         };
         jsonwebtoken::encode(&h, &claims, &self.encoding).map_err(|e| format!("signing a token failed: {e}"))
     }
@@ -407,7 +419,7 @@ mod tests {
         let k = keys(d.path());
         let now = 1_800_000_000;
         let t = k
-            .issue("alice", &[], &[Scope::repository("alice/app", &[Action::Pull])], now)
+            .issue("alice", &[], false, &[Scope::repository("alice/app", &[Action::Pull])], now)
             .unwrap();
         let c = k.verify(&t, now + 10).unwrap();
         assert_eq!(c.sub, "alice");
@@ -440,7 +452,7 @@ mod tests {
         let k = keys(d.path());
         let now = 1_800_000_000;
         let good = k
-            .issue("alice", &[], &[Scope::repository("a", &[Action::Pull])], now)
+            .issue("alice", &[], false, &[Scope::repository("a", &[Action::Pull])], now)
             .unwrap();
         let mut c = claims_of(&good);
 
@@ -454,7 +466,7 @@ mod tests {
         // a token from another key, even with our kid and its own x5c
         let other_dir = tempfile::tempdir().unwrap();
         let other = keys(other_dir.path());
-        let mut foreign = other.issue("alice", &[], &[], now).unwrap();
+        let mut foreign = other.issue("alice", &[], false, &[], now).unwrap();
         assert!(k.verify(&foreign, now).is_err());
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(k.kid().to_owned());

@@ -677,7 +677,7 @@ impl Config {
                 }
             }
             if let Some(h) = &self.auth.htpasswd {
-                if let Err(m) = crate::auth::credentials::Credentials::new(Some(h), None) {
+                if let Err(m) = crate::auth::credentials::Credentials::new(Some(h), None, None) {
                     e.push(m);
                 }
             }

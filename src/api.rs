@@ -1,0 +1,187 @@
+//! `/api/v1/tokens`: CLI passwords. POST mints one for the caller (limited to the repositories
+//! and actions asked for, and never more than the caller may do), GET lists the caller's, DELETE
+//! `/api/v1/tokens/{id}` revokes one. The caller signs in with Basic credentials (a password,
+//! a robot secret, or another CLI password).
+
+use crate::auth::credentials::{parse_basic, AuthError, Credentials, Identity};
+use crate::auth::scope::Action;
+use crate::auth::stored::{Grant, Kind, Record};
+use crate::http::{self, BodyReader, Resp};
+use ::http::{header, HeaderMap, Method, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Duration;
+
+const MAX_TTL: u64 = 365 * 86_400;
+const DEFAULT_TTL: u64 = 30 * 86_400;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    #[serde(default)]
+    repositories: Option<Vec<String>>,
+    #[serde(default)]
+    actions: Option<Vec<Action>>,
+    /// Seconds.
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+fn err(code: StatusCode, msg: &str) -> Resp {
+    let mut r = http::json(
+        code,
+        &json!({"error": msg, "errors": [{"code": "UNAUTHORIZED", "message": msg}]}),
+    );
+    if code == StatusCode::UNAUTHORIZED {
+        http::set(&mut r, header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
+    }
+    r
+}
+
+fn view(r: &Record, token: Option<&str>) -> serde_json::Value {
+    let mut v = json!({
+        "id": r.id,
+        "username": r.account,
+        "expires_at": if r.expires == 0 { serde_json::Value::Null } else { json!(crate::util::rfc3339(r.expires)) },
+        "created_at": crate::util::rfc3339(r.created),
+        "repositories": r.grants.iter().map(|g| g.repository.clone()).collect::<Vec<_>>(),
+        "actions": r.grants.first().map(|g| g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
+        "description": r.description,
+    });
+    if let Some(t) = token {
+        v["token"] = json!(t);
+    }
+    v
+}
+
+pub async fn tokens(
+    creds: &Credentials,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> (Resp, Option<String>) {
+    let Some((user, pass)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_basic)
+    else {
+        return (err(StatusCode::UNAUTHORIZED, "sign in with Basic credentials"), None);
+    };
+    let me: Identity = match creds.authenticate(&user, &pass).await {
+        Ok(i) => i,
+        Err(AuthError::BadCredentials) => {
+            return (
+                err(StatusCode::UNAUTHORIZED, "incorrect username or password"),
+                Some(user),
+            )
+        }
+        Err(AuthError::Unavailable(_)) => {
+            return (
+                err(StatusCode::SERVICE_UNAVAILABLE, "credential check unavailable; retry"),
+                Some(user),
+            )
+        }
+    };
+    let who = Some(me.account.clone());
+    let Some(st) = creds.stored() else {
+        return (
+            err(StatusCode::SERVICE_UNAVAILABLE, "credential storage unavailable"),
+            who,
+        );
+    };
+    let now = crate::util::now_secs();
+    let storage_err = |e: std::io::Error| {
+        tracing::error!(error = %e, "credential storage");
+        err(StatusCode::SERVICE_UNAVAILABLE, "credential storage unavailable; retry")
+    };
+    let id = path
+        .strip_prefix("/api/v1/tokens")
+        .unwrap_or("")
+        .trim_start_matches('/');
+    let r = match (method, id.is_empty()) {
+        (&Method::POST, true) => {
+            let raw = match BodyReader::new(body, Duration::from_secs(30)).read_all(16 * 1024).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return (
+                        err(StatusCode::BAD_REQUEST, "request body too large or unreadable"),
+                        who,
+                    )
+                }
+            };
+            let req: MintRequest = if raw.iter().all(|b| b.is_ascii_whitespace()) {
+                MintRequest::default()
+            } else {
+                match serde_json::from_slice(&raw) {
+                    Ok(r) => r,
+                    Err(e) => return (err(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")), who),
+                }
+            };
+            let ttl = req.expires_in.unwrap_or(DEFAULT_TTL);
+            if ttl == 0 || ttl > MAX_TTL {
+                return (
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        "expires_in must be between 1 second and 365 days",
+                    ),
+                    who,
+                );
+            }
+            let repos = req.repositories.unwrap_or_else(|| vec!["*".into()]);
+            if repos.is_empty() || repos.len() > 100 || repos.iter().any(|r| r.is_empty() || r.len() > 256) {
+                return (
+                    err(StatusCode::BAD_REQUEST, "repositories must list 1 to 100 patterns"),
+                    who,
+                );
+            }
+            let actions = req.actions.unwrap_or_else(|| vec![Action::Pull, Action::Push]);
+            let grants = repos
+                .into_iter()
+                .map(|r| Grant {
+                    repository: r,
+                    actions: actions.clone(),
+                })
+                .collect();
+            let (inherited, rules) = match &me.limit {
+                Some(l) => (l.as_inherited(), l.rules),
+                None => (vec![], true),
+            };
+            let desc = req.description.unwrap_or_default();
+            match st
+                .create(Kind::Cli, &me.account, grants, inherited, rules, now + ttl, &desc, now)
+                .await
+            {
+                Ok((rec, secret)) => http::json(StatusCode::CREATED, &view(&rec, Some(&secret))),
+                Err(e) => storage_err(e),
+            }
+        }
+        (&Method::GET, true) => match st.list().await {
+            Ok(all) => {
+                let mine: Vec<_> = all
+                    .iter()
+                    .filter(|r| r.kind == Kind::Cli && r.account == me.account && (r.expires == 0 || r.expires > now))
+                    .map(|r| view(r, None))
+                    .collect();
+                http::json(StatusCode::OK, &mine)
+            }
+            Err(e) => storage_err(e),
+        },
+        (&Method::DELETE, false) => match st.get(id).await {
+            Ok(Some(r)) if r.kind == Kind::Cli && r.account == me.account => match st.revoke(id).await {
+                Ok(()) => http::status(StatusCode::NO_CONTENT),
+                Err(e) => storage_err(e),
+            },
+            Ok(_) => err(StatusCode::NOT_FOUND, "no such token"),
+            Err(e) => storage_err(e),
+        },
+        _ => err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST or GET on /api/v1/tokens, DELETE on /api/v1/tokens/{id}",
+        ),
+    };
+    (r, who)
+}
