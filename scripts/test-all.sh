@@ -18,6 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 # skopeo needs a policy; Debian's package ships one, a bare container may not.
 if [ ! -f /etc/containers/policy.json ] && [ ! -f "${HOME}/.config/containers/policy.json" ]; then
   mkdir -p "${HOME}/.config/containers"

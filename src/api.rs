@@ -63,6 +63,7 @@ pub async fn tokens(
     path: &str,
     headers: &HeaderMap,
     body: Incoming,
+    ip: std::net::IpAddr,
 ) -> (Resp, Option<String>) {
     let Some((user, pass)) = headers
         .get(header::AUTHORIZATION)
@@ -71,7 +72,7 @@ pub async fn tokens(
     else {
         return (err(StatusCode::UNAUTHORIZED, "sign in with Basic credentials"), None);
     };
-    let me: Identity = match creds.authenticate(&user, &pass).await {
+    let me: Identity = match creds.authenticate_from(&user, &pass, ip).await {
         Ok(i) => i,
         Err(AuthError::BadCredentials) => {
             return (
@@ -79,6 +80,7 @@ pub async fn tokens(
                 Some(user),
             )
         }
+        Err(AuthError::Limited(d)) => return (crate::auth::endpoint::limited(d), Some(user)),
         Err(AuthError::Unavailable(_)) => {
             return (
                 err(StatusCode::SERVICE_UNAVAILABLE, "credential check unavailable; retry"),

@@ -28,6 +28,8 @@ pub struct App {
     pub allow: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
     pub hsts: Option<HeaderValue>,
+    pub token_limit: crate::ratelimit::Limiter,
+    pub metrics: crate::metrics::Metrics,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
 }
 
@@ -39,6 +41,11 @@ struct Log {
     repo: Option<String>,
     digest: Option<String>,
     denied: Option<&'static str>,
+    bytes_in: Option<u64>,
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// What a `/v2/` route needs from the caller.
@@ -80,6 +87,7 @@ enum Denial {
     BadBasic,
     Insufficient,
     Unavailable,
+    Limited(Duration),
 }
 
 struct Perms<'a> {
@@ -165,6 +173,8 @@ impl App {
             allow,
             trusted_proxies,
             hsts,
+            token_limit: crate::ratelimit::Limiter::new(0.0, 0.0),
+            metrics: Default::default(),
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(Duration::from_secs(600))
@@ -237,13 +247,26 @@ impl App {
         };
         self.finish(&mut resp, conn.tls);
         let status = resp.status().as_u16();
+        let elapsed = start.elapsed().as_secs_f64();
+        self.metrics.request(log.route, method.as_str(), status, elapsed);
+        if let Some(n) = content_length(resp.headers()) {
+            crate::metrics::Metrics::add(&self.metrics.bytes_out, n);
+        }
+        if let Some(n) = log.bytes_in {
+            crate::metrics::Metrics::add(&self.metrics.bytes_in, n);
+        }
+        if status == 500 || status == 503 {
+            if log.route != "token" && log.route != "health" {
+                crate::metrics::Metrics::add(&self.metrics.storage_errors, 1);
+            }
+        }
         tracing::info!(
             target: "regate::access",
             %ip,
             method = %method,
             path = %path,
             status,
-            ms = start.elapsed().as_secs_f64() * 1000.0,
+            ms = elapsed * 1000.0,
             account = log.account.as_deref().unwrap_or("-"),
             route = log.route,
             repo = log.repo.as_deref().unwrap_or("-"),
@@ -295,6 +318,7 @@ impl App {
     }
 
     async fn dispatch(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
+        log.bytes_in = content_length(req.headers());
         let path = req.uri().path();
         if path == "/v2" || path.starts_with("/v2/") {
             log.route = "v2";
@@ -303,6 +327,10 @@ impl App {
         match path {
             "/token" => {
                 log.route = "token";
+                if let Err(d) = self.token_limit.take(&ip.to_string()) {
+                    log.denied = Some("rate limited");
+                    return crate::auth::endpoint::limited(d);
+                }
                 let (parts, body) = req.into_parts();
                 let mut audit = TokenAudit::default();
                 let r = self
@@ -319,6 +347,12 @@ impl App {
                     .await;
                 log.account = audit.account.clone();
                 log.denied = audit.denied_reason;
+                let counter = if r.status().is_success() {
+                    &self.metrics.tokens_issued
+                } else {
+                    &self.metrics.tokens_denied
+                };
+                crate::metrics::Metrics::add(counter, 1);
                 tracing::info!(
                     target: "regate::audit",
                     event = if r.status().is_success() { "token_issued" } else { "token_denied" },
@@ -340,6 +374,7 @@ impl App {
                     parts.uri.path(),
                     &parts.headers,
                     body,
+                    ip,
                 )
                 .await;
                 log.account = who;
@@ -352,6 +387,12 @@ impl App {
             "/.well-known/jwks.json" => {
                 log.route = "jwks";
                 http::json(StatusCode::OK, self.tokens.keys.jwks())
+            }
+            "/metrics" => {
+                log.route = "metrics";
+                let mut r = Resp::new(http::full(self.metrics.render()));
+                http::set(&mut r, header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+                r
             }
             "/healthz" => {
                 log.route = "health";
@@ -416,12 +457,16 @@ impl App {
         let principal = match self.authorize(req.headers(), &need, ip).await {
             Ok(p) => p,
             Err(d) => {
+                if !matches!(d, Denial::Missing) {
+                    crate::metrics::Metrics::add(&self.metrics.auth_failures, 1);
+                }
                 log.denied = Some(match d {
                     Denial::Missing => "no credentials",
                     Denial::InvalidToken(_) => "invalid token",
                     Denial::BadBasic => "bad credentials",
                     Denial::Insufficient => "insufficient scope",
                     Denial::Unavailable => "credential check unavailable",
+                    Denial::Limited(_) => "rate limited",
                 });
                 return self.challenge(&need, mount_from.as_ref(), d);
             }
@@ -447,6 +492,7 @@ impl App {
         match self.registry.handle(route, r).await {
             Ok(out) => {
                 if let Some(ev) = &out.event {
+                    self.metrics.event(ev.action);
                     log.digest = Some(ev.digest.to_string());
                     if ev.action != "pull" {
                         tracing::info!(
@@ -490,10 +536,11 @@ impl App {
             Principal::Token(claims)
         } else if auth.starts_with("Basic ") || auth.starts_with("basic ") {
             let (u, p) = parse_basic(auth).ok_or(Denial::BadBasic)?;
-            match self.tokens.creds.authenticate(&u, &p).await {
+            match self.tokens.creds.authenticate_from(&u, &p, ip).await {
                 Ok(id) => Principal::Basic(id),
                 Err(AuthError::BadCredentials) => return Err(Denial::BadBasic),
                 Err(AuthError::Unavailable(_)) => return Err(Denial::Unavailable),
+                Err(AuthError::Limited(d)) => return Err(Denial::Limited(d)),
             }
         } else {
             return Err(Denial::Missing);
@@ -544,6 +591,12 @@ impl App {
             }
             Denial::Unavailable => {
                 return RegistryError::new(Code::Unavailable, "credential check unavailable; retry").into_response();
+            }
+            Denial::Limited(d) => {
+                let mut r =
+                    RegistryError::new(Code::TooManyRequests, "too many failed sign-ins; retry later").into_response();
+                http::set(&mut r, header::RETRY_AFTER, &d.as_secs().max(1).to_string());
+                return r;
             }
         };
         let mut e = RegistryError::new(code, msg);

@@ -341,6 +341,7 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
             admin.as_ref().map(|(p, _)| p.clone()),
             Some(Arc::new(StoredCreds::new(store.clone()))),
         )
+        .map(|c| c.with_failure_limit(cfg.limits.failed_auth_per_minute))
         .map_err(|m| Failure::Config(vec![m]))?,
     );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -394,7 +395,7 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
         }
         None => None,
     };
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         public_url.clone(),
         service,
         registry,
@@ -402,7 +403,10 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
         cfg.network.allow.clone(),
         cfg.network.trusted_proxies.clone(),
         cfg.tls.as_ref().map(|t| t.hsts_max_age),
-    ));
+    );
+    let rate = f64::from(cfg.limits.token_requests_per_second);
+    app.token_limit = crate::ratelimit::Limiter::new(rate, rate * 2.0);
+    let app = Arc::new(app);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = cfg.tls.as_ref().and_then(|t| t.http_redirect_listen) {
         let l = tokio::net::TcpListener::bind(addr)

@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod gc;
 pub mod http;
+pub mod metrics;
+pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod storage;

@@ -238,3 +238,56 @@ fn sigterm_exits_cleanly() {
     assert!(status.success(), "{status:?}");
     assert!(s.logs().contains("shutting down"));
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let hp = common::htpasswd(dir.path(), &[("alice", "pw"), ("bob", "pw")]);
+    let s = Server::start_in(
+        dir,
+        &format!(
+            "auth: {{ htpasswd: {} }}\nlimits: {{ failed_auth_per_minute: 3, token_requests_per_second: 5 }}\n",
+            hp.display()
+        ),
+    );
+    let c = client();
+    let url = format!("{}/token", s.url);
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(&url)
+                .basic_auth("alice", Some("wrong"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    // now even the right password is refused for a while, from this address
+    let r = c.get(&url).basic_auth("alice", Some("pw")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["details"].as_str().unwrap().contains("retry"));
+    // Basic on /v2/ and the tokens API are limited too
+    let r = c
+        .get(format!("{}/v2/", s.url))
+        .basic_auth("bob", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["errors"][0]["code"],
+        "TOOMANYREQUESTS"
+    );
+    // /token itself: a burst beyond 2x the rate gets 429
+    let mut limited = 0;
+    for _ in 0..30 {
+        if c.get(&url).send().await.unwrap().status() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "no /token request was rate limited");
+    assert!(s.logs().contains("auth_failed"));
+}

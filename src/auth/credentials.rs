@@ -48,6 +48,8 @@ impl Identity {
 pub enum AuthError {
     BadCredentials,
     Unavailable(String),
+    /// Too many failed sign-ins from this address or for this account; retry after this long.
+    Limited(std::time::Duration),
 }
 
 type Users = HashMap<String, String>;
@@ -96,6 +98,7 @@ pub struct Credentials {
     htpasswd: Option<RwLock<HtpasswdFile>>,
     admin: Option<String>,
     stored: Option<Arc<StoredCreds>>,
+    failures: crate::ratelimit::Limiter,
     dummy_hash: String,
     cache: moka::sync::Cache<[u8; 32], Identity>,
 }
@@ -138,6 +141,7 @@ impl Credentials {
             htpasswd,
             admin,
             stored,
+            failures: crate::ratelimit::Limiter::new(0.0, 0.0),
             dummy_hash,
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -178,6 +182,30 @@ impl Credentials {
     fn htpasswd_hash(&self, user: &str) -> Option<String> {
         self.refresh_htpasswd();
         self.htpasswd.as_ref()?.read().ok()?.users.get(user).cloned()
+    }
+
+    /// Limits failed sign-ins to `per_minute` per client address and per account (0: no limit).
+    pub fn with_failure_limit(mut self, per_minute: u32) -> Self {
+        let pm = f64::from(per_minute);
+        self.failures = crate::ratelimit::Limiter::new(pm / 60.0, pm);
+        self
+    }
+
+    /// [`Self::authenticate`] for a request from `ip`, refusing early once that address or that
+    /// account has failed too often; failures are counted against both.
+    pub async fn authenticate_from(&self, user: &str, pass: &str, ip: std::net::IpAddr) -> Result<Identity, AuthError> {
+        let (kip, kuser) = (format!("ip:{ip}"), format!("user:{user}"));
+        if let Err(d) = self.failures.check(&kip).and_then(|_| self.failures.check(&kuser)) {
+            tracing::warn!(target: "regate::audit", event = "auth_rate_limited", %ip, account = user, "sign-in refused: too many failures");
+            return Err(AuthError::Limited(d));
+        }
+        let r = self.authenticate(user, pass).await;
+        if r == Err(AuthError::BadCredentials) {
+            self.failures.spend(&kip);
+            self.failures.spend(&kuser);
+            tracing::warn!(target: "regate::audit", event = "auth_failed", %ip, account = user, "sign-in failed");
+        }
+        r
     }
 
     pub async fn authenticate(&self, user: &str, pass: &str) -> Result<Identity, AuthError> {

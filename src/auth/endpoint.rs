@@ -47,6 +47,18 @@ fn error(code: StatusCode, oauth_error: &str, details: &str) -> Resp {
     r
 }
 
+/// 429 with `Retry-After`.
+pub fn limited(d: Duration) -> Resp {
+    let secs = d.as_secs().max(1);
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "slow_down",
+        &format!("too many attempts; retry in {secs} seconds"),
+    );
+    http::set(&mut r, header::RETRY_AFTER, &secs.to_string());
+    r
+}
+
 const BAD_CREDENTIALS: &str = "incorrect username or password (use your regate account, or a CLI password from /login)";
 
 impl TokenService {
@@ -126,12 +138,17 @@ impl TokenService {
                     "malformed Authorization header; use Basic credentials",
                 );
             }
-            Some(Ok((user, pass))) => match self.creds.authenticate(&user, &pass).await {
+            Some(Ok((user, pass))) => match self.creds.authenticate_from(&user, &pass, ip).await {
                 Ok(id) => Some(id),
                 Err(AuthError::BadCredentials) => {
                     audit.account = Some(user);
                     audit.denied_reason = Some("bad credentials");
                     return error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS);
+                }
+                Err(AuthError::Limited(d)) => {
+                    audit.account = Some(user);
+                    audit.denied_reason = Some("rate limited");
+                    return limited(d);
                 }
                 Err(AuthError::Unavailable(m)) => {
                     tracing::error!(error = %m, "credential check failed");
@@ -160,7 +177,7 @@ impl TokenService {
                     );
                 };
                 audit.account = Some(user.to_owned());
-                match self.creds.authenticate(user, pass).await {
+                match self.creds.authenticate_from(user, pass, ip).await {
                     Ok(id) => {
                         let offline = query_get(form, "access_type") == Some("offline");
                         self.answer(Some(id), &scopes, offline, true, ip, now, audit).await
@@ -168,6 +185,10 @@ impl TokenService {
                     Err(AuthError::BadCredentials) => {
                         audit.denied_reason = Some("bad credentials");
                         error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS)
+                    }
+                    Err(AuthError::Limited(d)) => {
+                        audit.denied_reason = Some("rate limited");
+                        limited(d)
                     }
                     Err(AuthError::Unavailable(_)) => error(
                         StatusCode::SERVICE_UNAVAILABLE,

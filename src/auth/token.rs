@@ -419,7 +419,13 @@ mod tests {
         let k = keys(d.path());
         let now = 1_800_000_000;
         let t = k
-            .issue("alice", &[], false, &[Scope::repository("alice/app", &[Action::Pull])], now)
+            .issue(
+                "alice",
+                &[],
+                false,
+                &[Scope::repository("alice/app", &[Action::Pull])],
+                now,
+            )
             .unwrap();
         let c = k.verify(&t, now + 10).unwrap();
         assert_eq!(c.sub, "alice");

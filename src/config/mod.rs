@@ -361,6 +361,12 @@ pub struct LimitsConfig {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[serde(default = "LimitsConfig::d_grace")]
     pub shutdown_grace: u64,
+    /// `/token` requests per second per client address (bursts of twice that); 0: no limit.
+    #[serde(default = "LimitsConfig::d_token_rate")]
+    pub token_requests_per_second: u32,
+    /// Failed sign-ins per minute per client address and per account; 0: no limit.
+    #[serde(default = "LimitsConfig::d_failed")]
+    pub failed_auth_per_minute: u32,
 }
 
 impl LimitsConfig {
@@ -379,6 +385,12 @@ impl LimitsConfig {
     fn d_grace() -> u64 {
         30
     }
+    fn d_token_rate() -> u32 {
+        500
+    }
+    fn d_failed() -> u32 {
+        30
+    }
 }
 
 impl Default for LimitsConfig {
@@ -389,6 +401,8 @@ impl Default for LimitsConfig {
             header_read_timeout: Self::d_header(),
             max_connections: Self::d_conns(),
             shutdown_grace: Self::d_grace(),
+            token_requests_per_second: Self::d_token_rate(),
+            failed_auth_per_minute: Self::d_failed(),
         }
     }
 }

@@ -1,0 +1,222 @@
+//! Day-two operations: metrics parsed by a real Prometheus text parser, health and readiness,
+//! garbage collection with and without --delete-untagged, check-config.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{client, digest, Server};
+use serde_json::json;
+
+async fn push_blob(s: &Server, repo: &str, data: &[u8]) -> String {
+    let (u, p) = s.admin();
+    let d = digest(data);
+    let r = client()
+        .post(format!("{}/v2/{repo}/blobs/uploads/?digest={d}", s.url))
+        .basic_auth(&u, Some(&p))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    d
+}
+
+async fn push_manifest(s: &Server, repo: &str, reference: &str, config: &str, layers: &[&str]) -> String {
+    let (u, p) = s.admin();
+    let m = json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+        "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":config,"size":2},
+        "layers": layers.iter().map(|l| json!({"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":l,"size":5})).collect::<Vec<_>>()});
+    let body = serde_json::to_vec(&m).unwrap();
+    let r = client()
+        .put(format!("{}/v2/{repo}/manifests/{reference}", s.url))
+        .basic_auth(&u, Some(&p))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    digest(&body)
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let s = Server::start("");
+    let c = client();
+    assert_eq!(c.get(format!("{}/healthz", s.url)).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{}/readyz", s.url)).send().await.unwrap().status(), 200);
+    push_blob(&s, "admin/x", b"hello").await;
+    c.get(format!("{}/v2/", s.url)).send().await.unwrap();
+    c.get(format!("{}/token", s.url))
+        .basic_auth("admin", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    let r = c.get(format!("{}/metrics", s.url)).send().await.unwrap();
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    let path = s.dir.path().join("metrics.txt");
+    std::fs::write(&path, &text).unwrap();
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+fams = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}
+def val(name, **labels):
+    return sum(s.value for s in fams[name].samples if s.name.endswith('_total') and all(s.labels.get(k) == v for k, v in labels.items()))
+assert val('regate_http_requests', route='upload', method='POST', status='201') == 1, fams['regate_http_requests'].samples
+assert val('regate_http_requests', route='base', status='401') == 1
+assert val('regate_registry_events', action='push') == 1
+assert val('regate_tokens_denied') == 1
+assert fams['regate_http_request_duration_seconds'].type == 'histogram'
+print('ok')
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        text
+    );
+}
+
+#[tokio::test]
+async fn readiness_fails_when_storage_is_gone() {
+    let s = Server::start("");
+    std::fs::remove_dir_all(s.data()).unwrap();
+    let r = client().get(format!("{}/readyz", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        client()
+            .get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+fn gc(s: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::bin())
+        .arg("gc")
+        .args(args)
+        .arg("--config")
+        .arg(s.dir.path().join("regate.yaml"))
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn blob_exists(s: &Server, d: &str) -> bool {
+    let hex = d.strip_prefix("sha256:").unwrap();
+    s.data()
+        .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+        .exists()
+}
+
+#[tokio::test]
+async fn gc_frees_only_unreferenced_and_respects_grace() {
+    let s = Server::start("");
+    let cfg = push_blob(&s, "admin/app", b"{}").await;
+    let kept = push_blob(&s, "admin/app", b"layer").await;
+    let orphan = push_blob(&s, "admin/app", b"orphan").await;
+    let m1 = push_manifest(&s, "admin/app", "v1", &cfg, &[&kept]).await;
+    // an untagged manifest (pushed by digest) referencing its own layer
+    let only_untagged = push_blob(&s, "admin/app", b"untag").await;
+    let m2 = push_manifest(&s, "admin/app", "latest", &cfg, &[&only_untagged]).await;
+    let (u, p) = s.admin();
+    let r = client()
+        .delete(format!("{}/v2/admin/app/manifests/latest", s.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // inside the grace period nothing goes
+    let out = gc(&s, &["--dry-run"]);
+    assert!(out.contains("0 blobs"), "{out}");
+    // dry run with no grace names the orphan, deletes nothing
+    let out = gc(&s, &["--dry-run", "--grace", "0s"]);
+    assert!(out.contains(&orphan) && !out.contains(&kept), "{out}");
+    assert!(blob_exists(&s, &orphan));
+    // real run
+    let out = gc(&s, &["--grace", "0s"]);
+    assert!(out.contains(&format!("deleted blob {orphan}")), "{out}");
+    assert!(!blob_exists(&s, &orphan));
+    assert!(blob_exists(&s, &kept) && blob_exists(&s, &cfg) && blob_exists(&s, &only_untagged));
+    // untagged manifests and what only they referenced go with --delete-untagged
+    let out = gc(&s, &["--grace", "0s", "--delete-untagged"]);
+    assert!(out.contains(&format!("deleted manifest admin/app@{m2}")), "{out}");
+    assert!(!out.contains(&m1), "{out}");
+    assert!(!blob_exists(&s, &only_untagged));
+    assert!(blob_exists(&s, &kept));
+    // the tagged image still pulls
+    let r = client()
+        .get(format!("{}/v2/admin/app/manifests/v1", s.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(format!("{}/v2/admin/app/blobs/{kept}", s.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"layer");
+}
+
+#[test]
+fn check_config_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "listen: 127.0.0.1:0\nstorage: {{ backend: fs, fs: {{ root: {} }} }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| std::process::Command::new(common::bin()).args(args).output().unwrap();
+    let out = run(&["check-config", "--config", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem }\nauth: { htpasswd: /nonexistent/h, token_ttl: 0 }\n").unwrap();
+    let out = run(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.cert") && err.contains("auth.htpasswd") && err.contains("auth.token_ttl"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    // --schema-only skips the files but still checks values
+    let out = run(&["check-config", "--schema-only", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token_ttl") && !err.contains("tls.cert"), "{err}");
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, "listen: 127.0.0.1:0\nstorag: {}\n").unwrap();
+    let out = run(&["check-config", "--config", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("storag"));
+    // serve with a broken config: exit 2, one sentence, no panic
+    let out = run(&["serve", "--config", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        run(&["gc", "--grace", "soon", "--config", good.to_str().unwrap()])
+            .status
+            .code(),
+        Some(2)
+    );
+}
