@@ -255,10 +255,8 @@ impl App {
         if let Some(n) = log.bytes_in {
             crate::metrics::Metrics::add(&self.metrics.bytes_in, n);
         }
-        if status == 500 || status == 503 {
-            if log.route != "token" && log.route != "health" {
-                crate::metrics::Metrics::add(&self.metrics.storage_errors, 1);
-            }
+        if (status == 500 || status == 503) && log.route != "token" && log.route != "health" {
+            crate::metrics::Metrics::add(&self.metrics.storage_errors, 1);
         }
         tracing::info!(
             target: "regate::access",
