@@ -29,7 +29,8 @@ pub struct App {
     pub trusted_proxies: Vec<IpNet>,
     pub hsts: Option<HeaderValue>,
     pub token_limit: crate::ratelimit::Limiter,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
 }
 
@@ -175,6 +176,7 @@ impl App {
             hsts,
             token_limit: crate::ratelimit::Limiter::new(0.0, 0.0),
             metrics: Default::default(),
+            notifier: None,
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(Duration::from_secs(600))
@@ -489,6 +491,24 @@ impl App {
         };
         match self.registry.handle(route, r).await {
             Ok(out) => {
+                if let (Some(ev), Some(n)) = (&out.event, &self.notifier) {
+                    n.publish(
+                        ev.clone(),
+                        crate::notify::Context {
+                            actor: log.account.clone().unwrap_or_default(),
+                            addr: ip.to_string(),
+                            method: parts.method.to_string(),
+                            user_agent: parts
+                                .headers
+                                .get(header::USER_AGENT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned(),
+                            host: self.public_url.split("://").nth(1).unwrap_or("").to_owned(),
+                        },
+                    )
+                    .await;
+                }
                 if let Some(ev) = &out.event {
                     self.metrics.event(ev.action);
                     log.digest = Some(ev.digest.to_string());

@@ -406,6 +406,12 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
     );
     let rate = f64::from(cfg.limits.token_requests_per_second);
     app.token_limit = crate::ratelimit::Limiter::new(rate, rate * 2.0);
+    if !cfg.notifications.is_empty() {
+        let spool = data.join(".regate-notify");
+        let n = crate::notify::Notifier::start(&cfg.notifications, &spool, &public_url, app.metrics.clone())
+            .map_err(|e| Failure::Other(format!("cannot start notifications (spool {}): {e}", spool.display())))?;
+        app.notifier = Some(n);
+    }
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = cfg.tls.as_ref().and_then(|t| t.http_redirect_listen) {

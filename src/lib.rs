@@ -11,6 +11,7 @@ pub mod config;
 pub mod gc;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;

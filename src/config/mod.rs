@@ -341,6 +341,39 @@ pub struct NotificationConfig {
     pub secret: Option<Secret>,
     #[serde(default)]
     pub events: Option<Vec<String>>,
+    /// Extra headers sent with every delivery (e.g. an Authorization for the receiver).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// Only events for repositories matching one of these globs; default all.
+    #[serde(default)]
+    pub repositories: Option<Vec<String>>,
+    /// Seconds one delivery attempt may take.
+    #[serde(default = "NotificationConfig::d_timeout")]
+    pub timeout: u64,
+    /// Longest wait between retries, seconds (backoff doubles from 1 s up to this).
+    #[serde(default = "NotificationConfig::d_backoff")]
+    pub max_backoff: u64,
+    /// Events older than this many seconds that still could not be delivered are dropped.
+    #[serde(default = "NotificationConfig::d_max_age")]
+    pub max_age: u64,
+    /// Most events kept waiting for this endpoint; further ones are dropped and counted.
+    #[serde(default = "NotificationConfig::d_queue")]
+    pub queue_size: usize,
+}
+
+impl NotificationConfig {
+    fn d_timeout() -> u64 {
+        10
+    }
+    fn d_backoff() -> u64 {
+        300
+    }
+    fn d_max_age() -> u64 {
+        86_400
+    }
+    fn d_queue() -> usize {
+        10_000
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

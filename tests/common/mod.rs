@@ -33,7 +33,10 @@ impl Server {
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Server {
         let mut cfg = String::from("listen: 127.0.0.1:0\n");
         if !extra.contains("storage:") {
-            cfg.push_str(&format!("storage:\n  backend: fs\n  fs: {{ root: {}, fsync: false }}\n", dir.path().join("data").display()));
+            cfg.push_str(&format!(
+                "storage:\n  backend: fs\n  fs: {{ root: {}, fsync: false }}\n",
+                dir.path().join("data").display()
+            ));
         }
         cfg.push_str(extra);
         let cfg_path = dir.path().join("regate.yaml");
@@ -73,11 +76,21 @@ impl Server {
             Ok(x) => x,
             Err(_) => {
                 let _ = child.kill();
-                panic!("regate did not start: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+                panic!(
+                    "regate did not start: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
             }
         };
         let host = url.split("://").nth(1).unwrap().to_owned();
-        Server { url, host, dir, child, admin_password, stderr_path }
+        Server {
+            url,
+            host,
+            dir,
+            child,
+            admin_password,
+            stderr_path,
+        }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -92,9 +105,30 @@ impl Server {
         let pw = self
             .admin_password
             .clone()
-            .or_else(|| std::fs::read_to_string(self.data().join("admin-password")).ok().map(|s| s.trim().to_owned()))
+            .or_else(|| {
+                std::fs::read_to_string(self.data().join("admin-password"))
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+            })
             .expect("no generated admin password");
         ("admin".to_owned(), pw)
+    }
+
+    /// Kills the process (SIGKILL, if it still runs) and hands back its directory, so that a new
+    /// server can start on the same storage and config.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // `Server` implements Drop, so the directory is swapped out rather than moved out
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Kills the process (if it still runs) and starts regate again on the same directory with
+    /// the `regate.yaml` that `start`/`start_in` wrote there (same storage, new port).
+    pub fn restart(self) -> Server {
+        let dir = self.into_dir();
+        let cfg = dir.path().join("regate.yaml");
+        Server::start_with_config(dir, &cfg)
     }
 
     /// SIGTERM, then wait up to `wait` for a clean exit; returns the exit status if it exited.
@@ -112,7 +146,10 @@ impl Server {
 }
 
 fn unsafe_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for Server {
@@ -159,7 +196,12 @@ pub async fn token(s: &Server, creds: Option<(&str, &str)>, scopes: &[&str]) -> 
 
 /// Whether a command exists on PATH.
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {
@@ -173,5 +215,8 @@ pub fn digest(b: &[u8]) -> String {
 
 /// `tests/tools/mkimage.py`: writes an OCI image layout (see its header for usage).
 pub fn mkimage() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("tools").join("mkimage.py")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("tools")
+        .join("mkimage.py")
 }
