@@ -185,19 +185,49 @@ fn load_valid(path: Option<PathBuf>, env: &config::Env) -> Result<Config, Failur
     Ok(cfg)
 }
 
-fn init_logging(format: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("REGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs go to stderr (human text on a terminal, or JSON); with `audit_file`, the audit stream
+/// (`regate::audit`: tokens issued and denied, pushes, deletes, failed sign-ins) is also written
+/// there as JSON lines.
+fn init_logging(format: Option<&str>, audit_file: Option<&Path>) -> Result<(), Failure> {
     use std::io::IsTerminal;
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = if format == Some("json") {
-        b.json().flatten_event(true).try_init()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_env("REGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let console = if format == Some("json") {
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     } else {
-        b.try_init()
+        fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     };
+    let audit = match audit_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| Failure::Config(vec![format!("log.audit_file: cannot open {}: {e}", p.display())]))?;
+            let targets = tracing_subscriber::filter::Targets::new().with_target("regate::audit", tracing::Level::INFO);
+            Some(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(targets),
+            )
+        }
+        None => None,
+    };
+    let _ = tracing_subscriber::registry().with(console).with(audit).try_init();
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -321,7 +351,10 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>, env: config::Env) ->
         .iter()
         .find(|(k, _)| k == "REGATE_LOG_FORMAT")
         .map(|(_, v)| v.clone());
-    init_logging(log_format.or(env_fmt).or(cfg.log.format.clone()).as_deref());
+    init_logging(
+        log_format.or(env_fmt).or(cfg.log.format.clone()).as_deref(),
+        cfg.log.audit_file.as_deref(),
+    )?;
     let rt = runtime()?;
     rt.block_on(serve_async(cfg))
 }
@@ -497,7 +530,7 @@ fn gc(
     let grace = parse_duration(grace)
         .ok_or_else(|| Failure::Config(vec![format!("--grace {grace:?} is not a duration like 1h, 30m or 0s")]))?;
     let cfg = load_valid(path, &env)?;
-    init_logging(Some("text"));
+    init_logging(Some("text"), None)?;
     let rt = runtime()?;
     rt.block_on(async {
         let store = open_storage(&cfg)?;

@@ -722,3 +722,51 @@ async fn cli_passwords_mint_list_use_revoke() {
         serde_json::json!([{"type":"repository","name":"ci/a","actions":["pull"]}])
     );
 }
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_valid_until_expiry() {
+    // a fixed service name: the port (and so the default service) changes across restarts
+    let s = Server::start("auth:\n  service: registry.test\n");
+    let (u, p) = s.admin();
+    let old = token(&s, Some((&u, &p)), &["repository:admin/x:pull"]).await;
+    let old_kid = jsonwebtoken::decode_header(&old).unwrap().kid.unwrap();
+    let dir = s.into_dir();
+    // rotate: keep the old certificate for verification, let regate generate a new key
+    let data = dir.path().join("data");
+    std::fs::rename(data.join("token.crt"), dir.path().join("old.crt")).unwrap();
+    std::fs::remove_file(data.join("token.key")).unwrap();
+    let cfg = dir.path().join("regate.yaml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "  verification_certs: [{}]\n",
+        dir.path().join("old.crt").display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::start_with_config(dir, &cfg);
+    let c = client();
+    let r = c
+        .get(format!("{}/v2/admin/x/tags/list", s.url))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "old token still authorises");
+    let new = token(&s, Some((&u, &p)), &["repository:admin/x:pull"]).await;
+    let new_kid = jsonwebtoken::decode_header(&new).unwrap().kid.unwrap();
+    assert_ne!(old_kid, new_kid);
+    let jwks: Value = c
+        .get(format!("{}/.well-known/jwks.json", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, vec![new_kid.as_str(), old_kid.as_str()]);
+}

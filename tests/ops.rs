@@ -220,3 +220,58 @@ fn check_config_reports_every_problem() {
         Some(2)
     );
 }
+
+#[tokio::test]
+async fn json_logs_and_a_separate_audit_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let s = Server::start_in(
+        dir,
+        &format!("log: {{ format: json, audit_file: {} }}\n", audit.display()),
+    );
+    let (u, p) = s.admin();
+    let t = common::token(&s, Some((&u, &p)), &["repository:admin/x:pull,push"]).await;
+    assert!(!t.is_empty());
+    push_blob(&s, "admin/x", b"audited").await;
+    client()
+        .get(format!("{}/token", s.url))
+        .basic_auth("mallory", Some("guess"))
+        .send()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.iter().filter(|l| l["event"] == "push").count() >= 1
+            && lines.iter().any(|l| l["event"] == "auth_failed")
+        {
+            break lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "audit file incomplete: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        lines.iter().all(|l| l["target"] == "regate::audit"),
+        "only audit events in the audit file"
+    );
+    let issued = lines.iter().find(|l| l["event"] == "token_issued").unwrap();
+    assert_eq!(issued["account"], "admin");
+    assert_eq!(issued["granted"], "repository:admin/x:pull,push");
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "push" && l["repo"] == "admin/x" && l["account"] == "admin"));
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "auth_failed" && l["account"] == "mallory" && l["ip"] == "127.0.0.1"));
+    // stderr is JSON lines too, with the access log
+    let logs = s.logs();
+    let access: Vec<serde_json::Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        access
+            .iter()
+            .any(|l| l["target"] == "regate::access" && l["route"] == "upload" && l["status"] == 201),
+        "{logs}"
+    );
+    assert!(!logs.contains(&p) && !std::fs::read_to_string(&audit).unwrap().contains("guess"));
+}

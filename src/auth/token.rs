@@ -372,12 +372,17 @@ fn verify_key_from_cert(p: &Path) -> Result<(VerifyKey, serde_json::Value), Stri
     let spki = der
         .get(pos..pos + 91)
         .ok_or_else(|| format!("auth.verification_certs: {} is truncated", p.display()))?;
-    let point = &spki[27..];
+    // the uncompressed point 04 || x || y follows the 26-byte prefix
+    let (x, y) = (&spki[27..59], &spki[59..91]);
     let kid = libtrust_kid(spki);
-    let key = DecodingKey::from_ec_der(point);
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    );
+    let key = decoding_key(Algorithm::ES256, &pem)?;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let jwk = serde_json::json!({
-        "kty": "EC", "crv": "P-256", "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..65]),
+        "kty": "EC", "crv": "P-256", "x": b64.encode(x), "y": b64.encode(y),
         "kid": kid, "use": "sig", "alg": "ES256",
     });
     Ok((
