@@ -31,6 +31,8 @@ pub struct App {
     pub token_limit: crate::ratelimit::Limiter,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// Upstream mode: authorised `/v2/` requests go to this registry instead of the embedded one.
+    pub upstream: Option<crate::proxy::Upstream>,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
 }
 
@@ -177,6 +179,7 @@ impl App {
             token_limit: crate::ratelimit::Limiter::new(0.0, 0.0),
             metrics: Default::default(),
             notifier: None,
+            upstream: None,
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(Duration::from_secs(600))
@@ -384,6 +387,10 @@ impl App {
                 }
                 r
             }
+            "/nginx/auth" => {
+                log.route = "nginx_auth";
+                self.nginx_auth(req, ip, log).await
+            }
             "/.well-known/jwks.json" => {
                 log.route = "jwks";
                 http::json(StatusCode::OK, self.tokens.keys.jwks())
@@ -476,6 +483,9 @@ impl App {
             Principal::Token(c) => c.sub.clone(),
             Principal::Basic(i) => i.account.clone(),
         });
+        if let Some(up) = &self.upstream {
+            return self.forward(up, req, &principal, &need, ip).await;
+        }
         let perms = Perms {
             principal: &principal,
             policy: &self.tokens.policy,
@@ -529,6 +539,147 @@ impl App {
             }
             Err(e) => e.into_response(),
         }
+    }
+
+    /// nginx `auth_request` target: decides for the request nginx describes in
+    /// `X-Original-URI`/`X-Original-Method` (or for `?repository=&actions=`), from the caller's
+    /// Bearer token or Basic credential. 200 with `X-Auth-Request-User`/`-Email`/`-Groups`;
+    /// 401 with the challenge for nginx to pass on; 403 when signed in but not allowed.
+    async fn nginx_auth(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
+        let h = req.headers();
+        let q = query_pairs(req.uri().query());
+        let orig_uri = h.get("x-original-uri").and_then(|v| v.to_str().ok()).unwrap_or("/");
+        let orig_path = orig_uri.split('?').next().unwrap_or("/");
+        let orig_query = orig_uri.split_once('?').map(|(_, q)| q);
+        let orig_method = h
+            .get("x-original-method")
+            .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+            .unwrap_or(Method::GET);
+        let forbidden = |m: &str| {
+            http::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"errors":[{"code":"DENIED","message":m}]}),
+            )
+        };
+        let mut mount_from = None;
+        let need = if let Some(repo) = http::query_get(&q, "repository") {
+            let Some(n) = RepoName::parse(repo) else {
+                return forbidden("invalid repository parameter");
+            };
+            let mut acts = Vec::new();
+            for a in http::query_get(&q, "actions")
+                .unwrap_or("pull")
+                .split(',')
+                .filter(|a| !a.is_empty())
+            {
+                match Action::parse(a.trim()) {
+                    Some(a) => acts.push(a),
+                    None => return forbidden("unknown action in actions parameter"),
+                }
+            }
+            Need::Repo(n, acts)
+        } else if orig_path == "/v2" || orig_path.starts_with("/v2/") {
+            let rest = orig_path.strip_prefix("/v2").unwrap_or("").trim_start_matches('/');
+            let route = match reg::classify(rest) {
+                Ok(r) => r,
+                // no scope can name a malformed path: nobody is allowed
+                Err(_) => return forbidden("malformed registry path"),
+            };
+            let Some(need) = need_for(&route, &orig_method) else {
+                return forbidden("method not allowed");
+            };
+            if let Route::UploadStart(_) = route {
+                let oq = query_pairs(orig_query);
+                mount_from = http::query_get(&oq, "from")
+                    .filter(|_| http::query_get(&oq, "mount").is_some())
+                    .and_then(RepoName::parse);
+            }
+            log.repo = route.repo().map(|r| r.to_string());
+            need
+        } else {
+            Need::Authenticated
+        };
+        let principal = match self.authorize(h, &need, ip).await {
+            Ok(p) => p,
+            Err(Denial::Insufficient) => return forbidden("requested access to the resource is denied"),
+            Err(Denial::Limited(_)) => return forbidden("too many failed sign-ins; retry later"),
+            Err(d) => {
+                log.denied = Some("no valid credentials");
+                return self.challenge(&need, mount_from.as_ref(), d);
+            }
+        };
+        let (account, groups) = match &principal {
+            Principal::Token(c) if c.sub.is_empty() => ("anonymous".to_owned(), vec![]),
+            Principal::Token(c) => (c.sub.clone(), c.grp.clone()),
+            Principal::Basic(i) => (i.account.clone(), i.groups.clone()),
+        };
+        if let Some(allowed) = http::query_get(&q, "allowed_groups") {
+            let ok = allowed.split(',').map(str::trim).any(|g| groups.iter().any(|x| x == g));
+            if !ok {
+                log.account = Some(account);
+                return forbidden("not a member of an allowed group");
+            }
+        }
+        log.account = Some(account.clone());
+        let mut r = http::status(StatusCode::OK);
+        http::set(&mut r, HeaderName::from_static("x-auth-request-user"), &account);
+        http::set(&mut r, HeaderName::from_static("x-auth-request-email"), "");
+        http::set(
+            &mut r,
+            HeaderName::from_static("x-auth-request-groups"),
+            &groups.join(","),
+        );
+        r
+    }
+
+    /// Upstream mode: hands the authorised request to the upstream registry. A Bearer token the
+    /// client sent is passed on (the upstream may trust regate as its token server); a caller
+    /// who used Basic credentials gets a regate token minted for exactly the authorised scope.
+    async fn forward(
+        &self,
+        up: &crate::proxy::Upstream,
+        req: Request<Incoming>,
+        principal: &Principal,
+        need: &Need,
+        ip: IpAddr,
+    ) -> Resp {
+        let authorization = match principal {
+            Principal::Token(_) => req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            Principal::Basic(id) => {
+                let scopes = match need {
+                    Need::Authenticated => vec![],
+                    Need::Catalog => vec![Scope::catalog()],
+                    Need::Repo(n, a) => vec![Scope::repository(n.as_str(), a)],
+                };
+                self.tokens
+                    .keys
+                    .issue(
+                        &id.account,
+                        &id.groups,
+                        id.limit.is_some(),
+                        &scopes,
+                        crate::util::now_secs(),
+                    )
+                    .ok()
+                    .map(|t| format!("Bearer {t}"))
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v2/");
+        up.forward(crate::proxy::Forward {
+            method: &parts.method,
+            path_and_query: pq,
+            headers: &parts.headers,
+            body,
+            client_ip: ip,
+            public_url: &self.public_url,
+            authorization,
+        })
+        .await
     }
 
     async fn authorize(&self, headers: &HeaderMap, need: &Need, ip: IpAddr) -> Result<Principal, Denial> {

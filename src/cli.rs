@@ -439,6 +439,9 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
     );
     let rate = f64::from(cfg.limits.token_requests_per_second);
     app.token_limit = crate::ratelimit::Limiter::new(rate, rate * 2.0);
+    if let Some(u) = &cfg.upstream {
+        app.upstream = Some(crate::proxy::Upstream::new(u).map_err(|m| Failure::Config(vec![m]))?);
+    }
     if !cfg.notifications.is_empty() {
         let spool = data.join(".regate-notify");
         let n = crate::notify::Notifier::start(&cfg.notifications, &spool, &public_url, app.metrics.clone())

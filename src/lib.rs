@@ -12,6 +12,7 @@ pub mod gc;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;
