@@ -16,6 +16,8 @@ pub struct Server {
     pub url: String,
     /// host:port, as docker and skopeo name the registry
     pub host: String,
+    /// the address regate actually listens on (differs from `host` when public_url is set)
+    pub local: String,
     pub dir: tempfile::TempDir,
     pub child: Child,
     pub admin_password: Option<String>,
@@ -68,11 +70,12 @@ impl Server {
                 }
                 if let Some(rest) = line.strip_prefix("regate listening on ") {
                     let url = rest.split(' ').next().unwrap().to_owned();
-                    let _ = tx.send((url, admin.clone()));
+                    let local = rest.rsplit('(').next().unwrap().trim_end_matches(')').to_owned();
+                    let _ = tx.send((url, local, admin.clone()));
                 }
             }
         });
-        let (url, admin_password) = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (url, local, admin_password) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(x) => x,
             Err(_) => {
                 let _ = child.kill();
@@ -86,6 +89,7 @@ impl Server {
         Server {
             url,
             host,
+            local,
             dir,
             child,
             admin_password,
