@@ -62,6 +62,11 @@ enum Cmd {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
+    /// Convert a distribution (registry:2) config.yml into a regate config, printed to stdout.
+    ImportConfig {
+        /// The distribution config.yml.
+        file: PathBuf,
+    },
     /// Manage robot accounts (CI credentials limited to some repositories).
     Robot {
         #[command(subcommand)]
@@ -121,6 +126,7 @@ pub fn main() -> i32 {
         Cmd::CheckConfig { schema_only, config } => check_config(config.as_deref(), schema_only, &env),
         Cmd::Serve { config, log_format } => serve(config, log_format, env),
         Cmd::Robot { cmd } => robot(cmd, env),
+        Cmd::ImportConfig { file } => import_config(&file),
         Cmd::Gc {
             dry_run,
             delete_untagged,
@@ -550,6 +556,19 @@ fn gc(
         print!("{report}");
         Ok(())
     })
+}
+
+fn import_config(file: &Path) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Config(vec![format!("cannot read {}: {e}", file.display())]))?;
+    let (yaml, warnings) =
+        crate::import::convert(&text).map_err(|e| Failure::Config(vec![format!("{}: {e}", file.display())]))?;
+    println!("# converted from {} by regate import-config", file.display());
+    print!("{yaml}");
+    for w in warnings {
+        eprintln!("regate: warning: {w}");
+    }
+    Ok(())
 }
 
 fn valid_robot_name(n: &str) -> bool {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod gc;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
