@@ -31,4 +31,20 @@ else
   echo "no Docker engine: docker tests will say so and skip; skopeo tests still run"
 fi
 
-cargo test --all-targets -- --test-threads="${REGATE_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets -- --test-threads="${REGATE_TEST_THREADS:-2}" 2>&1 | tee "$log"
+
+# Fuzz the path classifier and the scope parser for a short, fixed time (cargo-fuzz on stable:
+# RUSTC_BOOTSTRAP enables the flags libFuzzer needs; no sanitizer, the targets assert invariants).
+if [ "${REGATE_SKIP_FUZZ:-0}" != "1" ]; then
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+  for target in route scope; do
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -s none -- -max_total_time="${REGATE_FUZZ_SECONDS:-20}" 2>&1 | tail -n 2)
+  done
+  echo "fuzz: route and scope ran ${REGATE_FUZZ_SECONDS:-20}s each without a failure"
+fi
+
+# one closing line over every cargo test binary
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
