@@ -62,6 +62,12 @@ enum Cmd {
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
+    /// Probe a running regate (for container health checks): exit 0 when /healthz answers 200.
+    Healthcheck {
+        /// URL of the health endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:5000/healthz")]
+        url: String,
+    },
     /// Convert a distribution (registry:2) config.yml into a regate config, printed to stdout.
     ImportConfig {
         /// The distribution config.yml.
@@ -127,6 +133,7 @@ pub fn main() -> i32 {
         Cmd::Serve { config, log_format } => serve(config, log_format, env),
         Cmd::Robot { cmd } => robot(cmd, env),
         Cmd::ImportConfig { file } => import_config(&file),
+        Cmd::Healthcheck { url } => healthcheck(&url),
         Cmd::Gc {
             dry_run,
             delete_untagged,
@@ -162,7 +169,7 @@ fn config_path(explicit: Option<PathBuf>, env: &config::Env) -> Option<PathBuf> 
 fn check_config(path: Option<&Path>, schema_only: bool, env: &config::Env) -> Result<(), Failure> {
     let path = config_path(path.map(Path::to_path_buf), env)
         .ok_or_else(|| Failure::Config(vec!["check-config needs --config FILE".into()]))?;
-    let cfg = config::load(Some(&path), env).map_err(Failure::Config)?;
+    let cfg = config::load_with(Some(&path), env, !schema_only).map_err(Failure::Config)?;
     let problems = cfg.validate(!schema_only);
     if !problems.is_empty() {
         return Err(Failure::Config(
@@ -555,6 +562,23 @@ fn gc(
         .map_err(|e| Failure::Other(format!("garbage collection failed: {e}")))?;
         print!("{report}");
         Ok(())
+    })
+}
+
+fn healthcheck(url: &str) -> Result<(), Failure> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        // a liveness probe of our own process: the certificate may be one the probe cannot verify
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .danger_accept_invalid_certs(true)
+            .build()
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(Failure::Other(format!("{url} answered {}", r.status()))),
+            Err(e) => Err(Failure::Other(format!("{url} is not answering: {}", e.without_url()))),
+        }
     })
 }
 

@@ -469,6 +469,12 @@ pub fn process_env() -> Env {
 /// Parses the YAML text, applies `*_file` secrets and `REGATE_*` overrides, and deserialises.
 /// Errors are one line each, naming the file or key at fault.
 pub fn parse(text: &str, origin: &str, env: &Env) -> Result<Config, Vec<String>> {
+    parse_with(text, origin, env, true)
+}
+
+/// [`parse`]; without `read_files`, `*_file` secrets are checked for form only (a path), not read
+/// (`check-config --schema-only`).
+pub fn parse_with(text: &str, origin: &str, env: &Env, read_files: bool) -> Result<Config, Vec<String>> {
     let mut v: Value = if text.trim().is_empty() {
         Value::Mapping(Default::default())
     } else {
@@ -479,9 +485,11 @@ pub fn parse(text: &str, origin: &str, env: &Env) -> Result<Config, Vec<String>>
     }
     let mut errs = Vec::new();
     // files first, so an environment variable overrides a `*_file` from the config
-    resolve_secret_files(&mut v, "", &mut errs);
-    apply_env(&mut v, env, &mut errs);
-    resolve_secret_files(&mut v, "", &mut errs);
+    resolve_secret_files(&mut v, "", read_files, &mut errs);
+    if errs.is_empty() {
+        apply_env(&mut v, env, &mut errs);
+        resolve_secret_files(&mut v, "", read_files, &mut errs);
+    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -537,7 +545,7 @@ fn apply_env(v: &mut Value, env: &Env, errs: &mut Vec<String>) {
     }
 }
 
-fn resolve_secret_files(v: &mut Value, at: &str, errs: &mut Vec<String>) {
+fn resolve_secret_files(v: &mut Value, at: &str, read_files: bool, errs: &mut Vec<String>) {
     match v {
         Value::Mapping(m) => {
             let keys: Vec<Value> = m.keys().cloned().collect();
@@ -557,6 +565,14 @@ fn resolve_secret_files(v: &mut Value, at: &str, errs: &mut Vec<String>) {
                             errs.push(format!("{here}: expected a file path"));
                             continue;
                         };
+                        if !read_files {
+                            m.remove(&k);
+                            m.insert(
+                                Value::String(base.to_owned()),
+                                Value::String(format!("<contents of {path}>")),
+                            );
+                            continue;
+                        }
                         match std::fs::read_to_string(&path) {
                             Ok(s) => {
                                 m.remove(&k);
@@ -571,13 +587,13 @@ fn resolve_secret_files(v: &mut Value, at: &str, errs: &mut Vec<String>) {
                     }
                 }
                 if let Some(child) = m.get_mut(&k) {
-                    resolve_secret_files(child, &here, errs);
+                    resolve_secret_files(child, &here, read_files, errs);
                 }
             }
         }
         Value::Sequence(s) => {
             for (i, c) in s.iter_mut().enumerate() {
-                resolve_secret_files(c, &format!("{at}[{i}]"), errs);
+                resolve_secret_files(c, &format!("{at}[{i}]"), read_files, errs);
             }
         }
         _ => {}
@@ -586,12 +602,17 @@ fn resolve_secret_files(v: &mut Value, at: &str, errs: &mut Vec<String>) {
 
 /// Reads the config from a file (or the defaults when `path` is `None`).
 pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, Vec<String>> {
+    load_with(path, env, true)
+}
+
+/// [`load`]; `read_files` as in [`parse_with`].
+pub fn load_with(path: Option<&Path>, env: &Env, read_files: bool) -> Result<Config, Vec<String>> {
     match path {
-        None => parse("", "built-in defaults", env),
+        None => parse_with("", "built-in defaults", env, read_files),
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| vec![format!("cannot read config file {}: {e}", p.display())])?;
-            parse(&text, &p.display().to_string(), env)
+            parse_with(&text, &p.display().to_string(), env, read_files)
         }
     }
 }
