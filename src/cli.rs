@@ -73,6 +73,12 @@ enum Cmd {
         /// The distribution config.yml.
         file: PathBuf,
     },
+    /// Re-hash every stored blob and report any whose bytes no longer match their digest
+    /// (exit 1 when one does).
+    Scrub {
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
     /// Manage robot accounts (CI credentials limited to some repositories).
     Robot {
         #[command(subcommand)]
@@ -134,6 +140,7 @@ pub fn main() -> i32 {
         Cmd::Robot { cmd } => robot(cmd, env),
         Cmd::ImportConfig { file } => import_config(&file),
         Cmd::Healthcheck { url } => healthcheck(&url),
+        Cmd::Scrub { config } => scrub(config, env),
         Cmd::Gc {
             dry_run,
             delete_untagged,
@@ -491,6 +498,35 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
         handshake_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace),
     };
+    if cfg.gc.interval > 0 {
+        let store = app.registry.store().clone();
+        let every = Duration::from_secs(cfg.gc.interval);
+        let (grace, delete_untagged) = (Duration::from_secs(cfg.gc.grace), cfg.gc.delete_untagged);
+        let (uploads, retention) = (Duration::from_secs(cfg.gc.upload_max_age), cfg.retention.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let opts = crate::gc::Options {
+                    dry_run: false,
+                    delete_untagged,
+                    grace,
+                    upload_max_age: uploads,
+                    retention: retention.clone(),
+                };
+                match crate::gc::run(&store, opts).await {
+                    Ok(r) => tracing::info!(
+                        tags = r.tags.len(),
+                        blobs = r.blobs.len(),
+                        bytes = r.blobs.iter().map(|(_, n)| n).sum::<u64>(),
+                        manifests = r.manifests.len(),
+                        uploads = r.uploads.len(),
+                        "scheduled garbage collection"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
+                }
+            }
+        });
+    }
     let shutdown = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -556,12 +592,37 @@ fn gc(
                 dry_run,
                 delete_untagged,
                 grace,
+                upload_max_age: Duration::from_secs(cfg.gc.upload_max_age),
+                retention: cfg.retention.clone(),
             },
         )
         .await
         .map_err(|e| Failure::Other(format!("garbage collection failed: {e}")))?;
         print!("{report}");
         Ok(())
+    })
+}
+
+fn scrub(path: Option<PathBuf>, env: config::Env) -> Result<(), Failure> {
+    let cfg = load_valid(path, &env)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = open_storage(&cfg)?;
+        let (bad, n) = crate::gc::scrub(&store)
+            .await
+            .map_err(|e| Failure::Other(format!("scrub failed: {e}")))?;
+        for c in &bad {
+            match &c.actual {
+                Some(a) => println!("corrupt blob {} (content hashes to {a})", c.digest),
+                None => println!("unreadable blob {}", c.digest),
+            }
+        }
+        println!("scrub: {n} blobs checked, {} corrupt", bad.len());
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Other(format!("{} blobs do not match their digest", bad.len())))
+        }
     })
 }
 

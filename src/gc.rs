@@ -15,6 +15,9 @@ pub struct Options {
     pub dry_run: bool,
     pub delete_untagged: bool,
     pub grace: Duration,
+    /// Unfinished uploads older than this are purged.
+    pub upload_max_age: Duration,
+    pub retention: Vec<crate::config::RetentionRule>,
 }
 
 #[derive(Default)]
@@ -23,11 +26,15 @@ pub struct Report {
     pub blobs: Vec<(Digest, u64)>,
     pub manifests: Vec<(RepoName, Digest)>,
     pub uploads: Vec<String>,
+    pub tags: Vec<(RepoName, String)>,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verb = if self.dry_run { "would delete" } else { "deleted" };
+        for (r, t) in &self.tags {
+            writeln!(f, "{verb} tag {r}:{t} (retention)")?;
+        }
         for (r, d) in &self.manifests {
             writeln!(f, "{verb} manifest {r}@{d}")?;
         }
@@ -40,8 +47,9 @@ impl fmt::Display for Report {
         let bytes: u64 = self.blobs.iter().map(|(_, n)| n).sum();
         writeln!(
             f,
-            "{}: {} blobs ({} bytes), {} manifests, {} uploads{}",
+            "{}: {} tags, {} blobs ({} bytes), {} manifests, {} uploads{}",
             if self.dry_run { "dry run" } else { "done" },
+            self.tags.len(),
             self.blobs.len(),
             bytes,
             self.manifests.len(),
@@ -102,6 +110,84 @@ async fn load(store: &Storage, d: &Digest) -> io::Result<Option<Manifest>> {
     Ok(Manifest::parse(b, None).ok())
 }
 
+/// Deletes the tags of `repo` that the first matching retention rule does not keep. Returns
+/// whether a rule applied (its repositories then also lose untagged manifests).
+async fn apply_retention(store: &Storage, repo: &RepoName, opts: &Options, report: &mut Report) -> io::Result<bool> {
+    use crate::auth::policy::Glob;
+    let Some(rule) = opts
+        .retention
+        .iter()
+        .find(|r| Glob::new(&r.repository).matches(repo.as_str(), ""))
+    else {
+        return Ok(false);
+    };
+    let keep_globs: Vec<Glob> = rule.keep_tags.iter().map(|t| Glob::new(t)).collect();
+    let mut tags = Vec::new();
+    for e in store.list(&layout::tags_dir(repo)).await? {
+        let key = format!("{}/{}/current/link", layout::tags_dir(repo), e.name);
+        if let Some(m) = store.stat(&key).await? {
+            tags.push((m.modified, e.name));
+        }
+    }
+    // newest first; ties broken by name so runs are repeatable
+    tags.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    for (i, (_, t)) in tags.iter().enumerate() {
+        let by_count = rule.keep_last.is_some_and(|n| i < n);
+        let by_name = keep_globs.iter().any(|g| g.matches(t, ""));
+        if by_count || by_name {
+            continue;
+        }
+        report.tags.push((repo.clone(), t.clone()));
+        if !opts.dry_run {
+            store.delete_all(&format!("{}/{t}", layout::tags_dir(repo))).await?;
+        }
+    }
+    Ok(true)
+}
+
+/// A blob whose bytes no longer hash to its name.
+pub struct Corrupt {
+    pub digest: Digest,
+    pub actual: Option<Digest>,
+}
+
+/// Re-hashes every stored blob; returns those whose content does not match their digest
+/// (`actual: None` when the blob could not be read at all), and how many were checked.
+pub async fn scrub(store: &Storage) -> io::Result<(Vec<Corrupt>, usize)> {
+    use futures_util::StreamExt;
+    use sha2::Digest as _;
+    let mut bad = Vec::new();
+    let mut n = 0;
+    let blobs_root = format!("{}/blobs/sha256", layout::ROOT);
+    for prefix in store.list(&blobs_root).await? {
+        for e in store.list(&format!("{blobs_root}/{}", prefix.name)).await? {
+            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
+                continue;
+            };
+            let Some((_, mut s)) = store.get(&layout::blob_data(&d), None).await? else {
+                continue;
+            };
+            n += 1;
+            let mut h = sha2::Sha256::new();
+            let mut failed = false;
+            while let Some(c) = s.next().await {
+                match c {
+                    Ok(c) => h.update(&c),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let actual = (!failed).then(|| Digest::from_sha256(h.finalize().into()));
+            if actual.as_ref() != Some(&d) {
+                bad.push(Corrupt { digest: d, actual });
+            }
+        }
+    }
+    Ok((bad, n))
+}
+
 pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
     let mut report = Report {
         dry_run: opts.dry_run,
@@ -109,6 +195,7 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
     };
     let mut marked: BTreeSet<Digest> = BTreeSet::new();
     for repo in repositories(store).await? {
+        let retained = apply_retention(store, &repo, &opts, &mut report).await?;
         let revisions = digests_in(store, &layout::revisions_dir(&repo)).await?;
         let mut manifests: BTreeMap<Digest, Manifest> = BTreeMap::new();
         for d in &revisions {
@@ -116,11 +203,15 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                 manifests.insert(d.clone(), m);
             }
         }
-        let keep: BTreeSet<Digest> = if opts.delete_untagged {
+        let keep: BTreeSet<Digest> = if opts.delete_untagged || retained {
             // roots: tagged manifests; then index children and referrers of kept subjects
             let mut keep = BTreeSet::new();
             for e in store.list(&layout::tags_dir(&repo)).await? {
                 let key = format!("{}/{}/current/link", layout::tags_dir(&repo), e.name);
+                if report.tags.iter().any(|(r, t)| r == &repo && t == &e.name) {
+                    // deleted by retention (in a dry run it is still there)
+                    continue;
+                }
                 if let Some(b) = store.read(&key, 1024).await? {
                     if let Some(d) = Digest::parse(String::from_utf8_lossy(&b).trim()) {
                         keep.insert(d);
@@ -175,7 +266,7 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
             let old = store
                 .stat(&key)
                 .await?
-                .map(|m| older_than(m.modified, Duration::from_secs(7 * 86_400).max(opts.grace)));
+                .map(|m| older_than(m.modified, opts.upload_max_age));
             if old != Some(false) {
                 report.uploads.push(format!("{repo}/{}", e.name));
                 if !opts.dry_run {

@@ -275,3 +275,118 @@ async fn json_logs_and_a_separate_audit_file() {
     );
     assert!(!logs.contains(&p) && !std::fs::read_to_string(&audit).unwrap().contains("guess"));
 }
+
+#[tokio::test]
+async fn retention_keeps_newest_and_named_tags() {
+    let s = Server::start(
+        "retention:\n  - { repository: \"admin/*\", keep_last: 2, keep_tags: [\"stable\", \"release-*\"] }\n",
+    );
+    let cfg = push_blob(&s, "admin/app", b"{}").await;
+    let mut digests = Vec::new();
+    for (i, tag) in ["release-1", "stable", "old1", "old2", "new1", "new2"]
+        .iter()
+        .enumerate()
+    {
+        let layer = push_blob(&s, "admin/app", format!("layer-{i}").as_bytes()).await;
+        digests.push((
+            tag.to_string(),
+            push_manifest(&s, "admin/app", tag, &cfg, &[&layer]).await,
+            layer,
+        ));
+        // tag age is the tag link's modification time; make the order unambiguous
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = gc(&s, &["--dry-run", "--grace", "0s"]);
+    assert!(out.contains("would delete tag admin/app:old1 (retention)"), "{out}");
+    assert!(out.contains("would delete tag admin/app:old2 (retention)"), "{out}");
+    for kept in ["release-1", "stable", "new1", "new2"] {
+        assert!(!out.contains(&format!("admin/app:{kept} ")), "{kept}: {out}");
+    }
+    let out = gc(&s, &["--grace", "0s"]);
+    assert!(out.contains("deleted tag admin/app:old1"), "{out}");
+    let (u, p) = s.admin();
+    let tags: serde_json::Value = client()
+        .get(format!("{}/v2/admin/app/tags/list", s.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["tags"], json!(["new1", "new2", "release-1", "stable"]));
+    // the manifests only the deleted tags referenced, and their layers, are gone too
+    let old1 = digests.iter().find(|d| d.0 == "old1").unwrap();
+    assert!(out.contains(&format!("deleted manifest admin/app@{}", old1.1)), "{out}");
+    assert!(!blob_exists(&s, &old1.2));
+    let new2 = digests.iter().find(|d| d.0 == "new2").unwrap();
+    assert!(blob_exists(&s, &new2.2));
+}
+
+#[tokio::test]
+async fn scrub_finds_rotten_blobs() {
+    let s = Server::start("");
+    let good = push_blob(&s, "admin/x", b"good bytes").await;
+    let rotten = push_blob(&s, "admin/x", b"will rot").await;
+    let run = || {
+        std::process::Command::new(common::bin())
+            .args(["scrub", "--config"])
+            .arg(s.dir.path().join("regate.yaml"))
+            .current_dir(s.dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 blobs checked, 0 corrupt"));
+    let hex = rotten.strip_prefix("sha256:").unwrap();
+    std::fs::write(
+        s.data()
+            .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])),
+        b"bit rot",
+    )
+    .unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "corrupt blob {rotten} (content hashes to {})",
+            digest(b"bit rot")
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&good));
+}
+
+#[tokio::test]
+async fn scheduled_gc_and_abandoned_uploads() {
+    let s = Server::start("gc: { interval: 1, grace: 0, upload_max_age: 0 }\n");
+    let orphan = push_blob(&s, "admin/x", b"nobody references me").await;
+    let (u, p) = s.admin();
+    let r = client()
+        .post(format!("{}/v2/admin/x/blobs/uploads/", s.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let upload_gone = client()
+            .get(&loc)
+            .basic_auth(&u, Some(&p))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 404;
+        if !blob_exists(&s, &orphan) && upload_gone {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "scheduled gc did not run");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(s.logs().contains("scheduled garbage collection"));
+}

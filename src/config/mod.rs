@@ -87,6 +87,61 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub gc: GcConfig,
+    /// Tag retention per repository pattern, applied by `regate gc` and scheduled runs.
+    #[serde(default)]
+    pub retention: Vec<RetentionRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Seconds between garbage collections run by the server itself; 0: never (run `regate gc`).
+    #[serde(default)]
+    pub interval: u64,
+    /// Seconds an unreferenced blob (or untagged manifest) must be old before it is deleted.
+    #[serde(default = "GcConfig::d_grace")]
+    pub grace: u64,
+    /// Scheduled runs also delete untagged manifests.
+    #[serde(default)]
+    pub delete_untagged: bool,
+    /// Seconds after which an unfinished upload counts as abandoned and is purged.
+    #[serde(default = "GcConfig::d_uploads")]
+    pub upload_max_age: u64,
+}
+
+impl GcConfig {
+    fn d_grace() -> u64 {
+        3600
+    }
+    fn d_uploads() -> u64 {
+        7 * 86_400
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: 0,
+            grace: Self::d_grace(),
+            delete_untagged: false,
+            upload_max_age: Self::d_uploads(),
+        }
+    }
+}
+
+/// For repositories matching `repository`: keep the newest `keep_last` tags (by push time) and
+/// every tag matching `keep_tags`; the other tags are deleted (their manifests then become
+/// untagged and are collected with the untagged ones).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub repository: String,
+    #[serde(default)]
+    pub keep_last: Option<usize>,
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -731,6 +786,13 @@ impl Config {
                         e.push(format!("access[{i}]: needs repository (or catalog: true)"));
                     }
                 }
+            }
+        }
+        for (i, r) in self.retention.iter().enumerate() {
+            if r.keep_last.is_none() && r.keep_tags.is_empty() {
+                e.push(format!(
+                    "retention[{i}]: give keep_last or keep_tags (a rule keeping nothing would delete every tag)"
+                ));
             }
         }
         if let Some(l) = &self.log.format {
