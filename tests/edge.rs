@@ -291,3 +291,146 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert!(limited > 0, "no /token request was rate limited");
     assert!(s.logs().contains("auth_failed"));
 }
+
+/// A body of `total` bytes sent in 1 MiB chunks, pausing `pause` between chunks.
+fn slow_body(total: usize, pause: Duration) -> reqwest::Body {
+    let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    let n = total / chunk.len();
+    let s = futures_util::stream::unfold(0usize, move |i| {
+        let chunk = chunk.clone();
+        async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            Some((Ok::<_, std::io::Error>(chunk), i + 1))
+        }
+    });
+    reqwest::Body::wrap_stream(s)
+}
+
+fn digest_of_sevens(total: usize) -> String {
+    common::digest(&vec![7u8; total])
+}
+
+#[tokio::test]
+async fn sigterm_during_an_upload_lets_it_finish() {
+    let mut s = Server::start("limits: { shutdown_grace: 30 }\n");
+    let (u, p) = s.admin();
+    let total = 64 << 20;
+    let d = digest_of_sevens(total);
+    let url = format!("{}/v2/admin/big/blobs/uploads/?digest={d}", s.url);
+    let up = tokio::spawn({
+        let (u, p) = (u.clone(), p.clone());
+        async move {
+            client()
+                .post(url)
+                .basic_auth(&u, Some(&p))
+                .header("content-length", total.to_string())
+                .body(slow_body(total, Duration::from_millis(30)))
+                .send()
+                .await
+        }
+    });
+    // once the upload is under way, ask regate to stop
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_dir(s.data().join(".regate-tmp"))
+        .unwrap()
+        .any(|e| e.unwrap().metadata().unwrap().len() > 0)
+    {
+        assert!(Instant::now() < deadline, "upload never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = s.child.id();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let r = up.await.unwrap().unwrap();
+    assert_eq!(r.status(), 201, "the in-flight upload completes during the drain");
+    let status = s.terminate(Duration::from_secs(20)).expect("exits after draining");
+    assert!(status.success());
+    // the blob is complete on disk
+    let hex = d.strip_prefix("sha256:").unwrap();
+    let meta = std::fs::metadata(
+        s.data()
+            .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])),
+    )
+    .unwrap();
+    assert_eq!(meta.len() as usize, total);
+}
+
+#[tokio::test]
+async fn stalled_body_is_dropped_but_a_slow_one_is_not() {
+    let s = Server::start("limits: { body_idle_timeout: 1 }\n");
+    let (u, p) = s.admin();
+    // slow but moving: one chunk every 300 ms for ~3 s, longer than the idle timeout in total
+    let total = 10 << 20;
+    let d = digest_of_sevens(total);
+    let r = client()
+        .post(format!("{}/v2/admin/slow/blobs/uploads/?digest={d}", s.url))
+        .basic_auth(&u, Some(&p))
+        .body(slow_body(total, Duration::from_millis(300)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // stalled: the first chunk, then nothing for 3 s
+    let s2 = futures_util::stream::unfold(0u8, |i| async move {
+        match i {
+            0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"abc")), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Some((Ok(bytes::Bytes::from_static(b"def")), 2))
+            }
+            _ => None,
+        }
+    });
+    let t = Instant::now();
+    let r = client()
+        .post(format!(
+            "{}/v2/admin/slow/blobs/uploads/?digest={}",
+            s.url,
+            common::digest(b"abcdef")
+        ))
+        .basic_auth(&u, Some(&p))
+        .body(reqwest::Body::wrap_stream(s2))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_ne!(r.status(), 201);
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the stalled request was kept {:?}",
+        t.elapsed()
+    );
+    // nothing half-written became visible
+    let r = client()
+        .head(format!("{}/v2/admin/slow/blobs/{}", s.url, common::digest(b"abcdef")))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn connection_limit_queues_further_connections() {
+    let s = Server::start("limits: { max_connections: 2 }\n");
+    let a = TcpStream::connect(&s.host).unwrap();
+    let b = TcpStream::connect(&s.host).unwrap();
+    // the third connection is accepted by the kernel but not served while two are open
+    let mut c = TcpStream::connect(&s.host).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(c.read(&mut buf).is_err(), "served beyond max_connections");
+    drop(a);
+    drop(b);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
