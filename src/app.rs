@@ -25,8 +25,8 @@ pub struct App {
     pub service: String,
     pub registry: Registry,
     pub tokens: TokenService,
-    pub allow: Vec<IpNet>,
-    pub trusted_proxies: Vec<IpNet>,
+    /// Client networks allowed at all, and proxies whose forwarding headers are believed.
+    pub net: crate::live::Live<NetLists>,
     pub hsts: Option<HeaderValue>,
     pub token_limit: crate::ratelimit::Limiter,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -34,6 +34,12 @@ pub struct App {
     /// Upstream mode: authorised `/v2/` requests go to this registry instead of the embedded one.
     pub upstream: Option<crate::proxy::Upstream>,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NetLists {
+    pub allow: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// What one request did, for the access log.
@@ -173,8 +179,7 @@ impl App {
             service,
             registry,
             tokens,
-            allow,
-            trusted_proxies,
+            net: crate::live::Live::new(NetLists { allow, trusted_proxies }),
             hsts,
             token_limit: crate::ratelimit::Limiter::new(0.0, 0.0),
             metrics: Default::default(),
@@ -191,7 +196,8 @@ impl App {
     /// right-most address in `X-Forwarded-For`/`Forwarded` that is not itself a trusted proxy.
     pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
         let peer = normalize(peer);
-        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        let net = self.net.get();
+        let trusted = |ip: &IpAddr| net.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(&peer) {
             return peer;
         }
@@ -230,7 +236,8 @@ impl App {
     }
 
     fn allowed_ip(&self, ip: IpAddr) -> bool {
-        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+        let net = self.net.get();
+        net.allow.is_empty() || net.allow.iter().any(|n| n.contains(&ip))
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Resp {
@@ -486,9 +493,10 @@ impl App {
         if let Some(up) = &self.upstream {
             return self.forward(up, req, &principal, &need, ip).await;
         }
+        let policy = self.tokens.policy.get();
         let perms = Perms {
             principal: &principal,
-            policy: &self.tokens.policy,
+            policy: &policy,
             ip,
         };
         let (parts, body) = req.into_parts();
@@ -718,9 +726,9 @@ impl App {
             (_, Need::Authenticated) => true,
             (Principal::Token(c), Need::Catalog) => c.allows("registry", "catalog", Action::All),
             (Principal::Token(c), Need::Repo(n, acts)) => acts.iter().all(|a| c.allows("repository", n.as_str(), *a)),
-            (Principal::Basic(id), Need::Catalog) => self.tokens.policy.catalog(&subject_of(id, ip)),
+            (Principal::Basic(id), Need::Catalog) => self.tokens.policy.get().catalog(&subject_of(id, ip)),
             (Principal::Basic(id), Need::Repo(n, acts)) => {
-                let allowed = self.tokens.policy.actions(&subject_of(id, ip), n.as_str());
+                let allowed = self.tokens.policy.get().actions(&subject_of(id, ip), n.as_str());
                 acts.iter().all(|a| allowed.contains(a))
             }
         };

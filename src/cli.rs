@@ -361,7 +361,8 @@ fn host_of(url: &str) -> String {
 }
 
 fn serve(path: Option<PathBuf>, log_format: Option<String>, env: config::Env) -> Result<(), Failure> {
-    let cfg = load_valid(path, &env)?;
+    let path = config_path(path, &env);
+    let cfg = load_valid(path.clone(), &env)?;
     if let Some(f) = &log_format {
         if f != "text" && f != "json" {
             return Err(Failure::Config(vec!["--log-format must be text or json".into()]));
@@ -376,10 +377,98 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>, env: config::Env) ->
         cfg.log.audit_file.as_deref(),
     )?;
     let rt = runtime()?;
-    rt.block_on(serve_async(cfg))
+    rt.block_on(serve_async(cfg, path, env))
 }
 
-async fn serve_async(cfg: Config) -> Result<(), Failure> {
+/// SIGHUP: re-reads the config file; what can change live (access rules, anonymous pull,
+/// network lists) is swapped in, a broken file is refused with a log line and the running
+/// config stays. Files the config names (htpasswd, TLS) are reloaded on their own when they change.
+#[cfg(unix)]
+fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Config) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; config reload disabled");
+        return;
+    };
+    tokio::spawn(async move {
+        let mut current = cfg;
+        while hup.recv().await.is_some() {
+            let origin = path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
+            let new = match config::load(path.as_deref(), &env) {
+                Ok(c) => c,
+                Err(errs) => {
+                    tracing::error!(config = %origin, problems = %errs.join("; "), "config reload refused; keeping the running config");
+                    continue;
+                }
+            };
+            let problems = new.validate(true);
+            if !problems.is_empty() {
+                tracing::error!(config = %origin, problems = %problems.join("; "), "config reload refused; keeping the running config");
+                continue;
+            }
+            app.tokens.policy.set(build_policy(&new));
+            app.net.set(crate::app::NetLists {
+                allow: new.network.allow.clone(),
+                trusted_proxies: new.network.trusted_proxies.clone(),
+            });
+            let differs = |a: String, b: String| a != b;
+            let mut restart = Vec::new();
+            if differs(
+                format!("{:?}{:?}", current.listen, current.public_url),
+                format!("{:?}{:?}", new.listen, new.public_url),
+            ) {
+                restart.push("listen/public_url");
+            }
+            if differs(format!("{:?}", current.storage), format!("{:?}", new.storage)) {
+                restart.push("storage");
+            }
+            if differs(
+                format!("{:?}", current.tls.as_ref().map(|t| (&t.cert, &t.key, t.hsts_max_age))),
+                format!("{:?}", new.tls.as_ref().map(|t| (&t.cert, &t.key, t.hsts_max_age))),
+            ) {
+                restart.push("tls");
+            }
+            let auth_fixed = |c: &Config| {
+                format!(
+                    "{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+                    c.auth.service,
+                    c.auth.issuer,
+                    c.auth.token_ttl,
+                    c.auth.signing_key,
+                    c.auth.signing_cert,
+                    c.auth.htpasswd,
+                    c.auth.gitee
+                )
+            };
+            if differs(auth_fixed(&current), auth_fixed(&new)) {
+                restart.push("auth (other than access rules)");
+            }
+            if differs(
+                format!("{:?}{:?}", current.upstream, current.notifications),
+                format!("{:?}{:?}", new.upstream, new.notifications),
+            ) {
+                restart.push("upstream/notifications");
+            }
+            if differs(
+                format!("{:?}{:?}", current.limits, current.gc),
+                format!("{:?}{:?}", new.limits, new.gc),
+            ) {
+                restart.push("limits/gc");
+            }
+            if restart.is_empty() {
+                tracing::info!(config = %origin, "config reloaded");
+            } else {
+                tracing::warn!(config = %origin, needs_restart = %restart.join(", "), "config reloaded; some changes take effect only after a restart");
+            }
+            current = new;
+        }
+    });
+}
+
+async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Result<(), Failure> {
     let store = Arc::new(open_storage(&cfg)?);
     let data = cfg.data_dir();
     let admin = if cfg.auth.htpasswd.is_none() {
@@ -428,7 +517,7 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
     let tokens = TokenService {
         keys,
         creds,
-        policy: build_policy(&cfg),
+        policy: crate::live::Live::new(build_policy(&cfg)),
         refresh: RefreshStore::new(store.clone(), refresh_ttl),
     };
     let registry = Registry::new(
@@ -498,6 +587,8 @@ async fn serve_async(cfg: Config) -> Result<(), Failure> {
         handshake_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace),
     };
+    #[cfg(unix)]
+    watch_reload(app.clone(), path, env, cfg.clone());
     if cfg.gc.interval > 0 {
         let store = app.registry.store().clone();
         let every = Duration::from_secs(cfg.gc.interval);

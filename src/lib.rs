@@ -11,6 +11,7 @@ pub mod config;
 pub mod gc;
 pub mod http;
 pub mod import;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;

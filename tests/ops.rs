@@ -390,3 +390,73 @@ async fn scheduled_gc_and_abandoned_uploads() {
     }
     assert!(s.logs().contains("scheduled garbage collection"));
 }
+
+#[tokio::test]
+async fn sighup_reloads_rules_and_refuses_a_broken_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let hp = common::htpasswd(dir.path(), &[("alice", "pw")]);
+    let base = format!("auth: {{ htpasswd: {} }}\n", hp.display());
+    let s = Server::start_in(
+        dir,
+        &format!("{base}access:\n  - {{ repository: \"alice/*\", actions: [pull] }}\n"),
+    );
+    let cfg_path = s.dir.path().join("regate.yaml");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let granted = |t: &str| -> serde_json::Value {
+        let p = t.split('.').nth(1).unwrap();
+        use base64::Engine as _;
+        let v: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap();
+        v["access"].clone()
+    };
+    let scope = ["repository:alice/app:pull,push"];
+    let t = common::token(&s, Some(("alice", "pw")), &scope).await;
+    assert_eq!(granted(&t)[0]["actions"], json!(["pull"]));
+    let hup = || {
+        std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(s.child.id().to_string())
+            .status()
+            .unwrap();
+    };
+    let wait_log = |needle: &str, count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.logs().matches(needle).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log: {}",
+                s.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // new rules and a network allowlist, live
+    std::fs::write(
+        &cfg_path,
+        original.replace("actions: [pull] }", "actions: [pull, push] }"),
+    )
+    .unwrap();
+    hup();
+    wait_log("config reloaded", 1);
+    let t = common::token(&s, Some(("alice", "pw")), &scope).await;
+    assert_eq!(granted(&t)[0]["actions"], json!(["pull", "push"]));
+    // a broken file is refused and the running config stays
+    std::fs::write(&cfg_path, "listen: [this is not an address\n").unwrap();
+    hup();
+    wait_log("config reload refused", 1);
+    let t = common::token(&s, Some(("alice", "pw")), &scope).await;
+    assert_eq!(granted(&t)[0]["actions"], json!(["pull", "push"]));
+    // an allowlist that excludes us takes effect without a restart
+    std::fs::write(&cfg_path, format!("{original}network: {{ allow: [10.0.0.0/8] }}\n")).unwrap();
+    hup();
+    wait_log("config reloaded", 2);
+    assert_eq!(
+        client()
+            .get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 pub struct TokenService {
     pub keys: TokenKeys,
     pub creds: Arc<Credentials>,
-    pub policy: Policy,
+    pub policy: crate::live::Live<Policy>,
     pub refresh: RefreshStore,
 }
 
@@ -266,7 +266,7 @@ impl TokenService {
             Some(i) => i.subject(ip),
             None => Subject::anonymous(ip),
         };
-        let granted = self.policy.grant(&subject, scopes);
+        let granted = self.policy.get().grant(&subject, scopes);
         audit.account = Some(subject.account.clone());
         audit.granted = granted.iter().map(|s| s.to_string()).collect();
         let sub = if subject.anonymous {
