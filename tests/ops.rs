@@ -460,3 +460,157 @@ async fn sighup_reloads_rules_and_refuses_a_broken_config() {
         403
     );
 }
+
+fn age_blob(s: &Server, d: &str, hours: u32) {
+    let hex = d.strip_prefix("sha256:").unwrap();
+    let p = s
+        .data()
+        .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let st = std::process::Command::new("touch")
+        .arg("-d")
+        .arg(format!("{hours} hours ago"))
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test]
+async fn gc_while_pushing_loses_nothing() {
+    let s = Server::start("");
+    let (u, p) = s.admin();
+    let cfg = push_blob(&s, "admin/app", b"{}").await;
+    // an old blob nobody references any more, and one that a new push will reference again
+    let garbage = push_blob(&s, "admin/app", b"old garbage").await;
+    let reused = push_blob(&s, "admin/app", b"old but reused").await;
+    for d in [&garbage, &reused, &cfg] {
+        age_blob(&s, d, 3);
+    }
+    // a client checks the old blobs exist (as docker does before skipping an upload): that
+    // refreshes them, so GC's grace period protects them from here on
+    for d in [&reused, &cfg] {
+        let r = client()
+            .head(format!("{}/v2/admin/app/blobs/{d}", s.url))
+            .basic_auth(&u, Some(&p))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let out = gc(&s, &["--grace", "1h"]);
+    assert!(out.contains(&format!("deleted blob {garbage}")), "{out}");
+    assert!(
+        blob_exists(&s, &reused) && blob_exists(&s, &cfg),
+        "a blob just checked by a client was collected: {out}"
+    );
+    let gc_loop = {
+        let cfgp = s.dir.path().join("regate.yaml");
+        let dir = s.dir.path().to_owned();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_secs(4) {
+                let out = std::process::Command::new(common::bin())
+                    .args(["gc", "--grace", "1h", "--config"])
+                    .arg(&cfgp)
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                runs += 1;
+            }
+            runs
+        })
+    };
+    // meanwhile: many pushes, some reusing the old blob after checking it exists (as docker does)
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (url, u, p, cfg, reused) = (s.url.clone(), u.clone(), p.clone(), cfg.clone(), reused.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            // like docker: check a blob exists before deciding not to upload it, upload it if not
+            let ensure = |d: String, data: &'static [u8]| {
+                let (c, url, u, p) = (c.clone(), url.clone(), u.clone(), p.clone());
+                async move {
+                    let r = c
+                        .head(format!("{url}/v2/admin/app/blobs/{d}"))
+                        .basic_auth(&u, Some(&p))
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status() == 404 {
+                        let r = c
+                            .post(format!("{url}/v2/admin/app/blobs/uploads/?digest={d}"))
+                            .basic_auth(&u, Some(&p))
+                            .body(data)
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 201);
+                    } else {
+                        assert_eq!(r.status(), 200);
+                    }
+                    d
+                }
+            };
+            ensure(cfg.clone(), b"{}").await;
+            let layer = if i % 2 == 0 {
+                ensure(reused, b"old but reused").await
+            } else {
+                let data = format!("fresh layer {i}");
+                let d = digest(data.as_bytes());
+                let r = c
+                    .post(format!("{url}/v2/admin/app/blobs/uploads/?digest={d}"))
+                    .basic_auth(&u, Some(&p))
+                    .body(data)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                d
+            };
+            let m = json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+                "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":cfg,"size":2},
+                "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":layer,"size":1}]});
+            let r = c
+                .put(format!("{url}/v2/admin/app/manifests/t{i}"))
+                .basic_auth(&u, Some(&p))
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body(serde_json::to_vec(&m).unwrap())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "push {i} failed: {}", r.text().await.unwrap());
+            layer
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut layers = Vec::new();
+    for t in tasks {
+        layers.push(t.await.unwrap());
+    }
+    let runs = gc_loop.join().unwrap();
+    assert!(runs >= 2, "gc ran {runs} times");
+    // everything pushed pulls back; the old garbage is gone; the reused old blob is not
+    for (i, layer) in layers.iter().enumerate() {
+        let r = client()
+            .get(format!("{}/v2/admin/app/manifests/t{i}", s.url))
+            .basic_auth(&u, Some(&p))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = client()
+            .get(format!("{}/v2/admin/app/blobs/{layer}", s.url))
+            .basic_auth(&u, Some(&p))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "layer of t{i} lost");
+    }
+    assert!(!blob_exists(&s, &garbage), "old unreferenced blob was not collected");
+    assert!(
+        blob_exists(&s, &reused) && blob_exists(&s, &cfg),
+        "referenced blobs survive"
+    );
+}

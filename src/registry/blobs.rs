@@ -64,6 +64,10 @@ impl Registry {
         }
         let key = layout::blob_data(d);
         if head {
+            // a client checking whether to skip an upload: keep the blob out of GC's reach
+            if !self.blob_stored(d).await? {
+                return Err(unknown());
+            }
             let meta = self.store.stat(&key).await?.ok_or_else(unknown)?;
             let mut r = http::status(StatusCode::OK);
             blob_headers(&mut r, d, meta.size);

@@ -273,12 +273,12 @@ impl Registry {
         // every referenced blob and child manifest must already be in this repository
         let mut missing = Vec::new();
         for b in &m.blobs {
-            if !self.blob_linked(name, b).await? {
+            if !self.blob_linked(name, b).await? || !self.blob_stored(b).await? {
                 missing.push(b.to_string());
             }
         }
         for c in &m.children {
-            if self.store.stat(&layout::revision_link(name, c)).await?.is_none() {
+            if self.store.stat(&layout::revision_link(name, c)).await?.is_none() || !self.blob_stored(c).await? {
                 missing.push(c.to_string());
             }
         }

@@ -23,6 +23,10 @@ use std::time::Duration;
 
 pub use manifests::Manifest;
 
+/// A referenced blob older than this gets its modification time refreshed (must stay well below
+/// the smallest sensible GC grace period).
+const REFRESH_AFTER: Duration = Duration::from_secs(600);
+
 pub const API_VERSION_HEADER: &str = "Docker-Distribution-Api-Version";
 
 #[derive(Debug, Clone)]
@@ -155,6 +159,25 @@ impl Registry {
             .stat(&crate::storage::layout::layer_link(name, d))
             .await?
             .is_some())
+    }
+
+    /// Whether the blob's bytes are stored; refreshes their modification time when it is older
+    /// than a few minutes, so a blob just referenced again is never inside a GC sweep's window.
+    async fn blob_stored(&self, d: &Digest) -> Result<bool, RegistryError> {
+        let key = crate::storage::layout::blob_data(d);
+        let Some(meta) = self.store.stat(&key).await? else {
+            return Ok(false);
+        };
+        let stale = meta
+            .modified
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .is_none_or(|age| age > REFRESH_AFTER);
+        if stale {
+            if let Err(e) = self.store.touch(&key).await {
+                tracing::warn!(error = %e, digest = %d, "cannot refresh blob time");
+            }
+        }
+        Ok(true)
     }
 
     async fn link(&self, key: &str, d: &Digest) -> Result<(), RegistryError> {

@@ -35,10 +35,7 @@ impl Registry {
         if let (Some(m), Some(from)) = (query_get(query, "mount"), query_get(query, "from")) {
             let d = Digest::parse(m).ok_or_else(|| RegistryError::new(Code::DigestInvalid, "invalid mount digest"))?;
             if let Some(from) = RepoName::parse(from) {
-                if perms.can_pull(&from)
-                    && self.blob_linked(&from, &d).await?
-                    && self.store.stat(&layout::blob_data(&d)).await?.is_some()
-                {
+                if perms.can_pull(&from) && self.blob_linked(&from, &d).await? && self.blob_stored(&d).await? {
                     self.link(&layout::layer_link(name, &d), &d).await?;
                     return Ok(self.created(name, &d).into());
                 }
@@ -255,7 +252,7 @@ impl Registry {
                         None => RegistryError::new(Code::DigestInvalid, "upload content does not match the digest"),
                     });
                 }
-                if self.store.stat(&dest).await?.is_none() {
+                if !self.blob_stored(d).await? {
                     self.store
                         .rename(&layout::upload_part(name, id, p.offset), &dest)
                         .await?;

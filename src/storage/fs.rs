@@ -222,6 +222,18 @@ impl FsStore {
         Ok(out)
     }
 
+    pub async fn touch(&self, key: &str) -> io::Result<()> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)?
+                .set_modified(SystemTime::now())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     pub async fn ready(&self) -> io::Result<()> {
         let m = tokio::fs::metadata(&self.tmp).await?;
         if m.permissions().readonly() {

@@ -51,6 +51,12 @@ impl MemStore {
         self.lock().insert(key.to_owned(), (data, SystemTime::now()));
     }
 
+    pub fn touch(&self, key: &str) {
+        if let Some(v) = self.lock().get_mut(key) {
+            v.1 = SystemTime::now();
+        }
+    }
+
     pub fn writer(&self, key: &str) -> MemWriter {
         MemWriter {
             store: self.clone(),

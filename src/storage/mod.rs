@@ -124,6 +124,18 @@ impl Storage {
         }
     }
 
+    /// Marks an object as used now (its modification time), so garbage collection's grace period
+    /// protects a blob that a new manifest or upload just referenced.
+    pub async fn touch(&self, key: &str) -> io::Result<()> {
+        match self {
+            Storage::Fs(s) => s.touch(key).await,
+            Storage::Memory(s) => {
+                s.touch(key);
+                Ok(())
+            }
+        }
+    }
+
     /// Whether the backend is reachable and writable enough to serve (for `/readyz`).
     pub async fn ready(&self) -> io::Result<()> {
         match self {
