@@ -414,6 +414,16 @@ impl App {
             }
             "/readyz" => {
                 log.route = "health";
+                let upstream_ok = match &self.upstream {
+                    Some(u) => u.ready().await,
+                    None => true,
+                };
+                if !upstream_ok {
+                    return http::json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"status":"unavailable","reason":"the upstream registry is not reachable"}),
+                    );
+                }
                 match self.registry.store().ready().await {
                     Ok(()) => http::json(StatusCode::OK, &serde_json::json!({"status":"ready"})),
                     Err(e) => {

@@ -594,6 +594,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         let every = Duration::from_secs(cfg.gc.interval);
         let (grace, delete_untagged) = (Duration::from_secs(cfg.gc.grace), cfg.gc.delete_untagged);
         let (uploads, retention) = (Duration::from_secs(cfg.gc.upload_max_age), cfg.retention.clone());
+        let metrics = app.metrics.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -605,14 +606,20 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
                     retention: retention.clone(),
                 };
                 match crate::gc::run(&store, opts).await {
-                    Ok(r) => tracing::info!(
-                        tags = r.tags.len(),
-                        blobs = r.blobs.len(),
-                        bytes = r.blobs.iter().map(|(_, n)| n).sum::<u64>(),
-                        manifests = r.manifests.len(),
-                        uploads = r.uploads.len(),
-                        "scheduled garbage collection"
-                    ),
+                    Ok(r) => {
+                        use crate::metrics::Metrics;
+                        Metrics::add(&metrics.gc_runs, 1);
+                        Metrics::add(&metrics.gc_blobs_deleted, r.blobs.len() as u64);
+                        Metrics::add(&metrics.gc_bytes_freed, r.blobs.iter().map(|(_, n)| n).sum());
+                        tracing::info!(
+                            tags = r.tags.len(),
+                            blobs = r.blobs.len(),
+                            bytes = r.blobs.iter().map(|(_, n)| n).sum::<u64>(),
+                            manifests = r.manifests.len(),
+                            uploads = r.uploads.len(),
+                            "scheduled garbage collection"
+                        )
+                    }
                     Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
                 }
             }

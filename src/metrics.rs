@@ -31,6 +31,9 @@ pub struct Metrics {
     pub webhooks_sent: AtomicU64,
     pub webhooks_failed: AtomicU64,
     pub webhooks_dropped: AtomicU64,
+    pub gc_runs: AtomicU64,
+    pub gc_blobs_deleted: AtomicU64,
+    pub gc_bytes_freed: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +151,21 @@ impl Metrics {
                 "regate_webhooks_dropped_total",
                 "Webhook events dropped (queue full or retries exhausted).",
                 &self.webhooks_dropped,
+            ),
+            (
+                "regate_gc_runs_total",
+                "Garbage collections run by the server.",
+                &self.gc_runs,
+            ),
+            (
+                "regate_gc_blobs_deleted_total",
+                "Blobs deleted by scheduled garbage collection.",
+                &self.gc_blobs_deleted,
+            ),
+            (
+                "regate_gc_bytes_freed_total",
+                "Bytes freed by scheduled garbage collection.",
+                &self.gc_bytes_freed,
             ),
         ] {
             let _ = writeln!(o, "# HELP {name} {help}");

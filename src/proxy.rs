@@ -60,6 +60,16 @@ impl Upstream {
         &self.base
     }
 
+    /// Whether the upstream answers HTTP at all (any status: `/v2/` may well want a token).
+    pub async fn ready(&self) -> bool {
+        self.client
+            .get(format!("{}/v2/", self.base))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .is_ok()
+    }
+
     pub async fn forward(&self, f: Forward<'_>) -> Resp {
         let url = format!("{}{}", self.base, f.path_and_query);
         let mut rb = self.client.request(f.method.clone(), &url);

@@ -389,6 +389,21 @@ async fn scheduled_gc_and_abandoned_uploads() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(s.logs().contains("scheduled garbage collection"));
+    let m = client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deleted: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("regate_gc_blobs_deleted_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(deleted >= 1, "{m}");
 }
 
 #[tokio::test]

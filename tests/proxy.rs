@@ -119,6 +119,9 @@ fn upstream_mode_in_front_of_distribution() {
     assert!(ok, "{out}");
     let (ok, _) = skopeo(&["inspect", "--tls-verify=false", "--no-creds", &dst]);
     assert!(!ok);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ready = rt.block_on(async { client().get(format!("{}/readyz", s.url)).send().await.unwrap().status() });
+    assert_eq!(ready, 200);
 }
 
 #[test]
@@ -284,6 +287,20 @@ async fn upstream_down_is_a_clean_502() {
     assert!(t.elapsed() < Duration::from_secs(10));
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+    // not ready while the upstream is down; alive all the same
+    assert_eq!(
+        client().get(format!("{}/readyz", s.url)).send().await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        client()
+            .get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // unauthenticated requests are still challenged, never forwarded
     let r = client()
         .get(format!("{}/v2/admin/x/tags/list", s.url))
