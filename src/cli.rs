@@ -520,7 +520,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         policy: crate::live::Live::new(build_policy(&cfg)),
         refresh: RefreshStore::new(store.clone(), refresh_ttl),
     };
-    let registry = Registry::new(
+    let mut registry = Registry::new(
         store,
         registry::Options {
             delete: cfg.storage.delete,
@@ -529,6 +529,10 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
             body_idle: Duration::from_secs(cfg.limits.body_idle_timeout.max(1)),
         },
     );
+    if let Some(m) = &cfg.mirror {
+        let mirror = crate::mirror::Mirror::new(m).map_err(|e| Failure::Config(vec![e]))?;
+        registry = registry.with_mirror(Arc::new(mirror));
+    }
     let tls_cfg = match &cfg.tls {
         Some(t) => {
             let resolver = tls::ReloadingResolver::new(&t.cert, &t.key).map_err(|m| Failure::Config(vec![m]))?;

@@ -13,6 +13,7 @@ pub mod http;
 pub mod import;
 pub mod live;
 pub mod metrics;
+pub mod mirror;
 pub mod notify;
 pub mod proxy;
 pub mod ratelimit;

@@ -420,3 +420,89 @@ async fn nginx_auth_request_target() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[test]
+fn mirror_pulls_through_and_serves_from_cache() {
+    // the remote: distribution with Basic auth (htpasswd), holding an image
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "mirror", "mpw"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "htpasswd (apache2-utils) is installed by scripts/test-all.sh"
+    );
+    std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+    let d = distribution(&format!(
+        "auth:\n  htpasswd: {{ realm: r, path: {} }}\n",
+        dir.path().join("htpasswd").display()
+    ));
+    let remote = d.url.trim_start_matches("http://").to_owned();
+    let img = tempfile::tempdir().unwrap();
+    let dg = image(img.path());
+    let src = format!("oci:{}:v1", img.path().display());
+    let (ok, out) = skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "mirror:mpw",
+        &src,
+        &format!("docker://{remote}/library/app:v1"),
+    ]);
+    assert!(ok, "{out}");
+    // regate mirroring it
+    let s = Server::start(&format!(
+        "mirror: {{ url: {}, username: mirror, password: mpw }}\n",
+        d.url
+    ));
+    let (u, p) = s.admin();
+    let creds = format!("{u}:{p}");
+    let via = format!("docker://{}/library/app:v1", s.host);
+    let (ok, out) = skopeo(&["inspect", "--tls-verify=false", "--creds", &creds, &via]);
+    assert!(ok && out.contains(&dg), "{out}");
+    let back = tempfile::tempdir().unwrap();
+    let (ok, out) = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &via,
+        &format!("oci:{}:v1", back.path().display()),
+    ]);
+    assert!(ok, "{out}");
+    // every blob of the copy hashes to its name
+    for e in std::fs::read_dir(back.path().join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(
+            common::sha256_hex(&std::fs::read(e.path()).unwrap()),
+            e.file_name().to_string_lossy()
+        );
+    }
+    // the remote goes away: the cached image is still served
+    drop(d);
+    let back2 = tempfile::tempdir().unwrap();
+    let (ok, out) = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &via,
+        &format!("oci:{}:v1", back2.path().display()),
+    ]);
+    assert!(ok, "served from cache: {out}");
+    assert!(s
+        .data()
+        .join("docker/registry/v2/repositories/library/app/_manifests")
+        .exists());
+    // something never fetched is a clean error, not a hang
+    let (ok, out) = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &format!("docker://{}/library/other:v1", s.host),
+    ]);
+    assert!(!ok && !out.contains("500"), "{out}");
+}

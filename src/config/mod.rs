@@ -386,6 +386,15 @@ pub struct MirrorConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
+    /// Seconds a mirrored tag is served before it is checked against the remote again.
+    #[serde(default = "MirrorConfig::d_ttl")]
+    pub tag_ttl: u64,
+}
+
+impl MirrorConfig {
+    fn d_ttl() -> u64 {
+        300
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -60,6 +60,9 @@ impl Registry {
         let linked =
             self.blob_linked(name, d).await? || self.store.stat(&layout::revision_link(name, d)).await?.is_some();
         if !linked {
+            if let Some(m) = &self.mirror {
+                return self.mirror_blob(m, name, d, head).await;
+            }
             return Err(unknown());
         }
         let key = layout::blob_data(d);

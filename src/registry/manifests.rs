@@ -210,7 +210,11 @@ impl Registry {
                 format!("manifest {r} is not known to repository {name}"),
             )
         };
-        let d = self.resolve(name, r).await?.ok_or_else(unknown)?;
+        let mut found = self.resolve(name, r).await?;
+        if let Some(m) = &self.mirror {
+            found = self.mirror_manifest(m, name, r, found).await?;
+        }
+        let d = found.ok_or_else(unknown)?;
         let m = self.load_manifest(&d).await?.ok_or_else(unknown)?;
         if !accepts(headers, &m.media_type) {
             return Err(RegistryError::new(

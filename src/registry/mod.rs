@@ -9,6 +9,7 @@ pub mod route;
 mod blobs;
 mod listing;
 mod manifests;
+mod mirrored;
 mod uploads;
 
 use crate::http::{BodyReader, Resp};
@@ -62,6 +63,7 @@ pub struct Registry {
     store: Arc<Storage>,
     opts: Options,
     manifests: moka::sync::Cache<Digest, Arc<Manifest>>,
+    mirror: Option<Arc<crate::mirror::Mirror>>,
 }
 
 pub struct Request<'a> {
@@ -91,7 +93,18 @@ impl Registry {
             .max_capacity(32 << 20)
             .weigher(|_: &Digest, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
             .build();
-        Self { store, opts, manifests }
+        Self {
+            store,
+            opts,
+            manifests,
+            mirror: None,
+        }
+    }
+
+    /// Pulls of what is not held locally go to this remote registry (pull-through cache).
+    pub fn with_mirror(mut self, m: Arc<crate::mirror::Mirror>) -> Self {
+        self.mirror = Some(m);
+        self
     }
 
     pub fn store(&self) -> &Arc<Storage> {
