@@ -33,7 +33,7 @@ fi
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --all-targets -- --test-threads="${REGATE_TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --lib --bins --tests -- --test-threads="${REGATE_TEST_THREADS:-2}" 2>&1 | tee "$log"
 
 # Fuzz the path classifier and the scope parser for a short, fixed time (cargo-fuzz on stable:
 # RUSTC_BOOTSTRAP enables the flags libFuzzer needs; no sanitizer, the targets assert invariants).
