@@ -64,8 +64,15 @@ impl Registry {
         Ok(r)
     }
 
+    /// A repository is a directory holding regate's/distribution's `_`-prefixed data
+    /// (`_manifests`, `_layers`, `_uploads`); a mere path prefix of other repositories is not one.
     async fn repo_exists(&self, name: &RepoName) -> Result<bool, RegistryError> {
-        Ok(!self.store.list(&layout::repo(name)).await?.is_empty())
+        Ok(self
+            .store
+            .list(&layout::repo(name))
+            .await?
+            .iter()
+            .any(|e| e.is_dir && e.name.starts_with('_')))
     }
 
     /// Every repository name in storage (a directory holding `_manifests`), sorted.

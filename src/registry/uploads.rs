@@ -92,26 +92,8 @@ impl Registry {
     ) -> Result<Resp, RegistryError> {
         let parts = self.parts(name, id).await?;
         let offset = end_of(&parts);
-        if let Some(v) = headers.get(header::CONTENT_RANGE) {
-            let (start, end) = parse_content_range(v)
-                .ok_or_else(|| RegistryError::new(Code::BlobUploadInvalid, "Content-Range must be <start>-<end>"))?;
-            if start != offset {
-                let mut r = RegistryError::new(
-                    Code::RangeInvalid,
-                    format!("chunk starts at {start} but the upload has {offset} bytes; resume from the Range header"),
-                )
-                .into_response();
-                self.upload_headers(&mut r, name, id, offset);
-                return Ok(r);
-            }
-            if let Some(len) = content_length(headers) {
-                if end + 1 - start != len {
-                    return Err(RegistryError::new(
-                        Code::BlobUploadInvalid,
-                        "Content-Range and Content-Length disagree",
-                    ));
-                }
-            }
+        if let Some(r) = self.check_chunk_range(name, id, headers, offset)? {
+            return Ok(r);
         }
         let size = self.write_part(name, id, offset, None, &mut body).await?;
         let mut r = http::status(StatusCode::ACCEPTED);
@@ -127,12 +109,17 @@ impl Registry {
         query: &[(String, String)],
         mut body: BodyReader,
     ) -> Result<Outcome, RegistryError> {
-        let _ = headers;
         let d = parse_upload_digest(
             query_get(query, "digest")
                 .ok_or_else(|| RegistryError::new(Code::DigestInvalid, "the digest query parameter is required"))?,
         )?;
         let mut parts = self.parts(name, id).await?;
+        // a final chunk carried on the PUT must continue the upload exactly like a PATCH
+        if content_length(headers) != Some(0) {
+            if let Some(r) = self.check_chunk_range(name, id, headers, end_of(&parts))? {
+                return Ok(r.into());
+            }
+        }
         let first = body.chunk().await.map_err(body_error)?;
         let size;
         if parts.is_empty() {
@@ -156,6 +143,40 @@ impl Registry {
             resp: self.created(name, &d),
             event: Some(push_event(name, &d, size)),
         })
+    }
+
+    /// Checks a chunk's `Content-Range` (when given) against the `offset` bytes received so far:
+    /// `Some(416 answer)` when the chunk does not start there, an error when it is malformed.
+    fn check_chunk_range(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        headers: &HeaderMap,
+        offset: u64,
+    ) -> Result<Option<Resp>, RegistryError> {
+        let Some(v) = headers.get(header::CONTENT_RANGE) else {
+            return Ok(None);
+        };
+        let (start, end) = parse_content_range(v)
+            .ok_or_else(|| RegistryError::new(Code::BlobUploadInvalid, "Content-Range must be <start>-<end>"))?;
+        if start != offset {
+            let mut r = RegistryError::new(
+                Code::RangeInvalid,
+                format!("chunk starts at {start} but the upload has {offset} bytes; resume from the Range header"),
+            )
+            .into_response();
+            self.upload_headers(&mut r, name, id, offset);
+            return Ok(Some(r));
+        }
+        if let Some(len) = content_length(headers) {
+            if end + 1 - start != len {
+                return Err(RegistryError::new(
+                    Code::BlobUploadInvalid,
+                    "Content-Range and Content-Length disagree",
+                ));
+            }
+        }
+        Ok(None)
     }
 
     /// Streams the body (after `first`) into the blob's final place, verifying the digest.
@@ -358,7 +379,11 @@ impl Registry {
         );
         http::set(r, header::RANGE, &format!("0-{}", size.saturating_sub(1)));
         http::set(r, HeaderName::from_static("docker-upload-uuid"), id.as_str());
-        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        // only on empty answers: a 416 carries its JSON error, and a Content-Length that
+        // disagrees with the body breaks the connection (hyper asserts on it in debug builds)
+        if http_body::Body::size_hint(r.body()).exact() == Some(0) {
+            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        }
     }
 
     fn created(&self, name: &RepoName, d: &Digest) -> Resp {
