@@ -83,6 +83,18 @@ fn need_for(route: &Route, m: &Method) -> Option<Need> {
     }
 }
 
+/// The methods a `/v2/` route answers (for `Allow` on 405).
+fn allowed_methods(route: &Route) -> &'static str {
+    match route {
+        Route::Base => "GET, HEAD",
+        Route::Catalog | Route::Tags(_) | Route::Referrers(..) => "GET",
+        Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
+        Route::Blob(..) => "GET, HEAD, DELETE",
+        Route::UploadStart(_) => "POST",
+        Route::Upload(..) => "GET, PATCH, PUT, DELETE",
+    }
+}
+
 /// An authenticated caller of `/v2/`.
 enum Principal {
     Token(Arc<Claims>),
@@ -464,10 +476,12 @@ impl App {
         log.route = route.kind();
         log.repo = route.repo().map(|r| r.to_string());
         let method = req.method().clone();
+        let allow = allowed_methods(&route);
         let Some(need) = need_for(&route, &method) else {
             let mut r = RegistryError::new(Code::Unsupported, format!("{method} is not allowed on this endpoint"))
                 .into_response();
             *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            http::set(&mut r, header::ALLOW, allow);
             return r;
         };
         let query = query_pairs(req.uri().query());
@@ -555,7 +569,15 @@ impl App {
                 }
                 out.resp
             }
-            Err(e) => e.into_response(),
+            Err(e) => {
+                let mut r = e.into_response();
+                if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+                    // deletes disabled: everything but DELETE
+                    let without_delete = allow.replace(", DELETE", "");
+                    http::set(&mut r, header::ALLOW, &without_delete);
+                }
+                r
+            }
         }
     }
 

@@ -1459,6 +1459,8 @@ async fn deletes_disabled_answer_405() {
         format!("/v2/{repo}/blobs/{layer}"),
     ] {
         let resp = r.req(Method::DELETE, &path).send().await.unwrap();
+        let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains("GET") && !allow.contains("DELETE"), "{allow}");
         expect_err(resp, 405, "UNSUPPORTED").await;
     }
     assert_eq!(r.get(&format!("/v2/{repo}/manifests/v1")).await.status(), 200);
@@ -1984,6 +1986,8 @@ async fn unsupported_methods_are_405() {
             r.anon(m.clone(), &path).send().await.unwrap(),
             r.req(m.clone(), &path).send().await.unwrap(),
         ] {
+            let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+            assert!(!allow.contains(m.as_str()), "Allow {allow:?} lists the refused {m}");
             expect_err(resp, 405, "UNSUPPORTED").await;
         }
     }
