@@ -51,7 +51,12 @@ impl Endpoint {
             .globs
             .as_ref()
             .is_none_or(|g| g.iter().any(|g| g.matches(ev.repo.as_str(), "")));
-        action_ok && repo_ok
+        let media_ok = self
+            .cfg
+            .media_types
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|t| t == &ev.media_type));
+        action_ok && repo_ok && media_ok
     }
 }
 

@@ -100,6 +100,21 @@ async fn push(s: &Server, repo: &str, tag: &str, layer: &[u8]) -> (String, Strin
 }
 
 #[tokio::test]
+async fn media_type_filter() {
+    let rx = receiver().await;
+    let s = Server::start(&format!(
+        "notifications:\n  - url: {}\n    media_types: [application/vnd.oci.image.manifest.v1+json]\n",
+        rx.url
+    ));
+    let (md, _) = push(&s, "admin/app", "v1", b"layer-1").await;
+    wait_for(&rx, 1, 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = rx.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "only the manifest push, no blob pushes: {got:?}");
+    assert_eq!(got[0].1["events"][0]["target"]["digest"], md);
+}
+
+#[tokio::test]
 async fn envelope_filter_and_signature() {
     let rx = receiver().await;
     let s = Server::start(&format!(

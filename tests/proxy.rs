@@ -506,3 +506,90 @@ fn mirror_pulls_through_and_serves_from_cache() {
     ]);
     assert!(!ok && !out.contains("500"), "{out}");
 }
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn upstream_streams_a_gib_both_ways_with_flat_memory() {
+    let d = distribution("");
+    let s = Server::start(&format!("upstream: {}\n", d.url));
+    let (u, p) = s.admin();
+    // 1 GiB of a repeating 1 MiB pattern, generated on the fly; its digest computed the same way
+    let chunk = bytes::Bytes::from((0..(1u32 << 20)).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let n = 1024usize;
+    let digest = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for _ in 0..n {
+            h.update(&chunk);
+        }
+        format!("sha256:{}", hex::encode(h.finalize()))
+    };
+    // distribution 2.8 has no single-request upload: POST, one streamed PATCH, PUT
+    let r = client()
+        .post(format!("{}/v2/admin/big/blobs/uploads/", s.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(loc.starts_with(&s.url), "Location rewritten to regate: {loc}");
+    let c2 = chunk.clone();
+    let body = futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(c2.clone())));
+    let r = client()
+        .patch(&loc)
+        .basic_auth(&u, Some(&p))
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = client()
+        .put(format!("{loc}{sep}digest={digest}"))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // pull it back through regate, hashing as it streams
+    let r = client()
+        .get(format!("{}/v2/admin/big/blobs/{digest}", s.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut h = {
+        use sha2::Digest as _;
+        sha2::Sha256::new()
+    };
+    let mut total = 0u64;
+    use futures_util::StreamExt;
+    while let Some(c) = stream.next().await {
+        let c = c.unwrap();
+        total += c.len() as u64;
+        sha2::Digest::update(&mut h, &c);
+    }
+    assert_eq!(total, (n as u64) << 20);
+    assert_eq!(format!("sha256:{}", hex::encode(sha2::Digest::finalize(h))), digest);
+    let peak = vm_hwm_kib(s.child.id());
+    assert!(
+        peak < 128 * 1024,
+        "regate's peak RSS was {peak} KiB while streaming 1 GiB each way"
+    );
+}

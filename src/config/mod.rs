@@ -411,6 +411,9 @@ pub struct NotificationConfig {
     /// Only events for repositories matching one of these globs; default all.
     #[serde(default)]
     pub repositories: Option<Vec<String>>,
+    /// Only events whose target has one of these media types (e.g. only manifests); default all.
+    #[serde(default)]
+    pub media_types: Option<Vec<String>>,
     /// Seconds one delivery attempt may take.
     #[serde(default = "NotificationConfig::d_timeout")]
     pub timeout: u64,
