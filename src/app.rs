@@ -30,7 +30,7 @@ pub struct App {
     pub hsts: Option<HeaderValue>,
     pub token_limit: crate::ratelimit::Limiter,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub notifier: Option<Arc<crate::notify::Notifier>>,
+    pub notifier: crate::live::Live<Option<Arc<crate::notify::Notifier>>>,
     /// Upstream mode: authorised `/v2/` requests go to this registry instead of the embedded one.
     pub upstream: Option<crate::proxy::Upstream>,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
@@ -195,7 +195,7 @@ impl App {
             hsts,
             token_limit: crate::ratelimit::Limiter::new(0.0, 0.0),
             metrics: Default::default(),
-            notifier: None,
+            notifier: crate::live::Live::new(None),
             upstream: None,
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(50_000)
@@ -533,7 +533,8 @@ impl App {
         };
         match self.registry.handle(route, r).await {
             Ok(out) => {
-                if let (Some(ev), Some(n)) = (&out.event, &self.notifier) {
+                let notifier = self.notifier.get();
+                if let (Some(ev), Some(n)) = (&out.event, notifier.as_ref()) {
                     n.publish(
                         ev.clone(),
                         crate::notify::Context {

@@ -384,7 +384,7 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>, env: config::Env) ->
 /// network lists) is swapped in, a broken file is refused with a log line and the running
 /// config stays. Files the config names (htpasswd, TLS) are reloaded on their own when they change.
 #[cfg(unix)]
-fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Config) {
+fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Config, spool: PathBuf) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; config reload disabled");
@@ -446,11 +446,31 @@ fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Con
             if differs(auth_fixed(&current), auth_fixed(&new)) {
                 restart.push("auth (other than access rules)");
             }
+            if differs(format!("{:?}", current.upstream), format!("{:?}", new.upstream)) {
+                restart.push("upstream");
+            }
             if differs(
-                format!("{:?}{:?}", current.upstream, current.notifications),
-                format!("{:?}{:?}", new.upstream, new.notifications),
+                format!("{:?}", current.notifications),
+                format!("{:?}", new.notifications),
             ) {
-                restart.push("upstream/notifications");
+                let next = if new.notifications.is_empty() {
+                    Ok(None)
+                } else {
+                    crate::notify::Notifier::start(&new.notifications, &spool, &app.public_url, app.metrics.clone())
+                        .map(Some)
+                };
+                match next {
+                    Ok(n) => {
+                        if let Some(old) = app.notifier.get().as_ref() {
+                            old.stop();
+                        }
+                        app.notifier.set(n);
+                        tracing::info!(endpoints = new.notifications.len(), "webhook endpoints reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the new webhook endpoints; keeping the old ones")
+                    }
+                }
             }
             if differs(
                 format!("{:?}{:?}", current.limits, current.gc),
@@ -559,7 +579,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         let spool = data.join(".regate-notify");
         let n = crate::notify::Notifier::start(&cfg.notifications, &spool, &public_url, app.metrics.clone())
             .map_err(|e| Failure::Other(format!("cannot start notifications (spool {}): {e}", spool.display())))?;
-        app.notifier = Some(n);
+        app.notifier.set(Some(n));
     }
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -592,7 +612,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         shutdown_grace: Duration::from_secs(cfg.limits.shutdown_grace),
     };
     #[cfg(unix)]
-    watch_reload(app.clone(), path, env, cfg.clone());
+    watch_reload(app.clone(), path, env, cfg.clone(), data.join(".regate-notify"));
     if cfg.gc.interval > 0 {
         let store = app.registry.store().clone();
         let every = Duration::from_secs(cfg.gc.interval);

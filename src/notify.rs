@@ -33,6 +33,8 @@ pub struct Context {
 }
 
 struct Endpoint {
+    /// Set when a config reload replaced this endpoint's notifier: its worker stops.
+    stopped: std::sync::atomic::AtomicBool,
     cfg: NotificationConfig,
     dir: PathBuf,
     queued: AtomicUsize,
@@ -143,6 +145,7 @@ impl Notifier {
                 .filter(|e| e.as_ref().is_ok_and(|e| is_event_file(&e.path())))
                 .count();
             endpoints.push(Arc::new(Endpoint {
+                stopped: std::sync::atomic::AtomicBool::new(false),
                 cfg: c.clone(),
                 dir,
                 queued: AtomicUsize::new(queued),
@@ -162,6 +165,15 @@ impl Notifier {
             public_url: public_url.to_owned(),
             seq: std::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// Stops the delivery workers (a reload started new ones); spooled events stay on disk for
+    /// the new workers.
+    pub fn stop(&self) {
+        for ep in &self.endpoints {
+            ep.stopped.store(true, Ordering::SeqCst);
+            ep.wake.notify_one();
+        }
     }
 
     /// Spools the event for every endpoint that wants it. The event is on disk when this
@@ -248,6 +260,9 @@ async fn deliver_loop(ep: Arc<Endpoint>, client: reqwest::Client, metrics: Arc<M
     let mut backoff = Duration::from_secs(1);
     let mut failures: u32 = 0;
     loop {
+        if ep.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(file) = oldest(&ep.dir).await else {
             // nothing queued: wait for the spooler (or look again now and then)
             let _ = tokio::time::timeout(Duration::from_secs(5), ep.wake.notified()).await;

@@ -205,3 +205,35 @@ async fn failing_receiver_gets_everything_after_retries_and_restart() {
         .unwrap();
     assert!(m.contains("regate_webhooks_sent_total 6"), "{m}");
 }
+
+#[tokio::test]
+async fn sighup_switches_webhook_endpoints() {
+    let (a, b) = (receiver().await, receiver().await);
+    let s = Server::start(&format!("notifications:\n  - url: {}\n    events: [push]\n", a.url));
+    push(&s, "admin/one", "v1", b"first").await;
+    wait_for(&a, 3, 20).await;
+    let cfg = s.dir.path().join("regate.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(&a.url, &b.url);
+    std::fs::write(&cfg, text).unwrap();
+    std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(s.child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.logs().contains("webhook endpoints reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", s.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    push(&s, "admin/two", "v1", b"second").await;
+    let got = wait_for(&b, 3, 20).await;
+    assert!(got
+        .iter()
+        .all(|(_, v)| v["events"][0]["target"]["repository"] == "admin/two"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.got.lock().unwrap().len(),
+        3,
+        "the old endpoint got nothing after the reload"
+    );
+}
