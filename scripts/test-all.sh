@@ -33,16 +33,16 @@ fi
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --lib --bins --tests -- --test-threads="${REGATE_TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log"
 
 # Fuzz the path classifier and the scope parser for a short, fixed time (cargo-fuzz on stable:
 # RUSTC_BOOTSTRAP enables the flags libFuzzer needs; no sanitizer, the targets assert invariants).
-if [ "${REGATE_SKIP_FUZZ:-0}" != "1" ]; then
+if [ "${SKIP_FUZZ:-0}" != "1" ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
   for target in route scope; do
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -s none -- -max_total_time="${REGATE_FUZZ_SECONDS:-20}" 2>&1 | tail -n 2)
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -s none -- -max_total_time="${FUZZ_SECONDS:-20}" 2>&1 | tail -n 2)
   done
-  echo "fuzz: route and scope ran ${REGATE_FUZZ_SECONDS:-20}s each without a failure"
+  echo "fuzz: route and scope ran ${FUZZ_SECONDS:-20}s each without a failure"
 fi
 
 # one closing line over every cargo test binary

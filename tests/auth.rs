@@ -448,7 +448,7 @@ async fn secrets_never_reach_the_logs() {
 }
 
 fn run_cli(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(common::bin())
+    let out = common::regate()
         .args(args)
         .arg("--config")
         .arg(s.dir.path().join("regate.yaml"))

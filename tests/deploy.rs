@@ -15,7 +15,7 @@ fn deploy() -> PathBuf {
 }
 
 fn check_config(path: &Path) {
-    let out = Command::new(common::bin())
+    let out = common::regate()
         .args(["check-config", "--schema-only", "--config"])
         .arg(path)
         .output()

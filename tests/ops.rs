@@ -102,7 +102,7 @@ async fn readiness_fails_when_storage_is_gone() {
 }
 
 fn gc(s: &Server, args: &[&str]) -> String {
-    let out = std::process::Command::new(common::bin())
+    let out = common::regate()
         .arg("gc")
         .args(args)
         .arg("--config")
@@ -187,7 +187,7 @@ fn check_config_reports_every_problem() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| std::process::Command::new(common::bin()).args(args).output().unwrap();
+    let run = |args: &[&str]| common::regate().args(args).output().unwrap();
     let out = run(&["check-config", "--config", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let bad = dir.path().join("bad.yaml");
@@ -329,7 +329,7 @@ async fn scrub_finds_rotten_blobs() {
     let good = push_blob(&s, "admin/x", b"good bytes").await;
     let rotten = push_blob(&s, "admin/x", b"will rot").await;
     let run = || {
-        std::process::Command::new(common::bin())
+        common::regate()
             .args(["scrub", "--config"])
             .arg(s.dir.path().join("regate.yaml"))
             .current_dir(s.dir.path())
@@ -525,7 +525,7 @@ async fn gc_while_pushing_loses_nothing() {
             let mut runs = 0;
             let t = std::time::Instant::now();
             while t.elapsed() < std::time::Duration::from_secs(4) {
-                let out = std::process::Command::new(common::bin())
+                let out = common::regate()
                     .args(["gc", "--grace", "1h", "--config"])
                     .arg(&cfgp)
                     .current_dir(&dir)

@@ -49,7 +49,14 @@ impl Server {
     pub fn start_with_config(dir: tempfile::TempDir, cfg_path: &Path) -> Server {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        // hermetic: REGATE_* variables of the caller's environment would override the config
+        for (k, _) in std::env::vars() {
+            if k.starts_with("REGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(cfg_path)
@@ -223,4 +230,16 @@ pub fn mkimage() -> PathBuf {
         .join("tests")
         .join("tools")
         .join("mkimage.py")
+}
+
+/// The regate binary as a command, without the caller's REGATE_* variables (they would act as
+/// config overrides).
+pub fn regate() -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
