@@ -19,6 +19,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
+# the S3 server the object-storage tests run regate against (tests/object_storage.rs)
+python3 -c 'import moto.server, flask_cors' 2>/dev/null || python3 -m pip install -q 'moto[server]'
 # skopeo needs a policy; Debian's package ships one, a bare container may not.
 if [ ! -f /etc/containers/policy.json ] && [ ! -f "${HOME}/.config/containers/policy.json" ]; then
   mkdir -p "${HOME}/.config/containers"

@@ -184,8 +184,56 @@ pub struct StorageConfig {
     pub lfs: Option<LfsConfig>,
     #[serde(default)]
     pub redirect: bool,
+    /// Lifetime in seconds of the presigned URLs that `redirect` hands out (default 1200).
+    #[serde(default = "default_redirect_ttl")]
+    pub redirect_ttl: u64,
     #[serde(default = "default_true")]
     pub delete: bool,
+}
+
+/// The object-storage keys that can be wrong in form: URLs, part sizes, timeouts.
+fn check_object_storage(s: &StorageConfig, e: &mut Vec<String>) {
+    let url = |key: &str, v: Option<&str>, e: &mut Vec<String>| {
+        if let Some(u) = v {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                e.push(format!("storage.{key}: must be an http(s) URL"));
+            }
+        }
+    };
+    let tuning = |b: &str, part: Option<u64>, timeout: Option<u64>, retries: Option<usize>, e: &mut Vec<String>| {
+        if part.is_some_and(|p| !(5 << 20..=5 << 30).contains(&p)) {
+            e.push(format!(
+                "storage.{b}.part_size: must be between 5242880 (5 MiB) and 5368709120 (5 GiB) bytes"
+            ));
+        }
+        if timeout == Some(0) {
+            e.push(format!("storage.{b}.timeout: must be at least 1 second"));
+        }
+        if retries.is_some_and(|r| r > 20) {
+            e.push(format!("storage.{b}.max_retries: at most 20"));
+        }
+    };
+    if let Some(c) = &s.s3 {
+        url("s3.endpoint", c.endpoint.as_deref(), e);
+        tuning("s3", c.part_size, c.timeout, c.max_retries, e);
+    }
+    if let Some(c) = &s.oss {
+        url("oss.endpoint", Some(&c.endpoint), e);
+        url("oss.presign_endpoint", c.presign_endpoint.as_deref(), e);
+        tuning("oss", c.part_size, c.timeout, c.max_retries, e);
+    }
+    if let Some(c) = &s.cos {
+        url("cos.endpoint", Some(&c.endpoint), e);
+        tuning("cos", c.part_size, c.timeout, c.max_retries, e);
+    }
+    // OSS and COS refuse presigned URLs that last longer than 7 days
+    if s.redirect_ttl == 0 || s.redirect_ttl > 7 * 86_400 {
+        e.push("storage.redirect_ttl: must be between 1 and 604800 seconds (7 days)".into());
+    }
+}
+
+fn default_redirect_ttl() -> u64 {
+    1200
 }
 
 impl Default for StorageConfig {
@@ -198,6 +246,7 @@ impl Default for StorageConfig {
             cos: None,
             lfs: None,
             redirect: false,
+            redirect_ttl: default_redirect_ttl(),
             delete: true,
         }
     }
@@ -228,6 +277,16 @@ pub struct S3Config {
     pub virtual_host_style: bool,
     #[serde(default)]
     pub root: Option<String>,
+    /// Multipart part size in bytes for streamed writes (5 MiB to 5 GiB; default 16 MiB, which
+    /// with the 10,000-part limit holds blobs up to 156 GiB).
+    #[serde(default)]
+    pub part_size: Option<u64>,
+    /// Retries of a failed request (transient errors only), with backoff and jitter; default 4.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// Seconds one request (or one streamed part) may take before it is abandoned and retried.
+    #[serde(default)]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +302,16 @@ pub struct OssConfig {
     pub presign_endpoint: Option<String>,
     #[serde(default)]
     pub root: Option<String>,
+    /// Multipart part size in bytes for streamed writes (5 MiB to 5 GiB; default 16 MiB, which
+    /// with the 10,000-part limit holds blobs up to 156 GiB).
+    #[serde(default)]
+    pub part_size: Option<u64>,
+    /// Retries of a failed request (transient errors only), with backoff and jitter; default 4.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// Seconds one request (or one streamed part) may take before it is abandoned and retried.
+    #[serde(default)]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +325,16 @@ pub struct CosConfig {
     pub secret_key: Option<Secret>,
     #[serde(default)]
     pub root: Option<String>,
+    /// Multipart part size in bytes for streamed writes (5 MiB to 5 GiB; default 16 MiB, which
+    /// with the 10,000-part limit holds blobs up to 156 GiB).
+    #[serde(default)]
+    pub part_size: Option<u64>,
+    /// Retries of a failed request (transient errors only), with backoff and jitter; default 4.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// Seconds one request (or one streamed part) may take before it is abandoned and retried.
+    #[serde(default)]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -758,6 +837,7 @@ impl Config {
             Backend::Cos => need(s.cos.is_some(), "cos", &mut e),
             Backend::Lfs => need(s.lfs.is_some(), "lfs", &mut e),
         }
+        check_object_storage(s, &mut e);
         if self.auth.token_ttl == 0 || self.auth.token_ttl > 86_400 {
             e.push("auth.token_ttl: must be between 1 and 86400 seconds".into());
         }

@@ -77,6 +77,19 @@ impl Registry {
             return Ok(r.into());
         }
         let meta = self.store.stat(&key).await?.ok_or_else(unknown)?;
+        if let Some(ttl) = self.opts.redirect {
+            // authorised and present: send the client to the bucket (or its CDN) for the bytes
+            if let Some(url) = self.store.presign_get(&key, ttl).await? {
+                let mut r = http::status(StatusCode::TEMPORARY_REDIRECT);
+                http::set(&mut r, header::LOCATION, &url);
+                digest_header(&mut r, d);
+                r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                return Ok(Outcome {
+                    resp: r,
+                    event: Some(pull_event(name, d, meta.size)),
+                });
+            }
+        }
         let range = match parse_range(headers.get(header::RANGE), meta.size) {
             Ok(r) => r,
             Err(()) => {
@@ -101,14 +114,7 @@ impl Registry {
         }
         Ok(Outcome {
             resp: r,
-            event: Some(Event {
-                action: "pull",
-                repo: name.clone(),
-                digest: d.clone(),
-                media_type: "application/octet-stream".into(),
-                size: meta.size,
-                tag: None,
-            }),
+            event: Some(pull_event(name, d, meta.size)),
         })
     }
 
@@ -126,6 +132,17 @@ impl Registry {
         let mut r = http::status(StatusCode::ACCEPTED);
         digest_header(&mut r, d);
         Ok(r)
+    }
+}
+
+fn pull_event(name: &RepoName, d: &Digest, size: u64) -> Event {
+    Event {
+        action: "pull",
+        repo: name.clone(),
+        digest: d.clone(),
+        media_type: "application/octet-stream".into(),
+        size,
+        tag: None,
     }
 }
 

@@ -136,8 +136,8 @@ impl RegistryError {
     /// Storage failures: logged with their cause, answered without it.
     pub fn storage(e: std::io::Error) -> Self {
         tracing::error!(error = %e, "storage error");
-        if e.kind() == std::io::ErrorKind::TimedOut {
-            return Self::new(Code::Unavailable, "storage timed out; retry later");
+        if crate::storage::is_unavailable(&e) {
+            return Self::new(Code::Unavailable, "storage is unavailable or timed out; retry later");
         }
         Self::new(Code::Internal, "storage error; see the server log")
     }

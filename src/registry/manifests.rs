@@ -275,8 +275,11 @@ impl Registry {
             }
         }
         // every referenced blob and child manifest must already be in this repository
+        // (each distinct digest once: a manifest may name one layer thousands of times, and on
+        // object storage every check is a request)
         let mut missing = Vec::new();
-        for b in &m.blobs {
+        let mut seen = std::collections::HashSet::new();
+        for b in m.blobs.iter().filter(|b| seen.insert(*b)) {
             if !self.blob_linked(name, b).await? || !self.blob_stored(b).await? {
                 missing.push(b.to_string());
             }

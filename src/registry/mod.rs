@@ -40,6 +40,9 @@ pub struct Options {
     pub public_url: String,
     /// How long a request body may stall before the upload is abandoned.
     pub body_idle: Duration,
+    /// `storage.redirect`: blob GETs answer 307 to a presigned URL valid this long, where the
+    /// backend can presign.
+    pub redirect: Option<Duration>,
 }
 
 /// What the caller may do beyond the route it was authorised for: reading the source of a

@@ -8,6 +8,7 @@
 pub mod fs;
 pub mod layout;
 pub mod memory;
+pub mod object;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -34,6 +35,25 @@ pub struct Entry {
 pub enum Storage {
     Fs(fs::FsStore),
     Memory(memory::MemStore),
+    Object(object::ObjectStore),
+}
+
+/// The backend could not be reached or kept failing after its retries: the request may succeed
+/// later (the registry answers 503 `UNAVAILABLE`), and nothing was left half-written.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// Whether a storage error means "try again later" rather than a fault of this server.
+pub fn is_unavailable(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut || e.get_ref().is_some_and(|i| i.is::<Unavailable>())
 }
 
 impl Storage {
@@ -41,6 +61,7 @@ impl Storage {
         match self {
             Storage::Fs(_) => "fs",
             Storage::Memory(_) => "memory",
+            Storage::Object(s) => s.kind(),
         }
     }
 
@@ -48,6 +69,7 @@ impl Storage {
         match self {
             Storage::Fs(s) => s.stat(key).await,
             Storage::Memory(s) => Ok(s.stat(key)),
+            Storage::Object(s) => s.stat(key).await,
         }
     }
 
@@ -56,6 +78,7 @@ impl Storage {
         match self {
             Storage::Fs(s) => s.get(key, range).await,
             Storage::Memory(s) => Ok(s.get(key, range)),
+            Storage::Object(s) => s.get(key, range).await,
         }
     }
 
@@ -64,6 +87,7 @@ impl Storage {
         match self {
             Storage::Fs(s) => s.read(key, limit).await,
             Storage::Memory(s) => s.read(key, limit),
+            Storage::Object(s) => s.read(key, limit).await,
         }
     }
 
@@ -75,6 +99,7 @@ impl Storage {
                 s.put(key, data);
                 Ok(())
             }
+            Storage::Object(s) => s.put(key, data).await,
         }
     }
 
@@ -83,6 +108,7 @@ impl Storage {
         match self {
             Storage::Fs(s) => Ok(BlobWriter::Fs(s.writer(key).await?)),
             Storage::Memory(s) => Ok(BlobWriter::Memory(s.writer(key))),
+            Storage::Object(s) => Ok(BlobWriter::Object(s.writer(key).await?)),
         }
     }
 
@@ -91,6 +117,7 @@ impl Storage {
         match self {
             Storage::Fs(s) => s.rename(from, to).await,
             Storage::Memory(s) => s.rename(from, to),
+            Storage::Object(s) => s.rename(from, to).await,
         }
     }
 
@@ -102,6 +129,7 @@ impl Storage {
                 s.delete(key);
                 Ok(())
             }
+            Storage::Object(s) => s.delete(key).await,
         }
     }
 
@@ -113,6 +141,7 @@ impl Storage {
                 s.delete_all(prefix);
                 Ok(())
             }
+            Storage::Object(s) => s.delete_all(prefix).await,
         }
     }
 
@@ -121,6 +150,7 @@ impl Storage {
         match self {
             Storage::Fs(s) => s.list(prefix).await,
             Storage::Memory(s) => Ok(s.list(prefix)),
+            Storage::Object(s) => s.list(prefix).await,
         }
     }
 
@@ -133,6 +163,7 @@ impl Storage {
                 s.touch(key);
                 Ok(())
             }
+            Storage::Object(s) => s.touch(key).await,
         }
     }
 
@@ -141,6 +172,15 @@ impl Storage {
         match self {
             Storage::Fs(s) => s.ready().await,
             Storage::Memory(_) => Ok(()),
+            Storage::Object(s) => s.ready().await,
+        }
+    }
+
+    /// A short-lived URL from which a client can GET `key` directly (object storage only).
+    pub async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> io::Result<Option<String>> {
+        match self {
+            Storage::Object(s) => s.presign_get(key, ttl).await,
+            Storage::Fs(_) | Storage::Memory(_) => Ok(None),
         }
     }
 }
@@ -148,6 +188,7 @@ impl Storage {
 pub enum BlobWriter {
     Fs(fs::FsWriter),
     Memory(memory::MemWriter),
+    Object(object::ObjectWriter),
 }
 
 impl BlobWriter {
@@ -158,12 +199,14 @@ impl BlobWriter {
                 w.write(data);
                 Ok(())
             }
+            BlobWriter::Object(w) => w.write(data).await,
         }
     }
     pub fn written(&self) -> u64 {
         match self {
             BlobWriter::Fs(w) => w.written(),
             BlobWriter::Memory(w) => w.written(),
+            BlobWriter::Object(w) => w.written(),
         }
     }
     pub async fn commit(self) -> io::Result<()> {
@@ -173,12 +216,14 @@ impl BlobWriter {
                 w.commit();
                 Ok(())
             }
+            BlobWriter::Object(w) => w.commit().await,
         }
     }
     pub async fn abort(self) {
         match self {
             BlobWriter::Fs(w) => w.abort().await,
             BlobWriter::Memory(_) => {}
+            BlobWriter::Object(w) => w.abort().await,
         }
     }
 }
