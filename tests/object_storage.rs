@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
@@ -343,5 +343,466 @@ async fn replicas_share_one_bucket_and_uploads_survive_restarts() {
             .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// faults between regate and the bucket
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Pass,
+    /// answer this many new connections with `503 SlowDown`, then pass again
+    SlowDown(usize),
+    /// the server is gone: every connection is closed at once
+    Down,
+}
+
+/// A TCP proxy in front of moto whose faults the test switches. Changing the mode cuts every
+/// connection in flight, so pooled connections cannot dodge the fault.
+struct FaultProxy {
+    addr: String,
+    mode: Arc<Mutex<Mode>>,
+    cut: tokio::sync::watch::Sender<u64>,
+    /// 503s answered so far
+    injected: Arc<AtomicUsize>,
+    /// request bytes passed on to moto so far
+    upstream: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    async fn start(target: String) -> FaultProxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mode = Arc::new(Mutex::new(Mode::Pass));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let injected = Arc::new(AtomicUsize::new(0));
+        let upstream = Arc::new(AtomicUsize::new(0));
+        let (m, c, inj, up) = (mode.clone(), cut.clone(), injected.clone(), upstream.clone());
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = l.accept().await {
+                let mode = {
+                    let mut g = m.lock().unwrap();
+                    let now = *g;
+                    if let Mode::SlowDown(n) = now {
+                        *g = if n > 1 { Mode::SlowDown(n - 1) } else { Mode::Pass };
+                    }
+                    now
+                };
+                let (target, mut cut_rx, inj, up) = (target.clone(), c.subscribe(), inj.clone(), up.clone());
+                tokio::spawn(async move {
+                    match mode {
+                        Mode::Down => drop(conn),
+                        Mode::SlowDown(_) => {
+                            inj.fetch_add(1, Ordering::SeqCst);
+                            slow_down(conn).await;
+                        }
+                        Mode::Pass => {
+                            tokio::select! {
+                                _ = pipe(conn, &target, up) => {}
+                                _ = cut_rx.changed() => {}
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            mode,
+            cut,
+            injected,
+            upstream,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, m: Mode) {
+        *self.mode.lock().unwrap() = m;
+        self.cut.send_modify(|g| *g += 1);
+    }
+}
+
+/// Reads the request head and answers as S3 does when it sheds load.
+async fn slow_down(mut conn: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                <Message>Please reduce your request rate.</Message></Error>";
+    let resp = format!(
+        "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(resp.as_bytes()).await;
+    let _ = conn.shutdown().await;
+}
+
+/// Copies both ways, counting what goes upstream.
+async fn pipe(client: tokio::net::TcpStream, target: &str, up: Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let to_server = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    up.fetch_add(n, Ordering::SeqCst);
+                }
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let to_client = async {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(to_server, to_client);
+}
+
+/// regate on its own bucket behind a fault proxy, and an admin token for `repo`.
+async fn behind_proxy(repo: &str) -> (FaultProxy, Server, String, String) {
+    let m = moto();
+    let bucket = unique("faults");
+    m.create_bucket(&bucket);
+    let p = FaultProxy::start(m.addr.clone()).await;
+    // short timeouts so that a dead bucket is reported in seconds
+    let storage = s3_yaml(&p.url(), &bucket, "/", "").replace("max_retries: 3", "max_retries: 3, timeout: 10");
+    let s = Server::start(&storage);
+    let (u, pw) = s.admin();
+    let auth = format!(
+        "Bearer {}",
+        token(&s, Some((&u, &pw)), &[&format!("repository:{repo}:pull,push")]).await
+    );
+    (p, s, bucket, auth)
+}
+
+async fn start_upload(c: &reqwest::Client, s: &Server, auth: &str, repo: &str) -> String {
+    let r = c
+        .post(format!("{}/v2/{repo}/blobs/uploads/", s.url))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    path_of(&loc_of(&r))
+}
+
+async fn finish(c: &reqwest::Client, s: &Server, auth: &str, up: &str, d: &str) -> reqwest::Response {
+    let sep = if up.contains('?') { '&' } else { '?' };
+    c.put(format!("{}{up}{sep}digest={d}", s.url))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_blob(c: &reqwest::Client, s: &Server, auth: &str, repo: &str, d: &str) -> (u16, Vec<u8>) {
+    let r = c
+        .get(format!("{}/v2/{repo}/blobs/{d}", s.url))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+/// S3 shedding load (503 SlowDown) in the middle of an upload: regate retries with backoff and
+/// the client never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_down_answers_are_retried() {
+    let repo = "faults/slowdown";
+    let (p, s, _bucket, auth) = behind_proxy(repo).await;
+    let c = client();
+    let data = pattern(3 * MIB, 3);
+    let d = digest(&data);
+    let up = start_upload(&c, &s, &auth, repo).await;
+    let up = patch(&c, &s.url, &auth, &up, 0, &data[..MIB]).await;
+
+    // the next three requests to the bucket are refused with 503 SlowDown
+    p.set(Mode::SlowDown(3));
+    let up = patch(&c, &s.url, &auth, &up, MIB, &data[MIB..]).await;
+    assert_eq!(p.injected.load(Ordering::SeqCst), 3, "the faults were not hit");
+    let r = finish(&c, &s, &auth, &up, &d).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(get_blob(&c, &s, &auth, repo, &d).await, (200, data));
+    // each refusal was followed by one logged backoff, of growing length
+    let waits: Vec<f64> = s
+        .logs()
+        .lines()
+        .filter(|l| l.contains("will retry after") && l.contains("RateLimited"))
+        .map(|l| {
+            l.split("will retry after ")
+                .nth(1)
+                .unwrap()
+                .split('s')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(waits.len(), 3, "{}", s.logs());
+    assert!(waits[0] < waits[2], "{waits:?}");
+}
+
+/// The bucket goes away while a chunk is streaming into a multipart upload: the client gets a
+/// 503 `UNAVAILABLE` (also for the PUT and on /readyz), no blob becomes visible, the upload keeps
+/// the bytes it had, and once the bucket is back the same upload resumes and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_down_mid_upload_is_a_clean_503_and_the_upload_resumes() {
+    let repo = "faults/down";
+    let (p, s, bucket, auth) = behind_proxy(repo).await;
+    let m = moto();
+    let c = client();
+    let first = MIB;
+    let data = pattern(first + 14 * MIB, 5);
+    let d = digest(&data);
+    let up = start_upload(&c, &s, &auth, repo).await;
+    let up = patch(&c, &s.url, &auth, &up, 0, &data[..first]).await;
+
+    // stream the second chunk; once its first 5 MiB part has reached the bucket (OpenDAL sends a
+    // part when the next one is full), cut the bucket
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|x| (x, rx))
+    }));
+    let req = c
+        .patch(format!("{}{up}", s.url))
+        .header("authorization", &auth)
+        .header("content-range", format!("{first}-{}", data.len() - 1))
+        .header("content-length", (data.len() - first).to_string())
+        .body(body)
+        .send();
+    let resp = tokio::spawn(req);
+    let before = p.upstream.load(Ordering::SeqCst);
+    let second = &data[first..];
+    for c in second[..11 * MIB].chunks(256 * 1024) {
+        tx.send(Ok(bytes::Bytes::copy_from_slice(c))).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while p.upstream.load(Ordering::SeqCst) < before + 5 * MIB {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first part never reached the bucket ({} bytes went up): {}",
+            p.upstream.load(Ordering::SeqCst) - before,
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.set(Mode::Down);
+    for c in second[11 * MIB..].chunks(256 * 1024) {
+        if tx.send(Ok(bytes::Bytes::copy_from_slice(c))).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let r = resp.await.unwrap().unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE", "{v}");
+
+    // (regate answered before reading the whole body, so that connection is closed: a new client)
+    let c = client();
+    // while it is down: the PUT is a 503 too, and the registry says it is not ready
+    let r = finish(&c, &s, &auth, &up, &d).await;
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE", "{v}");
+    assert_eq!(c.get(format!("{}/readyz", s.url)).send().await.unwrap().status(), 503);
+
+    // back: nothing half-written is visible, and the upload still has exactly its first chunk
+    p.set(Mode::Pass);
+    assert_eq!(get_blob(&c, &s, &auth, repo, &d).await.0, 404);
+    let hex = &d["sha256:".len()..];
+    assert!(m
+        .keys(&bucket, &format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))
+        .is_empty());
+    let st = c
+        .get(format!("{}{up}", s.url))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(st.status(), 204);
+    assert_eq!(st.headers()["range"], format!("0-{}", first - 1).as_str());
+    let up = patch(&c, &s.url, &auth, &up, first, &data[first..]).await;
+    let r = finish(&c, &s, &auth, &up, &d).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(get_blob(&c, &s, &auth, repo, &d).await, (200, data));
+}
+
+// ---------------------------------------------------------------------------------------------
+// redirects
+
+/// With `storage.redirect`, an authorised blob GET is a 307 to a presigned bucket URL that serves
+/// the bytes to a client without credentials; authorisation and existence are checked first.
+#[tokio::test]
+async fn blob_get_redirects_to_a_presigned_url() {
+    let m = moto();
+    let bucket = unique("redirect");
+    m.create_bucket(&bucket);
+    let s = Server::start(&s3_yaml(&m.url(), &bucket, "/", "redirect: true, redirect_ttl: 300"));
+    let repo = "redir/app";
+    let (u, pw) = s.admin();
+    let auth = format!(
+        "Bearer {}",
+        token(&s, Some((&u, &pw)), &[&format!("repository:{repo}:pull,push")]).await
+    );
+    let c = client();
+    let data = pattern(200_000, 9);
+    let d = digest(&data);
+    let r = c
+        .post(format!("{}/v2/{repo}/blobs/uploads/?digest={d}", s.url))
+        .header("authorization", &auth)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let r = c
+        .get(format!("{}/v2/{repo}/blobs/{d}", s.url))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    let to = loc_of(&r);
+    assert!(to.starts_with(&m.url()), "{to}");
+    assert!(
+        to.contains("X-Amz-Signature=") && to.contains("X-Amz-Expires=300"),
+        "{to}"
+    );
+    // the URL alone is the credential
+    let got = reqwest::get(&to).await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap() == data.as_slice());
+
+    // no token: the challenge, not a URL
+    let r = c.get(format!("{}/v2/{repo}/blobs/{d}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("location").is_none());
+    // unknown blob: 404 from regate, not a URL to a missing object
+    let other = digest(b"never pushed");
+    let r = c
+        .get(format!("{}/v2/{repo}/blobs/{other}", s.url))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // HEAD is answered by regate itself
+    let r = c
+        .head(format!("{}/v2/{repo}/blobs/{d}", s.url))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], data.len().to_string().as_str());
+}
+
+// ---------------------------------------------------------------------------------------------
+// a real client
+
+/// skopeo pushes an image (a 6 MiB layer moved into place by copy, a small one) to regate on S3
+/// and pulls it back unchanged.
+#[test]
+fn skopeo_round_trip_on_s3() {
+    if !common::have("skopeo") {
+        panic!("skopeo is needed (scripts/test-all.sh installs it)");
+    }
+    let m = moto();
+    let bucket = unique("skopeo");
+    m.create_bucket(&bucket);
+    let s = Server::start(&s3_yaml(&m.url(), &bucket, "/regate", ""));
+    let (u, pw) = s.admin();
+    let creds = format!("{u}:{pw}");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let out = Command::new("python3")
+        .arg(common::mkimage())
+        .arg(&src)
+        .arg("v1")
+        .args(["6", "0.3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let skopeo = |args: &[&str]| {
+        let o = Command::new("skopeo")
+            .arg("--insecure-policy")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let image = format!("docker://{}/admin/app:v1", s.host);
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &format!("oci:{}:v1", src.display()),
+        &image,
+    ]);
+    let back = work.path().join("back");
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &image,
+        &format!("oci:{}:v1", back.display()),
+    ]);
+    // every blob of the source came back with the same bytes, the manifest included
+    let blobs = |p: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(p.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (blobs(&src), blobs(&back));
+    assert_eq!(a.len(), 4, "config, manifest and two layers");
+    assert!(a == b, "pulled image differs");
+    // and they are in the bucket under the configured root, in distribution's layout
+    let keys = m.keys(&bucket, "regate/docker/registry/v2/blobs/");
+    for (hex, _) in &a {
+        assert!(
+            keys.contains(&format!(
+                "regate/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+                &hex[..2]
+            )),
+            "{hex} not in {keys:?}"
+        );
     }
 }
