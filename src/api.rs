@@ -57,6 +57,8 @@ fn view(r: &Record, token: Option<&str>) -> serde_json::Value {
     v
 }
 
+/// `session`: the browser's signed-in Gitee identity, when the request carried a valid session
+/// cookie (used only when there is no `Authorization` header).
 pub async fn tokens(
     creds: &Credentials,
     method: &Method,
@@ -64,13 +66,38 @@ pub async fn tokens(
     headers: &HeaderMap,
     body: Incoming,
     ip: std::net::IpAddr,
+    session: Option<Identity>,
 ) -> (Resp, Option<String>) {
-    let Some((user, pass)) = headers
+    let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_basic)
-    else {
-        return (err(StatusCode::UNAUTHORIZED, "sign in with Basic credentials"), None);
+        .and_then(parse_basic);
+    let (user, pass) = match (basic, session) {
+        (Some(b), _) => b,
+        (None, Some(me)) => {
+            // a cookie rides along on cross-site requests too: a write must be a JSON request,
+            // which no HTML form can send without the page's own script
+            let json = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if method == Method::POST && !json {
+                return (
+                    err(StatusCode::FORBIDDEN, "send the request as application/json"),
+                    Some(me.account),
+                );
+            }
+            return serve(creds, method, path, body, me).await;
+        }
+        (None, None) => {
+            return (
+                err(
+                    StatusCode::UNAUTHORIZED,
+                    "sign in with Basic credentials or a browser session from /login",
+                ),
+                None,
+            )
+        }
     };
     let me: Identity = match creds.authenticate_from(&user, &pass, ip).await {
         Ok(i) => i,
@@ -88,6 +115,16 @@ pub async fn tokens(
             )
         }
     };
+    serve(creds, method, path, body, me).await
+}
+
+async fn serve(
+    creds: &Credentials,
+    method: &Method,
+    path: &str,
+    body: Incoming,
+    me: Identity,
+) -> (Resp, Option<String>) {
     let who = Some(me.account.clone());
     let Some(st) = creds.stored() else {
         return (
@@ -154,7 +191,17 @@ pub async fn tokens(
             };
             let desc = req.description.unwrap_or_default();
             match st
-                .create(Kind::Cli, &me.account, grants, inherited, rules, now + ttl, &desc, now)
+                .create(
+                    Kind::Cli,
+                    &me.account,
+                    grants,
+                    inherited,
+                    rules,
+                    me.gitee,
+                    now + ttl,
+                    &desc,
+                    now,
+                )
                 .await
             {
                 Ok((rec, secret)) => http::json(StatusCode::CREATED, &view(&rec, Some(&secret))),

@@ -134,6 +134,7 @@ impl Perms<'_> {
                         rules: false,
                     })
                 }),
+                gitee: None,
             },
             Principal::Basic(id) => id.subject(self.ip),
         }
@@ -390,6 +391,7 @@ impl App {
             p if p == "/api/v1/tokens" || p.starts_with("/api/v1/tokens/") => {
                 log.route = "api";
                 let (parts, body) = req.into_parts();
+                let session = self.session_identity(&parts.headers);
                 let (r, who) = crate::api::tokens(
                     &self.tokens.creds,
                     &parts.method,
@@ -397,6 +399,7 @@ impl App {
                     &parts.headers,
                     body,
                     ip,
+                    session,
                 )
                 .await;
                 log.account = who;
@@ -404,6 +407,20 @@ impl App {
                     tracing::info!(target: "regate::audit", event = "cli_password", action = %parts.method, %ip,
                         account = log.account.as_deref().unwrap_or("-"), "api");
                 }
+                r
+            }
+            p if crate::gitee::web::Web::handles(p) => {
+                log.route = "web";
+                let (parts, body) = req.into_parts();
+                let web = crate::gitee::web::Web {
+                    gitee: self.tokens.creds.gitee().map(|g| g.as_ref()),
+                    creds: &self.tokens.creds,
+                    public_url: &self.public_url,
+                };
+                let (r, who) = web
+                    .handle(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body)
+                    .await;
+                log.account = who;
                 r
             }
             "/nginx/auth" => {
@@ -640,7 +657,7 @@ impl App {
         } else {
             Need::Authenticated
         };
-        let principal = match self.authorize(h, &need, ip).await {
+        let principal = match self.authorize_with(h, &need, ip, true).await {
             Ok(p) => p,
             Err(Denial::Insufficient) => return forbidden("requested access to the resource is denied"),
             Err(Denial::Limited(_)) => return forbidden("too many failed sign-ins; retry later"),
@@ -664,7 +681,18 @@ impl App {
         log.account = Some(account.clone());
         let mut r = http::status(StatusCode::OK);
         http::set(&mut r, HeaderName::from_static("x-auth-request-user"), &account);
-        http::set(&mut r, HeaderName::from_static("x-auth-request-email"), "");
+        // a browser session knows the Gitee account's e-mail address (when Gitee shares it)
+        let email = if h.get(header::AUTHORIZATION).is_none() {
+            self.tokens
+                .creds
+                .gitee()
+                .and_then(|g| crate::gitee::web::session_of(g, h))
+                .and_then(|s| s.email)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        http::set(&mut r, HeaderName::from_static("x-auth-request-email"), &email);
         http::set(
             &mut r,
             HeaderName::from_static("x-auth-request-groups"),
@@ -723,8 +751,57 @@ impl App {
         .await
     }
 
+    /// The browser session's identity (Gitee sign-in), if the request carries a valid cookie.
+    fn session_identity(&self, headers: &HeaderMap) -> Option<Identity> {
+        let g = self.tokens.creds.gitee()?;
+        let s = crate::gitee::web::session_of(g, headers)?;
+        // a local account of the same name appeared since: the session no longer stands
+        (!self.tokens.creds.is_local(&s.login)).then(|| crate::gitee::web::identity_of(&s))
+    }
+
+    /// Whether a signed-in identity (no token) may do what `need` says: the policy decides,
+    /// with Gitee's permissions looked up first when rules mirror them.
+    async fn identity_allows(&self, id: &Identity, need: &Need, ip: IpAddr) -> Result<bool, Denial> {
+        let policy = self.tokens.policy.get();
+        Ok(match need {
+            Need::Authenticated => true,
+            Need::Catalog => policy.catalog(&subject_of(id, ip)),
+            Need::Repo(n, acts) => {
+                let sc = [Scope::repository(n.as_str(), acts)];
+                let (s, err) = self.tokens.subject(id, ip, &policy, &sc).await;
+                let allowed = policy.actions(&s, n.as_str());
+                let ok = acts.iter().all(|a| allowed.contains(a));
+                if !ok && err.is_some() {
+                    return Err(Denial::Unavailable);
+                }
+                ok
+            }
+        })
+    }
+
     async fn authorize(&self, headers: &HeaderMap, need: &Need, ip: IpAddr) -> Result<Principal, Denial> {
+        self.authorize_with(headers, need, ip, false).await
+    }
+
+    /// `session`: also accept the browser session cookie (for `/nginx/auth` only: a cookie
+    /// is never a credential for `/v2/` itself).
+    async fn authorize_with(
+        &self,
+        headers: &HeaderMap,
+        need: &Need,
+        ip: IpAddr,
+        session: bool,
+    ) -> Result<Principal, Denial> {
         let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            if session {
+                if let Some(id) = self.session_identity(headers) {
+                    return if self.identity_allows(&id, need, ip).await? {
+                        Ok(Principal::Basic(id))
+                    } else {
+                        Err(Denial::Insufficient)
+                    };
+                }
+            }
             return Err(Denial::Missing);
         };
         let principal = if let Some(tok) = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")) {
@@ -759,11 +836,7 @@ impl App {
             (_, Need::Authenticated) => true,
             (Principal::Token(c), Need::Catalog) => c.allows("registry", "catalog", Action::All),
             (Principal::Token(c), Need::Repo(n, acts)) => acts.iter().all(|a| c.allows("repository", n.as_str(), *a)),
-            (Principal::Basic(id), Need::Catalog) => self.tokens.policy.get().catalog(&subject_of(id, ip)),
-            (Principal::Basic(id), Need::Repo(n, acts)) => {
-                let allowed = self.tokens.policy.get().actions(&subject_of(id, ip), n.as_str());
-                acts.iter().all(|a| allowed.contains(a))
-            }
+            (Principal::Basic(id), need) => self.identity_allows(id, need, ip).await?,
         };
         if ok {
             Ok(principal)

@@ -257,6 +257,59 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))
 }
 
+/// The Gitee client: endpoints, scopes the rules need, sealed token storage and cookie signing
+/// keyed by the token signing key (shared by replicas).
+fn gitee_service(
+    cfg: &Config,
+    g: &config::GiteeConfig,
+    public_url: &str,
+    store: &Arc<Storage>,
+    master: &[u8],
+) -> Result<crate::gitee::Gitee, Failure> {
+    let policy = build_policy(cfg);
+    let groups: Vec<String> = policy
+        .groups()
+        .into_iter()
+        .filter(|g| g.starts_with("gitee-org:") || g.starts_with("gitee-enterprise:"))
+        .collect();
+    let scopes = g.scopes.clone().unwrap_or_else(|| {
+        let mut s = vec!["user_info".to_owned()];
+        if policy.uses_gitee() {
+            s.push("projects".into());
+        }
+        if groups.iter().any(|g| g.starts_with("gitee-org:")) {
+            s.push("groups".into());
+        }
+        if groups.iter().any(|g| g.starts_with("gitee-enterprise:")) {
+            s.push("enterprises".into());
+        }
+        s
+    });
+    let vault = crate::gitee::vault::Vault::new(store.clone(), master).map_err(Failure::Other)?;
+    crate::gitee::Gitee::new(
+        crate::gitee::Options {
+            base_url: g.base_url(),
+            api_url: g.api_url(),
+            client_id: g.client_id.clone(),
+            client_secret: g.client_secret.as_ref().map(|s| s.expose().to_owned()),
+            redirect_url: g
+                .redirect_url
+                .clone()
+                .unwrap_or_else(|| format!("{public_url}/login/callback")),
+            password_grant: g.password_grant,
+            scopes,
+            service_token: g.service_token.as_ref().map(|s| s.expose().to_owned()),
+            timeout: Duration::from_secs(g.timeout.max(1)),
+            cache_ttl: Duration::from_secs(g.cache_ttl),
+            session_ttl: g.session_ttl,
+            groups,
+        },
+        vault,
+        crate::gitee::session::Signer::new(master),
+    )
+    .map_err(|m| Failure::Config(vec![m]))
+}
+
 /// Opens the configured storage backend.
 pub fn open_storage(cfg: &Config) -> Result<Storage, Failure> {
     match cfg.storage.backend {
@@ -270,137 +323,13 @@ pub fn open_storage(cfg: &Config) -> Result<Storage, Failure> {
                 .map_err(|e| Failure::Other(format!("storage.fs.root {}: {e}", root.display())))
         }
         Backend::Memory => Ok(Storage::Memory(storage::memory::MemStore::default())),
-        Backend::S3 | Backend::Oss | Backend::Cos => open_object_storage(&cfg.storage)
+        Backend::S3 | Backend::Oss | Backend::Cos => storage::object::ObjectStore::from_config(&cfg.storage)
             .map(Storage::Object)
             .map_err(|m| Failure::Config(vec![m])),
         Backend::Lfs => Err(Failure::Config(vec![
             "storage.backend lfs is not available in this version of regate; use fs, s3, oss, cos or memory".into(),
         ])),
     }
-}
-
-/// Builds the OpenDAL service for `storage.s3`, `storage.oss` or `storage.cos`.
-fn open_object_storage(s: &crate::config::StorageConfig) -> Result<storage::object::ObjectStore, String> {
-    use opendal::services;
-    use storage::object::{ObjectStore, Policy, DEFAULT_PART_SIZE};
-    let policy = |retries: Option<usize>, timeout: Option<u64>| {
-        let mut p = Policy::default();
-        if let Some(r) = retries {
-            p.retries = r;
-        }
-        if let Some(t) = timeout {
-            p.timeout = Duration::from_secs(t);
-            p.io_timeout = Duration::from_secs(t);
-        }
-        p
-    };
-    let root = |r: &Option<String>| format!("/{}", r.as_deref().unwrap_or("").trim_matches('/'));
-    let secret = |v: &Option<crate::config::Secret>| v.as_ref().map(|s| s.expose().to_owned());
-    match s.backend {
-        Backend::S3 => {
-            let c = s.s3.as_ref().ok_or("storage.s3: required when storage.backend is s3")?;
-            let mut b = services::S3::default()
-                .bucket(&c.bucket)
-                .root(&root(&c.root))
-                .region(c.region.as_deref().unwrap_or("us-east-1"));
-            if let Some(e) = &c.endpoint {
-                b = b.endpoint(e);
-            }
-            if c.virtual_host_style {
-                b = b.enable_virtual_host_style();
-            }
-            match (secret(&c.access_key_id), secret(&c.secret_access_key)) {
-                (Some(id), Some(key)) => {
-                    // explicit keys: never fall back to ~/.aws or the instance metadata service
-                    b = b
-                        .access_key_id(&id)
-                        .secret_access_key(&key)
-                        .disable_config_load()
-                        .disable_ec2_metadata();
-                }
-                (None, None) => {}
-                _ => {
-                    return Err(
-                        "storage.s3: give both access_key_id and secret_access_key, or neither (environment/instance credentials)"
-                            .into(),
-                    )
-                }
-            }
-            ObjectStore::new(
-                "s3",
-                b,
-                c.part_size.unwrap_or(DEFAULT_PART_SIZE),
-                policy(c.max_retries, c.timeout),
-            )
-            .map_err(|e| format!("storage.s3: {e}"))
-        }
-        Backend::Oss => {
-            let c = s
-                .oss
-                .as_ref()
-                .ok_or("storage.oss: required when storage.backend is oss")?;
-            // OSS serves buckets on virtual hosts only (path style is SecondLevelDomainForbidden)
-            let mut b = services::Oss::default()
-                .bucket(&c.bucket)
-                .root(&root(&c.root))
-                .endpoint(&c.endpoint)
-                .addressing_style("virtual");
-            if let Some(p) = &c.presign_endpoint {
-                // an OSS endpoint gets the bucket as a subdomain; any other host (CDN, custom
-                // domain) is bound to the bucket already
-                let style = if presign_host_is_oss(p) { "virtual" } else { "cname" };
-                b = b.presign_endpoint(p).presign_addressing_style(style);
-            }
-            if let Some(v) = secret(&c.access_key_id) {
-                b = b.access_key_id(&v);
-            }
-            if let Some(v) = secret(&c.access_key_secret) {
-                b = b.access_key_secret(&v);
-            }
-            ObjectStore::new(
-                "oss",
-                b,
-                c.part_size.unwrap_or(DEFAULT_PART_SIZE),
-                policy(c.max_retries, c.timeout),
-            )
-            .map_err(|e| format!("storage.oss: {e}"))
-        }
-        Backend::Cos => {
-            let c = s
-                .cos
-                .as_ref()
-                .ok_or("storage.cos: required when storage.backend is cos")?;
-            let mut b = services::Cos::default()
-                .bucket(&c.bucket)
-                .root(&root(&c.root))
-                .endpoint(&c.endpoint);
-            match (secret(&c.secret_id), secret(&c.secret_key)) {
-                (Some(id), Some(key)) => b = b.secret_id(&id).secret_key(&key).disable_config_load(),
-                (None, None) => {}
-                _ => return Err("storage.cos: give both secret_id and secret_key, or neither (environment)".into()),
-            }
-            ObjectStore::new(
-                "cos",
-                b,
-                c.part_size.unwrap_or(DEFAULT_PART_SIZE),
-                policy(c.max_retries, c.timeout),
-            )
-            .map_err(|e| format!("storage.cos: {e}"))
-        }
-        _ => Err("storage.backend: not an object storage backend".into()),
-    }
-}
-
-/// Whether a presign endpoint is an OSS endpoint (`*.aliyuncs.com`) rather than a custom domain.
-fn presign_host_is_oss(url: &str) -> bool {
-    let host = url
-        .split("://")
-        .nth(1)
-        .unwrap_or(url)
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    host.ends_with(".aliyuncs.com")
 }
 
 /// Builds the access policy from config (or the default: admin may do anything, everyone
@@ -623,15 +552,13 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     } else {
         None
     };
-    let creds = Arc::new(
-        Credentials::new(
-            cfg.auth.htpasswd.as_deref(),
-            admin.as_ref().map(|(p, _)| p.clone()),
-            Some(Arc::new(StoredCreds::new(store.clone()))),
-        )
-        .map(|c| c.with_failure_limit(cfg.limits.failed_auth_per_minute))
-        .map_err(|m| Failure::Config(vec![m]))?,
-    );
+    let creds = Credentials::new(
+        cfg.auth.htpasswd.as_deref(),
+        admin.as_ref().map(|(p, _)| p.clone()),
+        Some(Arc::new(StoredCreds::new(store.clone()))),
+    )
+    .map(|c| c.with_failure_limit(cfg.limits.failed_auth_per_minute))
+    .map_err(|m| Failure::Config(vec![m]))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Failure::Other(format!("cannot listen on {} (listen): {e}", cfg.listen)))?;
@@ -659,6 +586,15 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         cfg.auth.token_ttl,
     )
     .map_err(|m| Failure::Config(vec![m]))?;
+    let creds = match &cfg.auth.gitee {
+        Some(g) => {
+            let master = std::fs::read(cfg.signing_key_path())
+                .map_err(|e| Failure::Other(format!("auth.signing_key {}: {e}", cfg.signing_key_path().display())))?;
+            creds.with_gitee(Arc::new(gitee_service(&cfg, g, &public_url, &store, &master)?))
+        }
+        None => creds,
+    };
+    let creds = Arc::new(creds);
     let refresh_ttl = cfg.auth.refresh_token_ttl.unwrap_or(30 * 86_400);
     let tokens = TokenService {
         keys,
@@ -958,7 +894,17 @@ fn robot(cmd: RobotCmd, env: config::Env) -> Result<(), Failure> {
                     .collect();
                 let exp = if ttl.is_zero() { 0 } else { now + ttl.as_secs() };
                 let (rec, secret) = st
-                    .create(Kind::Robot, &account, grants, vec![], false, exp, &description, now)
+                    .create(
+                        Kind::Robot,
+                        &account,
+                        grants,
+                        vec![],
+                        false,
+                        false,
+                        exp,
+                        &description,
+                        now,
+                    )
                     .await
                     .map_err(io)?;
                 println!("created {account} (id {})", rec.id);

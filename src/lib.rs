@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod gc;
+pub mod gitee;
 pub mod http;
 pub mod import;
 pub mod live;

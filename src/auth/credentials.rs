@@ -17,6 +17,9 @@ pub enum Source {
     Admin,
     /// A robot secret or CLI password; the fingerprint is the record id.
     Stored,
+    /// A Gitee account (personal access token or account password); the fingerprint is the
+    /// Gitee user id.
+    Gitee,
 }
 
 /// An authenticated caller.
@@ -30,6 +33,8 @@ pub struct Identity {
     pub fingerprint: String,
     /// What a robot or CLI password is limited to.
     pub limit: Option<Arc<Limit>>,
+    /// A Gitee account, or a CLI password one minted: `{ gitee: repo_permission }` rules apply.
+    pub gitee: bool,
 }
 
 impl Identity {
@@ -40,6 +45,7 @@ impl Identity {
             ip,
             anonymous: false,
             limit: self.limit.clone(),
+            gitee: None,
         }
     }
 }
@@ -98,6 +104,7 @@ pub struct Credentials {
     htpasswd: Option<RwLock<HtpasswdFile>>,
     admin: Option<String>,
     stored: Option<Arc<StoredCreds>>,
+    gitee: Option<Arc<crate::gitee::Gitee>>,
     failures: crate::ratelimit::Limiter,
     dummy_hash: String,
     cache: moka::sync::Cache<[u8; 32], Identity>,
@@ -141,6 +148,7 @@ impl Credentials {
             htpasswd,
             admin,
             stored,
+            gitee: None,
             failures: crate::ratelimit::Limiter::new(0.0, 0.0),
             dummy_hash,
             cache: moka::sync::Cache::builder()
@@ -182,6 +190,21 @@ impl Credentials {
     fn htpasswd_hash(&self, user: &str) -> Option<String> {
         self.refresh_htpasswd();
         self.htpasswd.as_ref()?.read().ok()?.users.get(user).cloned()
+    }
+
+    /// Accepts Gitee credentials for accounts that are not local users.
+    pub fn with_gitee(mut self, g: Arc<crate::gitee::Gitee>) -> Self {
+        self.gitee = Some(g);
+        self
+    }
+
+    pub fn gitee(&self) -> Option<&Arc<crate::gitee::Gitee>> {
+        self.gitee.as_ref()
+    }
+
+    /// Whether `user` is a local (htpasswd or generated admin) account.
+    pub fn is_local(&self, user: &str) -> bool {
+        self.htpasswd_hash(user).is_some() || (user == "admin" && self.admin.is_some())
     }
 
     /// Limits failed sign-ins to `per_minute` per client address and per account (0: no limit).
@@ -246,11 +269,21 @@ impl Credentials {
                         source: Source::Admin,
                         fingerprint: fingerprint(a),
                         limit: None,
+                        gitee: false,
                     };
                     self.cache.insert(key, id.clone());
                     return Ok(id);
                 }
                 return Err(AuthError::BadCredentials);
+            }
+        }
+        if let (None, Some(g)) = (&stored, &self.gitee) {
+            if !(user == "admin" && self.admin.is_some()) {
+                return match g.verify(user, pass).await {
+                    Ok(Some(l)) => Ok(gitee_identity(&l)),
+                    Ok(None) => Err(AuthError::BadCredentials),
+                    Err(e) => Err(AuthError::Unavailable(e.to_string())),
+                };
             }
         }
         // unknown users cost one bcrypt too, so timing does not reveal who exists
@@ -267,6 +300,7 @@ impl Credentials {
                     source: Source::Htpasswd,
                     fingerprint: fingerprint(&h),
                     limit: None,
+                    gitee: false,
                 };
                 self.cache.insert(key, id.clone());
                 Ok(id)
@@ -284,6 +318,8 @@ impl Credentials {
                 .is_some_and(|h| fingerprint(&h) == id.fingerprint),
             Source::Admin => self.admin.as_ref().is_some_and(|a| fingerprint(a) == id.fingerprint),
             Source::Stored => false,
+            // a local user of the same name now shadows the Gitee account
+            Source::Gitee => self.gitee.is_some() && !self.is_local(&id.account),
         }
     }
 
@@ -313,6 +349,17 @@ impl Credentials {
 
 pub type SharedCredentials = Arc<Credentials>;
 
+pub fn gitee_identity(l: &crate::gitee::Login) -> Identity {
+    Identity {
+        account: l.user.login.clone(),
+        groups: l.groups.clone(),
+        source: Source::Gitee,
+        fingerprint: l.user.id.to_string(),
+        limit: None,
+        gitee: true,
+    }
+}
+
 fn stored_identity(r: &super::stored::Record) -> Identity {
     Identity {
         account: r.account.clone(),
@@ -320,6 +367,7 @@ fn stored_identity(r: &super::stored::Record) -> Identity {
         source: Source::Stored,
         fingerprint: r.id.clone(),
         limit: Some(Arc::new(Limit::from_record(r))),
+        gitee: r.gitee,
     }
 }
 

@@ -62,6 +62,43 @@ pub fn limited(d: Duration) -> Resp {
 const BAD_CREDENTIALS: &str = "incorrect username or password (use your regate account, or a CLI password from /login)";
 
 impl TokenService {
+    /// The policy subject for `id`, with the Gitee permissions for the repositories in `scopes`
+    /// looked up first when the policy mirrors them.
+    pub async fn subject(
+        &self,
+        id: &Identity,
+        ip: IpAddr,
+        policy: &Policy,
+        scopes: &[Scope],
+    ) -> (Subject, Option<crate::gitee::GiteeError>) {
+        let mut s = id.subject(ip);
+        let Some(g) = self.creds.gitee().filter(|_| id.gitee) else {
+            return (s, None);
+        };
+        // group membership as Gitee says now (a CLI password outlives the sign-in it came from)
+        let mut gerr = None;
+        match g.current_groups(&id.account).await {
+            Ok(groups) => s.groups = groups,
+            Err(e) => gerr = Some(e),
+        }
+        if !policy.uses_gitee() {
+            return (s, gerr);
+        }
+        let mut repos: Vec<String> = scopes
+            .iter()
+            .filter(|sc| sc.kind == "repository" && sc.class.is_none())
+            .map(|sc| sc.name.clone())
+            .collect();
+        repos.sort();
+        repos.dedup();
+        if repos.is_empty() {
+            return (s, gerr);
+        }
+        let (perms, err) = g.resolve(&id.account, &repos).await;
+        s.gitee = Some(Arc::new(perms));
+        (s, err.or(gerr))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub async fn handle(
         &self,
@@ -262,11 +299,31 @@ impl TokenService {
         now: u64,
         audit: &mut TokenAudit,
     ) -> Resp {
-        let subject = match &id {
-            Some(i) => i.subject(ip),
-            None => Subject::anonymous(ip),
+        let policy = self.policy.get();
+        let (subject, gitee_err) = match &id {
+            Some(i) => self.subject(i, ip, &policy, scopes).await,
+            None => (Subject::anonymous(ip), None),
         };
-        let granted = self.policy.get().grant(&subject, scopes);
+        let granted = policy.grant(&subject, scopes);
+        if let Some(e) = gitee_err {
+            // something asked for depends on a Gitee answer that could not be had: say so
+            // rather than hand out a token that silently lacks it
+            let short = scopes.iter().any(|want| {
+                want.kind == "repository"
+                    && !granted
+                        .iter()
+                        .any(|g| g.name == want.name && want.actions.iter().all(|a| g.actions.contains(a)))
+            });
+            if short {
+                audit.account = Some(subject.account.clone());
+                audit.denied_reason = Some("gitee unreachable");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    &format!("{e}; permissions mirrored from Gitee cannot be checked right now, retry shortly"),
+                );
+            }
+        }
         audit.account = Some(subject.account.clone());
         audit.granted = granted.iter().map(|s| s.to_string()).collect();
         let sub = if subject.anonymous {

@@ -117,6 +117,9 @@ pub struct Subject {
     pub anonymous: bool,
     /// Robot accounts and CLI passwords can do no more than their limit.
     pub limit: Option<std::sync::Arc<super::stored::Limit>>,
+    /// For Gitee users: the permissions Gitee reported for the repositories in question, looked
+    /// up before the policy runs (the policy itself never waits on the network).
+    pub gitee: Option<std::sync::Arc<std::collections::HashMap<String, Actions>>>,
 }
 
 impl Subject {
@@ -127,6 +130,7 @@ impl Subject {
             ip,
             anonymous: true,
             limit: None,
+            gitee: None,
         }
     }
 }
@@ -173,10 +177,16 @@ impl Policy {
 
     fn rule_actions(&self, s: &Subject, repo: &str) -> Actions {
         for r in &self.rules {
-            let Rule::Static(r) = r else {
-                // Gitee permission rules are decided by the Gitee module when it is configured;
-                // without it they fit no one.
-                continue;
+            let r = match r {
+                Rule::Static(r) => r,
+                Rule::GiteeRepoPermission => {
+                    // fits when Gitee grants something on this repository; a repository the
+                    // user has no permission on falls through to the next rule
+                    match s.gitee.as_ref().and_then(|m| m.get(repo)) {
+                        Some(a) if !a.is_empty() && !s.anonymous => return a.clone(),
+                        _ => continue,
+                    }
+                }
             };
             if !r.fits_subject(s) {
                 continue;
@@ -198,6 +208,27 @@ impl Policy {
             return a;
         }
         Actions::new()
+    }
+
+    /// Whether some rule mirrors Gitee permissions (callers then look them up first).
+    pub fn uses_gitee(&self) -> bool {
+        self.rules.iter().any(|r| matches!(r, Rule::GiteeRepoPermission))
+    }
+
+    /// The groups rules name, e.g. `gitee-org:team`.
+    pub fn groups(&self) -> Vec<String> {
+        let mut g: Vec<String> = self
+            .rules
+            .iter()
+            .filter_map(|r| match r {
+                Rule::Static(r) => r.groups.clone(),
+                Rule::GiteeRepoPermission => None,
+            })
+            .flatten()
+            .collect();
+        g.sort();
+        g.dedup();
+        g
     }
 
     /// Whether `s` may list the catalog (`registry:catalog:*`).
@@ -255,6 +286,7 @@ mod tests {
             ip: "10.1.2.3".parse().unwrap(),
             anonymous: false,
             limit: None,
+            gitee: None,
         }
     }
 
@@ -283,6 +315,29 @@ mod tests {
         assert!(!Glob::new("lib/?ed").matches("lib/bred", "x"));
         assert!(Glob::new("a*b*c").matches("axxbyyc", ""));
         assert!(!Glob::new("a*b*c").matches("axxbyy", ""));
+    }
+
+    #[test]
+    fn gitee_rule_grants_what_gitee_reported_and_falls_through_otherwise() {
+        let p = Policy {
+            rules: vec![
+                Rule::GiteeRepoPermission,
+                rule(None, "${account}/*", &[Action::Pull, Action::Push]),
+            ],
+            anonymous_pull: false,
+        };
+        assert!(p.uses_gitee());
+        let mut s = subj("alice");
+        let mut m = std::collections::HashMap::new();
+        m.insert("team/app".to_owned(), [Action::Pull].into_iter().collect::<Actions>());
+        m.insert("team/none".to_owned(), Actions::new());
+        s.gitee = Some(std::sync::Arc::new(m));
+        assert_eq!(p.actions(&s, "team/app"), [Action::Pull].into_iter().collect());
+        assert!(p.actions(&s, "team/none").is_empty());
+        // not looked up (or Gitee said none): later rules still apply
+        assert!(p.actions(&s, "alice/x").contains(&Action::Push));
+        // no Gitee answers at all: the rule fits no one
+        assert!(p.actions(&subj("bob"), "team/app").is_empty());
     }
 
     #[test]

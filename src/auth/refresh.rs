@@ -20,6 +20,8 @@ pub struct Record {
     pub groups: Vec<String>,
     pub source: Source,
     pub fingerprint: String,
+    #[serde(default)]
+    pub gitee: bool,
     pub created: u64,
     /// 0: never expires.
     pub expires: u64,
@@ -33,6 +35,7 @@ impl Record {
             source: self.source,
             fingerprint: self.fingerprint.clone(),
             limit: None,
+            gitee: self.gitee,
         }
     }
 }
@@ -72,6 +75,7 @@ impl RefreshStore {
             groups: id.groups.clone(),
             source: id.source,
             fingerprint: id.fingerprint.clone(),
+            gitee: id.gitee,
             created: now,
             expires: if self.ttl == 0 { 0 } else { now + self.ttl },
         };

@@ -50,6 +50,9 @@ pub struct Record {
     pub expires: u64,
     #[serde(default)]
     pub description: String,
+    /// Minted by a Gitee account: Gitee-mirrored permissions apply to it.
+    #[serde(default)]
+    pub gitee: bool,
 }
 
 /// What a limited credential may do at most.
@@ -162,6 +165,7 @@ impl StoredCreds {
         grants: Vec<Grant>,
         inherited: Vec<Vec<Grant>>,
         rules: bool,
+        gitee: bool,
         expires: u64,
         description: &str,
         now: u64,
@@ -179,6 +183,7 @@ impl StoredCreds {
             created: now,
             expires,
             description: description.to_owned(),
+            gitee,
         };
         let body = serde_json::to_vec_pretty(&rec).map_err(std::io::Error::other)?;
         self.store
@@ -251,7 +256,7 @@ mod tests {
             actions: vec![Action::Pull, Action::Push],
         }];
         let (rec, secret) = st
-            .create(Kind::Robot, "robot$ci", g, vec![], false, 1000, "", 10)
+            .create(Kind::Robot, "robot$ci", g, vec![], false, false, 1000, "", 10)
             .await
             .unwrap();
         assert!(looks_like_secret(&secret));
@@ -289,6 +294,7 @@ mod tests {
             created: 0,
             expires: 0,
             description: String::new(),
+            gitee: false,
         };
         let lim = Limit::from_record(&rec);
         assert_eq!(lim.actions("ci/x", "a"), [Action::Pull].into_iter().collect());

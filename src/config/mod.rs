@@ -31,6 +31,7 @@ impl std::fmt::Debug for Secret {
 /// Keys that hold secrets and may be given as `<key>_file: /path` instead.
 const SECRET_KEYS: &[&str] = &[
     "client_secret",
+    "service_token",
     "access_key_secret",
     "secret_access_key",
     "access_key_id",
@@ -390,8 +391,48 @@ pub struct GiteeConfig {
     pub redirect_url: Option<String>,
     #[serde(default)]
     pub password_grant: bool,
+    /// OAuth scopes to ask for; default: what the access rules need (`user_info`, plus
+    /// `projects` for repo_permission rules, `groups`/`enterprises` for gitee-org/-enterprise groups).
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+    /// A Gitee token (e.g. a bot account's personal access token) used for permission lookups
+    /// when the user's own token is not at hand.
+    #[serde(default)]
+    pub service_token: Option<Secret>,
+    /// Seconds one call to Gitee may take.
+    #[serde(default = "GiteeConfig::d_timeout")]
+    pub timeout: u64,
+    /// Seconds Gitee's answers (credential checks, permissions) are reused.
+    #[serde(default = "GiteeConfig::d_cache_ttl")]
+    pub cache_ttl: u64,
+    /// Seconds a browser session lasts.
+    #[serde(default = "GiteeConfig::d_session_ttl")]
+    pub session_ttl: u64,
+}
+
+impl GiteeConfig {
+    fn d_timeout() -> u64 {
+        5
+    }
+    fn d_cache_ttl() -> u64 {
+        60
+    }
+    fn d_session_ttl() -> u64 {
+        12 * 3600
+    }
+    pub fn base_url(&self) -> String {
+        self.base_url
+            .as_deref()
+            .unwrap_or("https://gitee.com")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+    pub fn api_url(&self) -> String {
+        match &self.api_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("{}/api/v5", self.base_url()),
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -858,6 +899,18 @@ impl Config {
                         e.push(format!("auth.gitee.{k}: must be an http(s) URL"));
                     }
                 }
+            }
+            if g.client_id.trim().is_empty() {
+                e.push("auth.gitee.client_id: must not be empty (the Gitee OAuth application's client id)".into());
+            }
+            if g.client_secret.is_none() {
+                e.push("auth.gitee.client_secret: required (Gitee's token endpoint needs it); or client_secret_file / REGATE_AUTH__GITEE__CLIENT_SECRET".into());
+            }
+            if g.timeout == 0 || g.timeout > 120 {
+                e.push("auth.gitee.timeout: must be 1 to 120 seconds".into());
+            }
+            if g.session_ttl == 0 {
+                e.push("auth.gitee.session_ttl: must be at least 1 second".into());
             }
         }
         for (i, r) in self.access.iter().flatten().enumerate() {
