@@ -11,6 +11,9 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+# headless browser for the Gitee sign-in test (tests/gitee.rs, tests/browser/)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""
@@ -19,6 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
+python3 -c 'import selenium' 2>/dev/null || python3 -m pip install -q selenium
 # the S3 server the object-storage tests run regate against (tests/object_storage.rs)
 python3 -c 'import moto.server, flask_cors' 2>/dev/null || python3 -m pip install -q 'moto[server]'
 # skopeo needs a policy; Debian's package ships one, a bare container may not.
