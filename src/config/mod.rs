@@ -1137,4 +1137,26 @@ notifications:
         assert!(e.iter().any(|m| m.contains("access[0]")), "{e:?}");
         assert!(e.iter().any(|m| m.contains("access[1]")), "{e:?}");
     }
+
+    #[test]
+    fn object_storage_validation() {
+        let errors = |y: &str| parse(y, "t", &vec![]).unwrap().validate(false);
+        let ok = "storage: { backend: oss, oss: { bucket: b, endpoint: https://oss-cn-hangzhou.aliyuncs.com, \
+                  presign_endpoint: https://cdn.example.com, part_size: 5242880, max_retries: 3, timeout: 30 } }\n";
+        assert_eq!(errors(ok), Vec::<String>::new());
+        let e = errors(
+            "storage: { backend: s3, s3: { bucket: b, endpoint: minio:9000, part_size: 1048576, timeout: 0 }, \
+             redirect_ttl: 604801 }\n",
+        );
+        for key in [
+            "storage.s3.endpoint",
+            "storage.s3.part_size",
+            "storage.s3.timeout",
+            "storage.redirect_ttl",
+        ] {
+            assert!(e.iter().any(|m| m.starts_with(key)), "{key}: {e:?}");
+        }
+        let e = errors("storage: { backend: cos, cos: { bucket: b-1, endpoint: https://c, max_retries: 50 } }\n");
+        assert!(e.iter().any(|m| m.starts_with("storage.cos.max_retries")), "{e:?}");
+    }
 }
