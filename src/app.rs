@@ -415,7 +415,10 @@ impl App {
                 let web = crate::gitee::web::Web {
                     gitee: self.tokens.creds.gitee().map(|g| g.as_ref()),
                     creds: &self.tokens.creds,
+                    tokens: &self.tokens,
+                    registry: &self.registry,
                     public_url: &self.public_url,
+                    ip,
                 };
                 let (r, who) = web
                     .handle(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body)

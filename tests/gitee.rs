@@ -44,7 +44,7 @@ fn world() -> Gitee {
 /// regate with Gitee sign-in and the rules a Gitee team would write.
 fn server(g: &Gitee, gitee_extra: &str) -> Server {
     let s = Server::start(&format!(
-        "auth:\n{}access:\n  - {{ groups: [gitee-org:platform], repository: \"shared/*\", actions: [pull] }}\n  - {{ groups: [gitee-enterprise:acme], repository: \"acme/*\", actions: [pull] }}\n  - {{ gitee: repo_permission }}\n  - {{ repository: \"${{account}}/*\", actions: [pull, push] }}\n",
+        "auth:\n{}access:\n  - {{ account: alice, repository: \"admin-only/*\", actions: [pull], catalog: true }}\n  - {{ groups: [gitee-org:platform], repository: \"shared/*\", actions: [pull] }}\n  - {{ groups: [gitee-enterprise:acme], repository: \"acme/*\", actions: [pull] }}\n  - {{ gitee: repo_permission }}\n  - {{ repository: \"${{account}}/*\", actions: [pull, push] }}\n",
         g.config(gitee_extra)
     ));
     g.set_redirect_uri(&format!("{}/login/callback", s.url));
@@ -842,6 +842,7 @@ async fn headless_chromium_sign_in() {
     }
     let g = world();
     let s = server(&g, "");
+    push_image(&s, ("alice", ALICE_PAT), "team/app", "v1", "amd64").await;
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("test-artifacts");
@@ -876,4 +877,128 @@ async fn headless_chromium_sign_in() {
     let (code, access) = grant(&s, "alice", pw, &["repository:team/app:pull,push"]).await;
     assert_eq!(code, 200);
     assert_eq!(actions_for(&access, "team/app"), ["pull", "push"]);
+}
+
+/// Pushes a one-layer image (config naming `arch`) with Basic credentials; returns its digest.
+async fn push_image(s: &Server, creds: (&str, &str), repo: &str, tag: &str, arch: &str) -> String {
+    let c = client();
+    let config = format!(r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#);
+    let layer = format!("layer of {repo}:{tag}:{arch}").into_bytes();
+    for b in [config.as_bytes().to_vec(), layer.clone()] {
+        let r = c
+            .post(format!(
+                "{}/v2/{repo}/blobs/uploads/?digest={}",
+                s.url,
+                common::digest(&b)
+            ))
+            .basic_auth(creds.0, Some(creds.1))
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": common::digest(config.as_bytes()), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": common::digest(&layer), "size": layer.len()}],
+    })
+    .to_string();
+    let r = c
+        .put(format!("{}/v2/{repo}/manifests/{tag}", s.url))
+        .basic_auth(creds.0, Some(creds.1))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(m.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    common::digest(m.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_pages_list_what_you_may_pull_with_tags() {
+    let g = world();
+    let s = server(&g, "");
+    let alice = ("alice", ALICE_PAT);
+    let amd = push_image(&s, alice, "team/app", "v1", "amd64").await;
+    let arm = push_image(&s, alice, "team/app", "v1-arm64", "arm64").await;
+    push_image(&s, alice, "alice/tool", "latest", "amd64").await;
+    // a multi-platform index over the two images
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd, "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    })
+    .to_string();
+    let r = client()
+        .put(format!("{}/v2/team/app/manifests/multi", s.url))
+        .basic_auth("alice", Some(ALICE_PAT))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // 10,000 more tags of the same image, written the way the registry lays them out
+    let repo_dir = s
+        .data()
+        .join("docker/registry/v2/repositories/team/app/_manifests/tags");
+    for i in 0..10_000 {
+        let d = repo_dir.join(format!("build-{i:05}"));
+        std::fs::create_dir_all(d.join("current")).unwrap();
+        std::fs::write(d.join("current/link"), &amd).unwrap();
+    }
+
+    let bob = sign_in(&s, "bob", "bob-password").await;
+    let (code, html) = page(&s, &bob, "/ui/repos").await;
+    assert_eq!(code, 200);
+    assert!(html.contains("href=\"/ui/repos/team/app\""), "{html}");
+    assert!(!html.contains("alice/tool"), "bob may not pull alice/tool: {html}");
+    assert!(!html.contains("id=\"robots\""), "bob is no admin");
+    // another user's private repository is not even described
+    assert_eq!(page(&s, &bob, "/ui/repos/alice/tool").await.0, 404);
+
+    let t = Instant::now();
+    let (code, html) = page(&s, &bob, "/ui/repos/team/app").await;
+    println!("first page of 10,003 tags in {:?}", t.elapsed());
+    assert_eq!(code, 200);
+    assert_eq!(html.matches("<tr><td>").count(), 100, "one page of 100 tags");
+    assert!(html.contains(&format!("docker pull {}/team/app:build-00000", s.host)));
+    assert!(html.contains("linux/amd64"));
+    let next = between(&html, "id=\"next\" href=\"", "\"").to_owned();
+    assert_eq!(next, "/ui/repos/team/app?last=build%2D00099");
+    let (_, html2) = page(&s, &bob, &next).await;
+    assert!(html2.contains("<tr><td>build-00100</td>") && !html2.contains("<tr><td>build-00099</td>"));
+    // the last page: the index with both platforms, the arm64 image, no next link
+    let (_, last) = page(&s, &bob, "/ui/repos/team/app?last=build-09999").await;
+    assert_eq!(last.matches("<tr><td>").count(), 3, "{last}");
+    assert!(last.contains("linux/amd64, linux/arm64/v8"), "{last}");
+    assert!(last.contains("linux/arm64"));
+    assert!(!last.contains("id=\"next\""));
+    // alice may list the catalog: she is an administrator and sees the robot accounts
+    let out = common::regate()
+        .args(["robot", "add", "ci", "--repo", "team/*", "--config"])
+        .arg(s.dir.path().join("regate.yaml"))
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let al = sign_in(&s, "alice", "alice-password").await;
+    let (_, html) = page(&s, &al, "/ui/repos").await;
+    assert!(html.contains("id=\"robots\"") && html.contains("robot$ci"), "{html}");
+    assert!(html.contains("alice/tool") && html.contains("team/app"));
+    // without a session the pages send you to sign in, and come back
+    let r = client()
+        .get(format!("{}/ui/repos/team/app", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(location(&r), "/login?rd=%2Fui%2Frepos%2Fteam%2Fapp");
 }

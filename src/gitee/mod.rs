@@ -507,12 +507,26 @@ impl Gitee {
     pub async fn resolve(&self, login: &str, repos: &[String]) -> (HashMap<String, Actions>, Option<GiteeError>) {
         let mut out = HashMap::new();
         let mut err = None;
-        let lookups = repos.iter().filter_map(|r| {
+        // at most 16 calls to Gitee at a time, however many repositories are asked about
+        type Lookup<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = (String, Result<Perm, GiteeError>)> + Send + 'a>>;
+        let mut lookups: Vec<Lookup<'_>> = Vec::new();
+        for r in repos {
             let mut it = r.split('/');
-            let (o, n) = (it.next()?, it.next()?);
-            Some(async move { (r.clone(), self.permission(login, o, n).await) })
-        });
-        for (r, p) in futures_util::future::join_all(lookups).await {
+            if let (Some(o), Some(n)) = (it.next(), it.next()) {
+                let (o, n, r) = (o.to_owned(), n.to_owned(), r.clone());
+                lookups.push(Box::pin(async move {
+                    let p = self.permission(login, &o, &n).await;
+                    (r, p)
+                }));
+            }
+        }
+        let mut results = Vec::with_capacity(lookups.len());
+        let mut pending = futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(lookups), 16);
+        while let Some(x) = futures_util::StreamExt::next(&mut pending).await {
+            results.push(x);
+        }
+        for (r, p) in results {
             match p {
                 Ok(p) => {
                     out.insert(r, p.actions());

@@ -18,8 +18,13 @@ const LOGIN_TTL: u64 = 600;
 pub struct Web<'a> {
     pub gitee: Option<&'a Gitee>,
     pub creds: &'a Credentials,
+    pub tokens: &'a crate::auth::endpoint::TokenService,
+    pub registry: &'a crate::registry::Registry,
     pub public_url: &'a str,
+    pub ip: std::net::IpAddr,
 }
+
+const TAGS_PER_PAGE: usize = 100;
 
 /// The browser's session, if its cookie is present, authentic and unexpired.
 pub fn session_of(g: &Gitee, headers: &HeaderMap) -> Option<Session> {
@@ -36,6 +41,26 @@ pub fn identity_of(s: &Session) -> Identity {
         fingerprint: s.id.to_string(),
         limit: None,
         gitee: true,
+    }
+}
+
+fn urlenc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Bytes in a unit people read (1024-based, one decimal).
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
     }
 }
 
@@ -114,8 +139,8 @@ impl Web<'_> {
     pub fn handles(path: &str) -> bool {
         matches!(
             path,
-            "/" | "/login" | "/login/callback" | "/logout" | "/ui/tokens" | "/ui/tokens/revoke"
-        )
+            "/" | "/login" | "/login/callback" | "/logout" | "/ui/tokens" | "/ui/tokens/revoke" | "/ui/repos"
+        ) || path.starts_with("/ui/repos/")
     }
 
     pub async fn handle(
@@ -170,6 +195,17 @@ impl Web<'_> {
                     None,
                 ),
             },
+            (&Method::GET, p) if p == "/ui/repos" || p.starts_with("/ui/repos/") => {
+                let Some(sess) = session_of(g, headers) else {
+                    return (redirect(&format!("/login?rd={}", urlenc(p))), None);
+                };
+                let r = if p == "/ui/repos" {
+                    self.repos(&sess).await
+                } else {
+                    self.repo(&sess, p.trim_start_matches("/ui/repos/"), query_get(&q, "last")).await
+                };
+                (r, Some(sess.login))
+            }
             (&Method::POST, "/ui/tokens" | "/ui/tokens/revoke") => {
                 let Some(s) = session_of(g, headers) else {
                     return (redirect("/login"), None);
@@ -343,6 +379,7 @@ impl Web<'_> {
         if !s.groups.is_empty() {
             let _ = write!(b, "<p>Groups: {}</p>", esc(&s.groups.join(", ")));
         }
+        b.push_str("<p><a href=\"/ui/repos\" id=\"repos-link\">Repositories you can pull</a></p>");
         let _ = write!(
             b,
             "<h2>docker login</h2><pre id=\"docker-login\">docker login {} -u {}</pre>\
@@ -414,6 +451,171 @@ impl Web<'_> {
             esc(&csrf)
         );
         page(StatusCode::OK, "regate", &b)
+    }
+
+    /// The repositories this session may pull (with Gitee's permissions looked up first).
+    async fn pullable(&self, s: &Session) -> Result<(Vec<String>, bool), Resp> {
+        let all = match self.registry.repositories().await {
+            Ok(a) => a,
+            Err(_) => {
+                return Err(message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Unavailable",
+                    "Storage is not reachable right now; retry.",
+                ))
+            }
+        };
+        let id = identity_of(s);
+        let policy = self.tokens.policy.get();
+        let scopes: Vec<crate::auth::scope::Scope> = all
+            .iter()
+            .map(|n| crate::auth::scope::Scope::repository(n.as_str(), &[Action::Pull]))
+            .collect();
+        let (subject, err) = self.tokens.subject(&id, self.ip, &policy, &scopes).await;
+        let admin = policy.catalog(&subject);
+        let names = all
+            .iter()
+            .filter(|n| policy.actions(&subject, n.as_str()).contains(&Action::Pull))
+            .map(|n| n.to_string())
+            .collect();
+        if let Some(e) = err {
+            tracing::warn!(error = %e, "repository page: some Gitee permissions could not be checked");
+        }
+        Ok((names, admin))
+    }
+
+    async fn repos(&self, s: &Session) -> Resp {
+        let (names, admin) = match self.pullable(s).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let mut b = String::from("<header><h1>Repositories</h1><a href=\"/\">Your account</a></header>");
+        if names.is_empty() {
+            b.push_str("<p id=\"no-repos\">There is nothing you may pull yet.</p>");
+        } else {
+            b.push_str("<ul id=\"repos\">");
+            for n in &names {
+                let _ = write!(b, "<li><a href=\"/ui/repos/{}\">{}</a></li>", esc(n), esc(n));
+            }
+            b.push_str("</ul>");
+        }
+        if admin {
+            b.push_str("<h2>Robot accounts</h2>");
+            match self.creds.stored() {
+                Some(st) => match st.list().await {
+                    Ok(all) => {
+                        let now = crate::util::now_secs();
+                        let robots: Vec<&Record> = all
+                            .iter()
+                            .filter(|r| r.kind == Kind::Robot && (r.expires == 0 || r.expires > now))
+                            .collect();
+                        if robots.is_empty() {
+                            b.push_str("<p>No robot accounts (create them with <code>regate robot add</code>).</p>");
+                        } else {
+                            b.push_str("<table id=\"robots\"><tr><th>Name</th><th>Repositories</th><th>Actions</th><th>Expires</th></tr>");
+                            for r in robots {
+                                let _ = write!(
+                                    b,
+                                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                                    esc(&r.account),
+                                    esc(&r
+                                        .grants
+                                        .iter()
+                                        .map(|g| g.repository.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")),
+                                    esc(&r
+                                        .grants
+                                        .first()
+                                        .map(|g| g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","))
+                                        .unwrap_or_default()),
+                                    if r.expires == 0 {
+                                        "never".into()
+                                    } else {
+                                        esc(&crate::util::rfc3339(r.expires))
+                                    },
+                                );
+                            }
+                            b.push_str("</table>");
+                        }
+                    }
+                    Err(_) => b.push_str("<p>Credential storage is not reachable right now.</p>"),
+                },
+                None => b.push_str("<p>Credential storage is not available.</p>"),
+            }
+        }
+        page(StatusCode::OK, "Repositories", &b)
+    }
+
+    async fn repo(&self, s: &Session, name: &str, last: Option<&str>) -> Resp {
+        let not_found = || {
+            message(
+                StatusCode::NOT_FOUND,
+                "No such repository",
+                "It does not exist, or you may not pull it.",
+            )
+        };
+        let Some(repo) = crate::registry::names::RepoName::parse(name) else {
+            return not_found();
+        };
+        let id = identity_of(s);
+        let policy = self.tokens.policy.get();
+        let scope = [crate::auth::scope::Scope::repository(repo.as_str(), &[Action::Pull])];
+        let (subject, _) = self.tokens.subject(&id, self.ip, &policy, &scope).await;
+        if !policy.actions(&subject, repo.as_str()).contains(&Action::Pull) {
+            return not_found();
+        }
+        let (tags, more) = match self.registry.tag_page(&repo, last, TAGS_PER_PAGE).await {
+            Ok(x) => x,
+            Err(_) => {
+                return message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Unavailable",
+                    "Storage is not reachable right now; retry.",
+                )
+            }
+        };
+        let host = self.host();
+        let mut b = format!(
+            "<header><h1>{n}</h1><a href=\"/ui/repos\">All repositories</a></header><pre id=\"pull\">docker pull {h}/{n}:&lt;tag&gt;</pre>",
+            n = esc(repo.as_str()),
+            h = esc(host)
+        );
+        if tags.is_empty() {
+            b.push_str("<p id=\"no-tags\">No tags.</p>");
+        } else {
+            b.push_str("<table id=\"tags\"><tr><th>Tag</th><th>Size</th><th>Platforms</th><th>Pushed</th><th>Digest</th><th>Pull</th></tr>");
+            for t in &tags {
+                let pushed = t
+                    .pushed
+                    .and_then(|p| p.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| crate::util::rfc3339(d.as_secs()))
+                    .unwrap_or_default();
+                let _ = write!(
+                    b,
+                    "<tr><td>{tag}</td><td>{size}</td><td>{plat}</td><td>{pushed}</td><td><code title=\"{dg}\">{short}</code></td><td><code>docker pull {h}/{n}:{tag}</code></td></tr>",
+                    tag = esc(&t.tag),
+                    size = human(t.size),
+                    plat = esc(&t.platforms.join(", ")),
+                    pushed = esc(&pushed),
+                    dg = esc(t.digest.as_deref().unwrap_or("")),
+                    short = esc(t.digest.as_deref().map(|d| &d[..d.len().min(19)]).unwrap_or("")),
+                    h = esc(host),
+                    n = esc(repo.as_str()),
+                );
+            }
+            b.push_str("</table>");
+        }
+        if let (true, Some(t)) = (more, tags.last()) {
+            let _ = write!(
+                b,
+                "<p><a id=\"next\" href=\"/ui/repos/{}?last={}\">Next {} tags</a></p>",
+                esc(repo.as_str()),
+                esc(&urlenc(&t.tag)),
+                TAGS_PER_PAGE
+            );
+        }
+        page(StatusCode::OK, repo.as_str(), &b)
     }
 
     async fn mint(&self, g: &Gitee, s: &Session, form: &[(String, String)]) -> Resp {

@@ -2,11 +2,13 @@
 //!
 //! Handlers receive an already authorised, typed [`Route`]; they never see raw paths.
 
+pub use browse::TagInfo;
 pub mod error;
 pub mod names;
 pub mod route;
 
 mod blobs;
+mod browse;
 mod listing;
 mod manifests;
 mod mirrored;

@@ -46,6 +46,14 @@ try:
     # reload: the secret is not shown again
     driver.get(url + "/")
     assert pw not in driver.page_source
+    # the repositories page, and a repository's tags
+    driver.find_element(By.ID, "repos-link").click()
+    driver.find_element(By.LINK_TEXT, "team/app").click()
+    rows = driver.find_elements(By.CSS_SELECTOR, "#tags tr")
+    assert len(rows) >= 2, driver.page_source
+    assert "docker pull " in driver.find_element(By.ID, "tags").text
+    assert pw not in driver.page_source
+    driver.save_screenshot(shot.replace(".png", "-tags.png"))
     print("CLI_PASSWORD=" + pw)
 finally:
     driver.quit()
