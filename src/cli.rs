@@ -639,7 +639,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     let rate = f64::from(cfg.limits.token_requests_per_second);
     app.token_limit = crate::ratelimit::Limiter::new(rate, rate * 2.0);
     if let Some(u) = &cfg.upstream {
-        app.upstream = Some(crate::proxy::Upstream::new(u).map_err(|m| Failure::Config(vec![m]))?);
+        app.upstream = Some(crate::proxy::Upstream::new(u, cfg.upstream_h2c).map_err(|m| Failure::Config(vec![m]))?);
     }
     if !cfg.notifications.is_empty() {
         let spool = data.join(".regate-notify");

@@ -41,8 +41,16 @@ pub struct Forward<'a> {
 }
 
 impl Upstream {
-    pub fn new(base: &str) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+    /// `h2c`: HTTP/2 with prior knowledge over plain TCP (for `http://` upstreams that speak it).
+    pub fn new(base: &str, h2c: bool) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder();
+        if h2c {
+            builder = builder
+                .http2_prior_knowledge()
+                .http2_adaptive_window(true)
+                .http2_keep_alive_interval(Duration::from_secs(30));
+        }
+        let client = builder
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(300))
             .pool_idle_timeout(Duration::from_secs(90))

@@ -593,3 +593,74 @@ async fn upstream_streams_a_gib_both_ways_with_flat_memory() {
         "regate's peak RSS was {peak} KiB while streaming 1 GiB each way"
     );
 }
+
+/// An upstream that speaks only HTTP/2 over plain TCP (h2c with prior knowledge) and records the
+/// protocol version of what reaches it.
+#[tokio::test]
+async fn upstream_over_h2c() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<(http::Version, usize)>>> = Arc::default();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let v = req.version();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        seen.lock().unwrap().push((v, body.len()));
+                        let mut resp = hyper::Response::new(http_body_util::Full::new(body));
+                        *resp.status_mut() = http::StatusCode::CREATED;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let s = Server::start(&format!("upstream: {url}\nupstream_h2c: true\n"));
+    let (u, p) = s.admin();
+    let payload = vec![7u8; 3 << 20];
+    for _ in 0..3 {
+        let r = client()
+            .put(format!(
+                "{}/v2/admin/x/blobs/uploads/0b3e6b36-9f4e-4b64-8d3a-6a0c3c7f1a11?digest=sha256:{}",
+                s.url,
+                "0".repeat(64)
+            ))
+            .basic_auth(&u, Some(&p))
+            .body(payload.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(
+            r.bytes().await.unwrap().len(),
+            payload.len(),
+            "the body streamed back whole"
+        );
+    }
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter()
+            .all(|(v, n)| *v == http::Version::HTTP_2 && *n == payload.len()),
+        "{got:?}"
+    );
+    // without upstream_h2c the same upstream cannot be reached over HTTP/1.1: a clean 502
+    let s1 = Server::start(&format!("upstream: {url}\n"));
+    let (u, p) = s1.admin();
+    let r = client()
+        .get(format!("{}/v2/admin/x/tags/list", s1.url))
+        .basic_auth(&u, Some(&p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}

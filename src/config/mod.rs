@@ -80,6 +80,10 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) to an `http://` upstream. `https://`
+    /// upstreams negotiate HTTP/2 through ALPN on their own.
+    #[serde(default)]
+    pub upstream_h2c: bool,
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
     #[serde(default)]
@@ -846,6 +850,9 @@ impl Config {
             if let Err(m) = check_base_url(u) {
                 e.push(format!("upstream: {m}"));
             }
+        }
+        if self.upstream_h2c && !self.upstream.as_deref().is_some_and(|u| u.starts_with("http://")) {
+            e.push("upstream_h2c: needs an http:// upstream (https:// upstreams negotiate HTTP/2 themselves)".into());
         }
         if let Some(m) = &self.mirror {
             if let Err(msg) = check_base_url(&m.url) {
