@@ -14,6 +14,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # headless browser for the Gitee sign-in test (tests/gitee.rs, tests/browser/)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# replicas sharing rate limits (tests/redis.rs)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

@@ -350,7 +350,7 @@ impl App {
         match path {
             "/token" => {
                 log.route = "token";
-                if let Err(d) = self.token_limit.take(&ip.to_string()) {
+                if let Err(d) = self.token_limit.take_async(&ip.to_string()).await {
                     log.denied = Some("rate limited");
                     return crate::auth::endpoint::limited(d);
                 }

@@ -559,6 +559,18 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     )
     .map(|c| c.with_failure_limit(cfg.limits.failed_auth_per_minute))
     .map_err(|m| Failure::Config(vec![m]))?;
+    let shared = match &cfg.redis {
+        Some(r) => Some(
+            crate::ratelimit::Shared::connect(r.url.expose(), &r.key_prefix)
+                .await
+                .map_err(Failure::Other)?,
+        ),
+        None => None,
+    };
+    let creds = match &shared {
+        Some(s) => creds.with_shared_failures(s.clone()),
+        None => creds,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Failure::Other(format!("cannot listen on {} (listen): {e}", cfg.listen)))?;
@@ -638,6 +650,10 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     );
     let rate = f64::from(cfg.limits.token_requests_per_second);
     app.token_limit = crate::ratelimit::Limiter::new(rate, rate * 2.0);
+    if let Some(s) = &shared {
+        let l = std::mem::replace(&mut app.token_limit, crate::ratelimit::Limiter::new(0.0, 0.0));
+        app.token_limit = l.shared(s.clone(), "token");
+    }
     if let Some(u) = &cfg.upstream {
         app.upstream = Some(crate::proxy::Upstream::new(u, cfg.upstream_h2c).map_err(|m| Failure::Config(vec![m]))?);
     }

@@ -1,4 +1,9 @@
 //! Token buckets keyed by client address or account, for `/token` and failed sign-ins.
+//!
+//! Each process keeps its own buckets. With `redis` configured, replicas share the counts
+//! instead (fixed windows of one bucket refill time, so N replicas allow what one would); when
+//! Redis does not answer within a few milliseconds' budget the local bucket decides, so Redis
+//! being down never blocks a sign-in.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +17,84 @@ pub struct Limiter {
     rate: f64,
     burst: f64,
     buckets: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+    shared: Option<(Arc<Shared>, &'static str)>,
+}
+
+/// Counters in Redis shared by every replica.
+pub struct Shared {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    script: redis::Script,
+    warned: std::sync::atomic::AtomicBool,
+}
+
+const REDIS_BUDGET: Duration = Duration::from_millis(250);
+
+impl Shared {
+    /// Connects (and checks the server answers) within a few seconds.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(3))
+            .set_response_timeout(REDIS_BUDGET)
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            redis::aio::ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| format!("redis.url: {url} did not answer within 5 s"))?
+        .map_err(|e| format!("redis.url: cannot connect to {url}: {e}"))?;
+        Ok(Arc::new(Shared {
+            conn,
+            prefix: prefix.to_owned(),
+            // add `n` to the window's counter (creating it with its expiry) and return it
+            script: redis::Script::new(
+                "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+                 if tonumber(v) == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end \
+                 return v",
+            ),
+            warned: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Adds `n` (0 to read) to `key`'s counter in the current window; `None` when Redis failed.
+    async fn add(&self, scope: &str, key: &str, n: u64, window: u64) -> Option<(u64, u64)> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let slot = now / window;
+        let k = format!("{}{scope}:{key}:{slot}", self.prefix);
+        let mut conn = self.conn.clone();
+        let mut inv = self.script.key(k);
+        inv.arg(n).arg(window * 2);
+        let r: Result<Result<u64, redis::RedisError>, _> =
+            tokio::time::timeout(REDIS_BUDGET, inv.invoke_async(&mut conn)).await;
+        match r {
+            Ok(Ok(v)) => {
+                self.warned.store(false, std::sync::atomic::Ordering::Relaxed);
+                Some((v, (slot + 1) * window - now))
+            }
+            other => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer in time".into(),
+                    };
+                    tracing::warn!(error = %why, "redis unavailable; rate limits fall back to this replica's own counts");
+                }
+                None
+            }
+        }
+    }
+
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let r: Result<Result<String, redis::RedisError>, _> =
+            tokio::time::timeout(REDIS_BUDGET, redis::cmd("PING").query_async(&mut conn)).await;
+        matches!(r, Ok(Ok(_)))
+    }
 }
 
 impl Limiter {
@@ -24,7 +107,65 @@ impl Limiter {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            shared: None,
         }
+    }
+
+    /// Counts in Redis (under `scope`) instead of locally, so replicas share the limit.
+    pub fn shared(mut self, s: Arc<Shared>, scope: &'static str) -> Self {
+        self.shared = Some((s, scope));
+        self
+    }
+
+    /// Window and allowance of the shared counters: one bucket refill time, one burst.
+    fn window(&self) -> u64 {
+        ((self.burst / self.rate).ceil() as u64).max(1)
+    }
+
+    /// [`Self::take`], shared between replicas when Redis is configured.
+    pub async fn take_async(&self, key: &str) -> Result<(), Duration> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if let Some((s, scope)) = &self.shared {
+            if let Some((n, left)) = s.add(scope, key, 1, self.window()).await {
+                return if n as f64 <= self.burst {
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs(left.max(1)))
+                };
+            }
+        }
+        self.take(key)
+    }
+
+    /// [`Self::check`], shared between replicas when Redis is configured.
+    pub async fn check_async(&self, key: &str) -> Result<(), Duration> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if let Some((s, scope)) = &self.shared {
+            if let Some((n, left)) = s.add(scope, key, 0, self.window()).await {
+                return if (n as f64) < self.burst {
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs(left.max(1)))
+                };
+            }
+        }
+        self.check(key)
+    }
+
+    /// [`Self::spend`], shared between replicas when Redis is configured (the local bucket is
+    /// charged too, so a Redis outage starts from what this replica saw).
+    pub async fn spend_async(&self, key: &str) {
+        if !self.enabled() {
+            return;
+        }
+        if let Some((s, scope)) = &self.shared {
+            let _ = s.add(scope, key, 1, self.window()).await;
+        }
+        self.spend(key);
     }
 
     pub fn enabled(&self) -> bool {

@@ -214,18 +214,29 @@ impl Credentials {
         self
     }
 
+    /// Counts failed sign-ins in Redis, shared by every replica.
+    pub fn with_shared_failures(mut self, s: Arc<crate::ratelimit::Shared>) -> Self {
+        let l = std::mem::replace(&mut self.failures, crate::ratelimit::Limiter::new(0.0, 0.0));
+        self.failures = l.shared(s, "fail");
+        self
+    }
+
     /// [`Self::authenticate`] for a request from `ip`, refusing early once that address or that
     /// account has failed too often; failures are counted against both.
     pub async fn authenticate_from(&self, user: &str, pass: &str, ip: std::net::IpAddr) -> Result<Identity, AuthError> {
         let (kip, kuser) = (format!("ip:{ip}"), format!("user:{user}"));
-        if let Err(d) = self.failures.check(&kip).and_then(|_| self.failures.check(&kuser)) {
+        let verdict = match self.failures.check_async(&kip).await {
+            Ok(()) => self.failures.check_async(&kuser).await,
+            e => e,
+        };
+        if let Err(d) = verdict {
             tracing::warn!(target: "regate::audit", event = "auth_rate_limited", %ip, account = user, "sign-in refused: too many failures");
             return Err(AuthError::Limited(d));
         }
         let r = self.authenticate(user, pass).await;
         if r == Err(AuthError::BadCredentials) {
-            self.failures.spend(&kip);
-            self.failures.spend(&kuser);
+            self.failures.spend_async(&kip).await;
+            self.failures.spend_async(&kuser).await;
             tracing::warn!(target: "regate::audit", event = "auth_failed", %ip, account = user, "sign-in failed");
         }
         r

@@ -32,6 +32,7 @@ impl std::fmt::Debug for Secret {
 const SECRET_KEYS: &[&str] = &[
     "client_secret",
     "service_token",
+    "url",
     "access_key_secret",
     "secret_access_key",
     "access_key_id",
@@ -84,6 +85,9 @@ pub struct Config {
     /// upstreams negotiate HTTP/2 through ALPN on their own.
     #[serde(default)]
     pub upstream_h2c: bool,
+    /// Optional Redis shared by replicas (rate limits and failed sign-in counts).
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
     #[serde(default)]
@@ -504,6 +508,21 @@ pub struct NetworkConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port/db` (or `rediss://` for TLS); a secret, as it may hold a password.
+    pub url: Secret,
+    #[serde(default = "RedisConfig::d_prefix")]
+    pub key_prefix: String,
+}
+
+impl RedisConfig {
+    fn d_prefix() -> String {
+        "regate:".into()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     pub url: String,
     #[serde(default)]
@@ -849,6 +868,12 @@ impl Config {
         if let Some(u) = &self.upstream {
             if let Err(m) = check_base_url(u) {
                 e.push(format!("upstream: {m}"));
+            }
+        }
+        if let Some(r) = &self.redis {
+            let u = r.url.expose();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://")) {
+                e.push("redis.url: must be a redis:// or rediss:// URL".into());
             }
         }
         if self.upstream_h2c && !self.upstream.as_deref().is_some_and(|u| u.starts_with("http://")) {
