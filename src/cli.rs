@@ -326,9 +326,29 @@ pub fn open_storage(cfg: &Config) -> Result<Storage, Failure> {
         Backend::S3 | Backend::Oss | Backend::Cos => storage::object::ObjectStore::from_config(&cfg.storage)
             .map(Storage::Object)
             .map_err(|m| Failure::Config(vec![m])),
-        Backend::Lfs => Err(Failure::Config(vec![
-            "storage.backend lfs is not available in this version of regate; use fs, s3, oss, cos or memory".into(),
-        ])),
+        Backend::Lfs => {
+            let Some(l) = &cfg.storage.lfs else {
+                return Err(Failure::Config(vec![
+                    "storage.lfs: required when storage.backend is lfs".into(),
+                ]));
+            };
+            // tags, links, upload state and blob records: a store of their own (fs by default)
+            let mut meta_cfg = cfg.clone();
+            meta_cfg.storage = l.metadata.as_deref().cloned().unwrap_or_default();
+            if meta_cfg.storage.backend == Backend::Lfs {
+                return Err(Failure::Config(vec![
+                    "storage.lfs.metadata.backend: must be fs, s3, oss, cos or memory".into(),
+                ]));
+            }
+            let prefix = |m: String| format!("storage.lfs.metadata: {m}");
+            let meta = open_storage(&meta_cfg).map_err(|f| match f {
+                Failure::Config(lines) => Failure::Config(lines.into_iter().map(prefix).collect()),
+                Failure::Other(m) => Failure::Other(prefix(m)),
+            })?;
+            storage::lfs::LfsStore::from_config(l, meta)
+                .map(Storage::Lfs)
+                .map_err(|m| Failure::Config(vec![m]))
+        }
     }
 }
 
@@ -716,7 +736,10 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
                         use crate::metrics::Metrics;
                         Metrics::add(&metrics.gc_runs, 1);
                         Metrics::add(&metrics.gc_blobs_deleted, r.blobs.len() as u64);
-                        Metrics::add(&metrics.gc_bytes_freed, r.blobs.iter().map(|(_, n)| n).sum());
+                        if !r.lfs {
+                            // LFS cannot delete: nothing is freed there
+                            Metrics::add(&metrics.gc_bytes_freed, r.blobs.iter().map(|(_, n)| n).sum());
+                        }
                         tracing::info!(
                             tags = r.tags.len(),
                             blobs = r.blobs.len(),

@@ -27,6 +27,8 @@ pub struct Report {
     pub manifests: Vec<(RepoName, Digest)>,
     pub uploads: Vec<String>,
     pub tags: Vec<(RepoName, String)>,
+    /// The store keeps blobs in Git LFS, which has no delete API: dropped blobs free no space.
+    pub lfs: bool,
 }
 
 impl fmt::Display for Report {
@@ -39,12 +41,44 @@ impl fmt::Display for Report {
             writeln!(f, "{verb} manifest {r}@{d}")?;
         }
         for (d, n) in &self.blobs {
-            writeln!(f, "{verb} blob {d} ({n} bytes)")?;
+            if self.lfs {
+                let verb = if self.dry_run {
+                    "would unreference"
+                } else {
+                    "unreferenced"
+                };
+                writeln!(f, "{verb} blob {d} ({n} bytes, which stay on the LFS server)")?;
+            } else {
+                writeln!(f, "{verb} blob {d} ({n} bytes)")?;
+            }
         }
         for u in &self.uploads {
             writeln!(f, "{verb} abandoned upload {u}")?;
         }
         let bytes: u64 = self.blobs.iter().map(|(_, n)| n).sum();
+        if self.lfs {
+            // say what really happened: only regate's references go, the LFS server keeps the bytes
+            return writeln!(
+                f,
+                "{}: {} tags, {} blobs ({} bytes) {}, {} manifests, {} uploads{}\n\
+                 note: storage is Git LFS, which has no delete API: gc drops regate's references to \
+                 blobs, but frees no space on the LFS server ({} bytes stay stored there); \
+                 reclaim it on the LFS server itself (e.g. by recreating the repository)",
+                if self.dry_run { "dry run" } else { "done" },
+                self.tags.len(),
+                self.blobs.len(),
+                bytes,
+                if self.dry_run {
+                    "would be unreferenced"
+                } else {
+                    "unreferenced"
+                },
+                self.manifests.len(),
+                self.uploads.len(),
+                if self.dry_run { " would be removed" } else { " removed" },
+                bytes
+            );
+        }
         writeln!(
             f,
             "{}: {} tags, {} blobs ({} bytes), {} manifests, {} uploads{}",
@@ -191,8 +225,15 @@ pub async fn scrub(store: &Storage) -> io::Result<(Vec<Corrupt>, usize)> {
 pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
     let mut report = Report {
         dry_run: opts.dry_run,
+        lfs: matches!(store, Storage::Lfs(_)),
         ..Default::default()
     };
+    if let Storage::Lfs(l) = store {
+        // bytes staged for an upload to LFS that a crash interrupted
+        report
+            .uploads
+            .extend(l.purge_staging(opts.upload_max_age, opts.dry_run).await?);
+    }
     let mut marked: BTreeSet<Digest> = BTreeSet::new();
     for repo in repositories(store).await? {
         let retained = apply_retention(store, &repo, &opts, &mut report).await?;

@@ -349,13 +349,59 @@ pub struct CosConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LfsConfig {
+    /// The LFS endpoint, e.g. `https://gitee.com/owner/repo.git/info/lfs` (batch API at `{url}/objects/batch`).
     pub url: String,
     #[serde(default)]
     pub username: Option<String>,
+    /// Personal access token (HTTP Basic password).
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Where tags, links, upload state and blob records live: a storage section of its own
+    /// (`fs`, `s3`, `oss`, `cos` or `memory`); default fs under the data dir.
     #[serde(default)]
     pub metadata: Option<Box<StorageConfig>>,
+    /// Seconds a batch request, or a pause within a transfer, may take (default 30).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// Retries of a transient failure (connection, 429, 5xx), with backoff; default 4.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+}
+
+/// The `storage.lfs` keys that can be wrong in form.
+fn check_lfs(s: &StorageConfig, e: &mut Vec<String>) {
+    let Some(l) = &s.lfs else { return };
+    if !(l.url.starts_with("http://") || l.url.starts_with("https://")) {
+        e.push("storage.lfs.url: must be an http(s) URL (e.g. https://gitee.com/owner/repo.git/info/lfs)".into());
+    }
+    if l.username.is_some() != l.token.is_some() {
+        e.push("storage.lfs: username and token go together (HTTP Basic with a personal access token)".into());
+    }
+    if l.timeout == Some(0) {
+        e.push("storage.lfs.timeout: must be at least 1 second".into());
+    }
+    if l.max_retries.is_some_and(|r| r > 20) {
+        e.push("storage.lfs.max_retries: at most 20".into());
+    }
+    if let Some(m) = &l.metadata {
+        let mut inner = Vec::new();
+        match m.backend {
+            Backend::Lfs => inner.push("storage.backend: must be fs, s3, oss, cos or memory".into()),
+            Backend::S3 if m.s3.is_none() => inner.push("storage.s3: required when storage.backend is s3".into()),
+            Backend::Oss if m.oss.is_none() => inner.push("storage.oss: required when storage.backend is oss".into()),
+            Backend::Cos if m.cos.is_none() => inner.push("storage.cos: required when storage.backend is cos".into()),
+            _ => {}
+        }
+        if m.lfs.is_some() {
+            inner.push("storage.lfs: not allowed in the metadata store".into());
+        }
+        check_object_storage(m, &mut inner);
+        e.extend(
+            inner
+                .into_iter()
+                .map(|x| x.replacen("storage.", "storage.lfs.metadata.", 1)),
+        );
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -833,6 +879,15 @@ impl Config {
     pub fn data_dir(&self) -> PathBuf {
         match (&self.storage.backend, &self.storage.fs) {
             (Backend::Fs, Some(fs)) => fs.root.clone(),
+            // the LFS backend's own files (keys, passwords) go beside its fs metadata store
+            (Backend::Lfs, _) => match self.storage.lfs.as_ref().and_then(|l| l.metadata.as_deref()) {
+                Some(StorageConfig {
+                    backend: Backend::Fs,
+                    fs: Some(fs),
+                    ..
+                }) => fs.root.clone(),
+                _ => PathBuf::from("./regate-data"),
+            },
             _ => PathBuf::from("./regate-data"),
         }
     }
@@ -911,6 +966,7 @@ impl Config {
             Backend::Lfs => need(s.lfs.is_some(), "lfs", &mut e),
         }
         check_object_storage(s, &mut e);
+        check_lfs(s, &mut e);
         if self.auth.token_ttl == 0 || self.auth.token_ttl > 86_400 {
             e.push("auth.token_ttl: must be between 1 and 86400 seconds".into());
         }
@@ -1190,5 +1246,33 @@ notifications:
         }
         let e = errors("storage: { backend: cos, cos: { bucket: b-1, endpoint: https://c, max_retries: 50 } }\n");
         assert!(e.iter().any(|m| m.starts_with("storage.cos.max_retries")), "{e:?}");
+    }
+
+    #[test]
+    fn lfs_validation() {
+        let errors = |y: &str| parse(y, "t", &vec![]).unwrap().validate(false);
+        let ok = "storage: { backend: lfs, lfs: { url: https://gitee.com/o/r.git/info/lfs, username: u, token: t, \
+                  metadata: { fs: { root: /var/lib/regate-meta } }, timeout: 20, max_retries: 2 } }\n";
+        assert_eq!(errors(ok), Vec::<String>::new());
+        let c = parse(ok, "t", &vec![]).unwrap();
+        assert_eq!(c.data_dir(), PathBuf::from("/var/lib/regate-meta"));
+        assert!(!format!("{c:?}").contains("token: Some(Secret(\"t\"))"));
+        let e = errors(
+            "storage: { backend: lfs, lfs: { url: gitee.com/o/r, token: t, timeout: 0, \
+             metadata: { backend: s3, redirect_ttl: 0 } } }\n",
+        );
+        for key in [
+            "storage.lfs.url",
+            "storage.lfs: username and token",
+            "storage.lfs.timeout",
+            "storage.lfs.metadata.s3",
+            "storage.lfs.metadata.redirect_ttl",
+        ] {
+            assert!(e.iter().any(|m| m.starts_with(key)), "{key}: {e:?}");
+        }
+        let e = errors("storage: { backend: lfs, lfs: { url: http://x, metadata: { backend: lfs } } }\n");
+        assert!(e.iter().any(|m| m.starts_with("storage.lfs.metadata.backend")), "{e:?}");
+        let e = errors("storage: { backend: lfs }\n");
+        assert!(e.iter().any(|m| m.starts_with("storage.lfs: required")), "{e:?}");
     }
 }

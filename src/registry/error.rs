@@ -136,6 +136,16 @@ impl RegistryError {
     /// Storage failures: logged with their cause, answered without it.
     pub fn storage(e: std::io::Error) -> Self {
         tracing::error!(error = %e, "storage error");
+        if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<crate::storage::Refused>()) {
+            let code = match r.status {
+                413 => Code::SizeInvalid,
+                429 => Code::TooManyRequests,
+                507 => Code::Denied,
+                _ => Code::Unavailable,
+            };
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Self::new(code, r.message.clone()).with_status(status);
+        }
         if crate::storage::is_unavailable(&e) {
             return Self::new(Code::Unavailable, "storage is unavailable or timed out; retry later");
         }

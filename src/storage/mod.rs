@@ -7,6 +7,7 @@
 
 pub mod fs;
 pub mod layout;
+pub mod lfs;
 pub mod memory;
 pub mod object;
 
@@ -36,6 +37,7 @@ pub enum Storage {
     Fs(fs::FsStore),
     Memory(memory::MemStore),
     Object(object::ObjectStore),
+    Lfs(lfs::LfsStore),
 }
 
 /// The backend could not be reached or kept failing after its retries: the request may succeed
@@ -51,6 +53,23 @@ impl std::fmt::Display for Unavailable {
 
 impl std::error::Error for Unavailable {}
 
+/// The backend refused the request for a reason the client may be told (a quota, a size limit,
+/// rate limiting, credentials the operator must fix): the registry answers `status` with
+/// `message`, and nothing was left half-written.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage refused the request ({}): {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// Whether a storage error means "try again later" rather than a fault of this server.
 pub fn is_unavailable(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::TimedOut || e.get_ref().is_some_and(|i| i.is::<Unavailable>())
@@ -62,6 +81,7 @@ impl Storage {
             Storage::Fs(_) => "fs",
             Storage::Memory(_) => "memory",
             Storage::Object(s) => s.kind(),
+            Storage::Lfs(_) => "lfs",
         }
     }
 
@@ -70,6 +90,7 @@ impl Storage {
             Storage::Fs(s) => s.stat(key).await,
             Storage::Memory(s) => Ok(s.stat(key)),
             Storage::Object(s) => s.stat(key).await,
+            Storage::Lfs(s) => s.stat(key).await,
         }
     }
 
@@ -79,6 +100,7 @@ impl Storage {
             Storage::Fs(s) => s.get(key, range).await,
             Storage::Memory(s) => Ok(s.get(key, range)),
             Storage::Object(s) => s.get(key, range).await,
+            Storage::Lfs(s) => s.get(key, range).await,
         }
     }
 
@@ -88,6 +110,7 @@ impl Storage {
             Storage::Fs(s) => s.read(key, limit).await,
             Storage::Memory(s) => s.read(key, limit),
             Storage::Object(s) => s.read(key, limit).await,
+            Storage::Lfs(s) => s.read(key, limit).await,
         }
     }
 
@@ -100,6 +123,7 @@ impl Storage {
                 Ok(())
             }
             Storage::Object(s) => s.put(key, data).await,
+            Storage::Lfs(s) => s.put(key, data).await,
         }
     }
 
@@ -109,6 +133,7 @@ impl Storage {
             Storage::Fs(s) => Ok(BlobWriter::Fs(s.writer(key).await?)),
             Storage::Memory(s) => Ok(BlobWriter::Memory(s.writer(key))),
             Storage::Object(s) => Ok(BlobWriter::Object(s.writer(key).await?)),
+            Storage::Lfs(s) => s.writer(key).await,
         }
     }
 
@@ -118,6 +143,7 @@ impl Storage {
             Storage::Fs(s) => s.rename(from, to).await,
             Storage::Memory(s) => s.rename(from, to),
             Storage::Object(s) => s.rename(from, to).await,
+            Storage::Lfs(s) => s.rename(from, to).await,
         }
     }
 
@@ -130,6 +156,7 @@ impl Storage {
                 Ok(())
             }
             Storage::Object(s) => s.delete(key).await,
+            Storage::Lfs(s) => s.delete(key).await,
         }
     }
 
@@ -142,6 +169,7 @@ impl Storage {
                 Ok(())
             }
             Storage::Object(s) => s.delete_all(prefix).await,
+            Storage::Lfs(s) => s.delete_all(prefix).await,
         }
     }
 
@@ -151,6 +179,7 @@ impl Storage {
             Storage::Fs(s) => s.list(prefix).await,
             Storage::Memory(s) => Ok(s.list(prefix)),
             Storage::Object(s) => s.list(prefix).await,
+            Storage::Lfs(s) => s.list(prefix).await,
         }
     }
 
@@ -164,6 +193,7 @@ impl Storage {
                 Ok(())
             }
             Storage::Object(s) => s.touch(key).await,
+            Storage::Lfs(s) => s.touch(key).await,
         }
     }
 
@@ -173,6 +203,7 @@ impl Storage {
             Storage::Fs(s) => s.ready().await,
             Storage::Memory(_) => Ok(()),
             Storage::Object(s) => s.ready().await,
+            Storage::Lfs(s) => s.ready().await,
         }
     }
 
@@ -180,6 +211,7 @@ impl Storage {
     pub async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> io::Result<Option<String>> {
         match self {
             Storage::Object(s) => s.presign_get(key, ttl).await,
+            Storage::Lfs(s) => s.presign_get(key, ttl).await,
             Storage::Fs(_) | Storage::Memory(_) => Ok(None),
         }
     }
@@ -189,6 +221,7 @@ pub enum BlobWriter {
     Fs(fs::FsWriter),
     Memory(memory::MemWriter),
     Object(object::ObjectWriter),
+    Lfs(lfs::LfsWriter),
 }
 
 impl BlobWriter {
@@ -200,6 +233,7 @@ impl BlobWriter {
                 Ok(())
             }
             BlobWriter::Object(w) => w.write(data).await,
+            BlobWriter::Lfs(w) => w.write(data).await,
         }
     }
     pub fn written(&self) -> u64 {
@@ -207,6 +241,7 @@ impl BlobWriter {
             BlobWriter::Fs(w) => w.written(),
             BlobWriter::Memory(w) => w.written(),
             BlobWriter::Object(w) => w.written(),
+            BlobWriter::Lfs(w) => w.written(),
         }
     }
     pub async fn commit(self) -> io::Result<()> {
@@ -217,6 +252,7 @@ impl BlobWriter {
                 Ok(())
             }
             BlobWriter::Object(w) => w.commit().await,
+            BlobWriter::Lfs(w) => w.commit().await,
         }
     }
     pub async fn abort(self) {
@@ -224,6 +260,7 @@ impl BlobWriter {
             BlobWriter::Fs(w) => w.abort().await,
             BlobWriter::Memory(_) => {}
             BlobWriter::Object(w) => w.abort().await,
+            BlobWriter::Lfs(w) => w.abort().await,
         }
     }
 }
