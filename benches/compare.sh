@@ -5,7 +5,7 @@
 #   bash benches/compare.sh --quick    # smoke run with small sizes (about a minute)
 #
 # Options are passed to benches/compare.py (see `--help`): --quick, --dir DIR, --json FILE,
-# --duration SECS, --keep. Prints one table and writes the same figures as JSON.
+# --duration SECS, --keep, --h2. Prints one table and writes the same figures as JSON.
 # Needs: docker-registry nginx skopeo apache2-utils (htpasswd) openssl curl python3;
 # installs the missing ones with apt-get when run as root, otherwise says which are missing.
 set -euo pipefail
