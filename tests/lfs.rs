@@ -31,14 +31,21 @@ struct Giftless {
 }
 
 /// Serves giftless's WSGI app on a port the OS picks (as `flask run` would, without a fixed
-/// port), and exits when our end of its stdin closes, so it never outlives this test binary.
+/// port), and exits (removing its directory) when our end of its stdin closes, so it never
+/// outlives this test binary.
 ///
 /// Anonymous read-write access comes from `anon_rw` below rather than giftless's own
 /// `allow_anon:read_write`: that identity has no id, so the pre-authorised JWTs in the action
 /// headers carry `"sub": null`, which PyJWT 2.10 and later refuse (every PUT is a 401), and its
 /// per-object permission check misses the wildcard grant (every PUT without the JWT is a 403).
-const GIFTLESS_LAUNCHER: &str = "import os, sys, threading
-threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+/// The authenticators are set up before serving: giftless does it lazily on the first request,
+/// and concurrent first requests can race into a list without the JWT handler (a PUT is a 403).
+const GIFTLESS_LAUNCHER: &str = "import os, shutil, sys, threading
+def watch():
+    sys.stdin.read()
+    shutil.rmtree(os.environ['GIFTLESS_DIR'], ignore_errors=True)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
 from giftless.auth.identity import DefaultIdentity, Permission
 def anon_rw(_request):
     u = DefaultIdentity(name='anonymous', id='anonymous')
@@ -46,6 +53,9 @@ def anon_rw(_request):
     return u
 from werkzeug.serving import make_server
 from giftless.wsgi_entrypoint import app
+from giftless.auth import authentication
+with app.app_context():
+    authentication.init_authenticators()
 srv = make_server('127.0.0.1', 0, app, threaded=True)
 print('giftless listening on', srv.server_port, flush=True)
 srv.serve_forever()
@@ -73,6 +83,7 @@ fn giftless() -> &'static Giftless {
         let mut child = Command::new("python3")
             .args(["-c", GIFTLESS_LAUNCHER])
             .env("GIFTLESS_CONFIG_FILE", &cfg)
+            .env("GIFTLESS_DIR", &dir)
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
