@@ -84,6 +84,10 @@ struct VerifyKey {
 pub struct TokenKeys {
     alg: Algorithm,
     encoding: EncodingKey,
+    /// ES256 signing through ring (several times faster than the pure-Rust P-256 behind
+    /// `encoding`); `None` for RSA keys.
+    ring_es256: Option<ring::signature::EcdsaKeyPair>,
+    rng: ring::rand::SystemRandom,
     kid: String,
     x5c: String,
     verify: Vec<VerifyKey>,
@@ -226,6 +230,18 @@ impl TokenKeys {
             _ => EncodingKey::from_rsa_pem(key_pem.as_bytes()),
         }
         .map_err(|e| format!("auth.signing_key {}: {e}", key_path.display()))?;
+        let rng = ring::rand::SystemRandom::new();
+        let ring_es256 = match alg {
+            Algorithm::ES256 => Some(
+                ring::signature::EcdsaKeyPair::from_pkcs8(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &kp.serialize_der(),
+                    &rng,
+                )
+                .map_err(|e| format!("auth.signing_key {}: {e}", key_path.display()))?,
+            ),
+            _ => None,
+        };
         let kid = libtrust_kid(&spki);
         let mut verify = vec![VerifyKey {
             kid: kid.clone(),
@@ -241,6 +257,8 @@ impl TokenKeys {
         Ok(TokenKeys {
             alg,
             encoding,
+            ring_es256,
+            rng,
             kid,
             x5c: base64::engine::general_purpose::STANDARD.encode(&cert_der),
             verify,
@@ -298,7 +316,27 @@ impl TokenKeys {
             grp: groups.to_vec(),
             lim: limited,
         };
-        jsonwebtoken::encode(&h, &claims, &self.encoding).map_err(|e| format!("signing a token failed: {e}"))
+        match &self.ring_es256 {
+            Some(k) => {
+                use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+                let head = serde_json::to_vec(&h).map_err(|e| format!("signing a token failed: {e}"))?;
+                let body = serde_json::to_vec(&claims).map_err(|e| format!("signing a token failed: {e}"))?;
+                let mut jwt = String::with_capacity(head.len() * 4 / 3 + body.len() * 4 / 3 + 100);
+                B64.encode_string(head, &mut jwt);
+                jwt.push('.');
+                B64.encode_string(body, &mut jwt);
+                // JWS ES256: the raw r||s signature over "header.claims"
+                let sig = k
+                    .sign(&self.rng, jwt.as_bytes())
+                    .map_err(|_| "signing a token failed".to_owned())?;
+                jwt.push('.');
+                B64.encode_string(sig.as_ref(), &mut jwt);
+                Ok(jwt)
+            }
+            None => {
+                jsonwebtoken::encode(&h, &claims, &self.encoding).map_err(|e| format!("signing a token failed: {e}"))
+            }
+        }
     }
 
     /// Verifies signature (with the pinned algorithm of a known key), issuer, audience and
