@@ -53,8 +53,11 @@ impl FsStore {
         self.root.join(key)
     }
 
+    /// A `stat` is done inline: on a local disk it costs a microsecond, far less than a round
+    /// trip through the blocking pool (the benchmark's manifest rows spent most of their time
+    /// waking blocking-pool threads for exactly this).
     pub async fn stat(&self, key: &str) -> io::Result<Option<ObjMeta>> {
-        match tokio::fs::metadata(self.path(key)).await {
+        match std::fs::metadata(self.path(key)) {
             Ok(m) if m.is_file() => Ok(Some(ObjMeta {
                 size: m.len(),
                 modified: m.modified().ok(),
@@ -113,23 +116,33 @@ impl FsStore {
         Ok(Some((meta, receiver_stream(rx))))
     }
 
+    /// Small objects (links, up to 64 KiB) are read inline, like [`Self::stat`]; larger ones in
+    /// one trip to the blocking pool.
     pub async fn read(&self, key: &str, limit: u64) -> io::Result<Option<Bytes>> {
         let path = self.path(key);
-        match tokio::fs::File::open(&path).await {
-            Ok(f) => {
-                use tokio::io::AsyncReadExt;
-                let mut buf = Vec::new();
-                let n = f.take(limit + 1).read_to_end(&mut buf).await?;
-                if n as u64 > limit {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{key} is larger than {limit} bytes"),
-                    ));
+        let key = key.to_owned();
+        let read = move || -> io::Result<Option<Bytes>> {
+            use std::io::Read as _;
+            match std::fs::File::open(&path) {
+                Ok(f) => {
+                    let mut buf = Vec::new();
+                    let n = f.take(limit + 1).read_to_end(&mut buf)?;
+                    if n as u64 > limit {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{key} is larger than {limit} bytes"),
+                        ));
+                    }
+                    Ok(Some(Bytes::from(buf)))
                 }
-                Ok(Some(Bytes::from(buf)))
+                Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+                Err(e) => Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
-            Err(e) => Err(e),
+        };
+        if limit <= 64 * 1024 {
+            read()
+        } else {
+            tokio::task::spawn_blocking(read).await.map_err(io::Error::other)?
         }
     }
 
