@@ -285,7 +285,9 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 #[cfg(target_os = "linux")]
 fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
     // SAFETY: the descriptor belongs to `f`, which outlives the call; the call only reads its
     // integer arguments and reports errors through its return value, which is advisory here.
     unsafe {
@@ -376,5 +378,34 @@ impl FsWriter {
         self.tx = None;
         let _ = (&mut self.thread).await;
         let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_writes_with_early_writeback_keep_every_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(d.path(), true).unwrap();
+        let mut w = s.writer("a/b/data").await.unwrap();
+        let mut h = Sha256::new();
+        // 21 MiB in odd-sized pieces: crosses the writeback threshold twice, ends mid-window
+        let mut n = 0u64;
+        let mut i = 0u8;
+        while n < 21 << 20 {
+            let piece: Vec<u8> = (0..777_777u32).map(|x| (x as u8).wrapping_add(i)).collect();
+            h.update(&piece);
+            n += piece.len() as u64;
+            w.write(Bytes::from(piece)).await.unwrap();
+            i = i.wrapping_add(1);
+        }
+        assert!(s.stat("a/b/data").await.unwrap().is_none(), "visible before commit");
+        w.commit().await.unwrap();
+        let got = std::fs::read(d.path().join("a/b/data")).unwrap();
+        assert_eq!(got.len() as u64, n);
+        assert_eq!(Sha256::digest(&got), h.finalize());
     }
 }
