@@ -715,6 +715,24 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     };
     #[cfg(unix)]
     watch_reload(app.clone(), path, env, cfg.clone(), data.join(".regate-notify"));
+    if cfg.gc.upload_purge_interval > 0 && cfg.gc.interval == 0 {
+        // full collections are not scheduled: abandoned uploads are still purged
+        let store = app.registry.store().clone();
+        let every = Duration::from_secs(cfg.gc.upload_purge_interval);
+        let max_age = Duration::from_secs(cfg.gc.upload_max_age);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match crate::gc::purge_uploads(&store, max_age).await {
+                    Ok(p) if !p.is_empty() => {
+                        tracing::info!(uploads = p.len(), "purged abandoned uploads")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "purging abandoned uploads failed"),
+                }
+            }
+        });
+    }
     if cfg.gc.interval > 0 {
         let store = app.registry.store().clone();
         let every = Duration::from_secs(cfg.gc.interval);

@@ -222,6 +222,43 @@ pub async fn scrub(store: &Storage) -> io::Result<(Vec<Corrupt>, usize)> {
     Ok((bad, n))
 }
 
+/// Uploads of `repo` whose `startedat` is older than `max_age` (or missing), deleted with their
+/// parts unless `dry_run`; returns `repo/<id>` of each.
+async fn purge_repo_uploads(
+    store: &Storage,
+    repo: &RepoName,
+    max_age: Duration,
+    dry_run: bool,
+) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in store.list(&layout::uploads_dir(repo)).await? {
+        let key = format!("{}/{}/startedat", layout::uploads_dir(repo), e.name);
+        let old = store.stat(&key).await?.map(|m| older_than(m.modified, max_age));
+        if old != Some(false) {
+            out.push(format!("{repo}/{}", e.name));
+            if !dry_run {
+                store
+                    .delete_all(&format!("{}/{}", layout::uploads_dir(repo), e.name))
+                    .await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Only the purge of abandoned uploads (what the server runs every `gc.upload_purge_interval`):
+/// cheap, touches no blob or manifest.
+pub async fn purge_uploads(store: &Storage, max_age: Duration) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Storage::Lfs(l) = store {
+        out.extend(l.purge_staging(max_age, false).await?);
+    }
+    for repo in repositories(store).await? {
+        out.extend(purge_repo_uploads(store, &repo, max_age, false).await?);
+    }
+    Ok(out)
+}
+
 pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
     let mut report = Report {
         dry_run: opts.dry_run,
@@ -302,21 +339,9 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
             }
         }
         // abandoned uploads: a week old, as distribution's purge does
-        for e in store.list(&layout::uploads_dir(&repo)).await? {
-            let key = format!("{}/{}/startedat", layout::uploads_dir(&repo), e.name);
-            let old = store
-                .stat(&key)
-                .await?
-                .map(|m| older_than(m.modified, opts.upload_max_age));
-            if old != Some(false) {
-                report.uploads.push(format!("{repo}/{}", e.name));
-                if !opts.dry_run {
-                    store
-                        .delete_all(&format!("{}/{}", layout::uploads_dir(&repo), e.name))
-                        .await?;
-                }
-            }
-        }
+        report
+            .uploads
+            .extend(purge_repo_uploads(store, &repo, opts.upload_max_age, opts.dry_run).await?);
     }
     // sweep
     let blobs_root = format!("{}/blobs/sha256", layout::ROOT);

@@ -806,3 +806,50 @@ fn skopeo_round_trip_on_s3() {
         );
     }
 }
+
+/// An upload abandoned half way leaves its parts in the bucket; the server's purge removes them
+/// (and the upload) once they are older than `gc.upload_max_age`, without a full collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_and_their_parts_are_purged() {
+    let m = moto();
+    let bucket = unique("purge");
+    m.create_bucket(&bucket);
+    let s = Server::start(&format!(
+        "{}gc: {{ upload_max_age: 2, upload_purge_interval: 1 }}\n",
+        s3_yaml(&m.url(), &bucket, "/", "")
+    ));
+    let (u, pw) = s.admin();
+    let auth = format!(
+        "Bearer {}",
+        token(&s, Some((&u, &pw)), &["repository:ops/app:pull,push"]).await
+    );
+    let c = client();
+    let up = start_upload(&c, &s, &auth, "ops/app").await;
+    let up = patch(&c, &s.url, &auth, &up, 0, &pattern(300_000, 3)).await;
+    patch(&c, &s.url, &auth, &up, 300_000, &pattern(200_000, 4)).await;
+    let parts = |m: &Moto| m.keys(&bucket, "docker/registry/v2/repositories/ops/app/_uploads/");
+    assert!(parts(m).iter().any(|k| k.contains("part-")), "{:?}", parts(m));
+    // a live upload (younger than the age) survives the purges that run meanwhile
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = c
+        .get(format!("{}{up}", s.url))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "an upload in progress was purged");
+    // abandoned: gone with every part
+    let t = std::time::Instant::now();
+    while !parts(m).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "still there: {:?}", parts(m));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let r = c
+        .get(format!("{}{up}", s.url))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(s.logs().contains("purged abandoned uploads"), "{}", s.logs());
+}

@@ -118,6 +118,10 @@ pub struct GcConfig {
     /// Seconds after which an unfinished upload counts as abandoned and is purged.
     #[serde(default = "GcConfig::d_uploads")]
     pub upload_max_age: u64,
+    /// Seconds between purges of abandoned uploads (and their parts) by the server, whether or
+    /// not `interval` schedules full collections; 0: never.
+    #[serde(default = "GcConfig::d_purge")]
+    pub upload_purge_interval: u64,
 }
 
 impl GcConfig {
@@ -126,6 +130,9 @@ impl GcConfig {
     }
     fn d_uploads() -> u64 {
         7 * 86_400
+    }
+    fn d_purge() -> u64 {
+        3600
     }
 }
 
@@ -136,6 +143,7 @@ impl Default for GcConfig {
             grace: Self::d_grace(),
             delete_untagged: false,
             upload_max_age: Self::d_uploads(),
+            upload_purge_interval: Self::d_purge(),
         }
     }
 }
