@@ -45,7 +45,11 @@ fi
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log"
+# --no-fail-fast: one failing test binary must not hide the results of the others
+set +e
+cargo test --no-fail-fast --lib --bins --tests -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
 
 # Fuzz the path classifier and the scope parser for a short, fixed time (cargo-fuzz on stable:
 # RUSTC_BOOTSTRAP enables the flags libFuzzer needs; no sanitizer, the targets assert invariants).
@@ -60,3 +64,8 @@ fi
 # one closing line over every cargo test binary
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+if [ "$status" -ne 0 ]; then
+  echo "FAILED: see the failures above"
+  grep -E '^test .* FAILED$|^---- .* stdout ----$' "$log" | sort -u || true
+fi
+exit "$status"

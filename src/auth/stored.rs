@@ -262,8 +262,12 @@ mod tests {
         assert!(looks_like_secret(&secret));
         assert!(st.verify("robot$ci", &secret, 20).await.unwrap().is_some());
         assert!(st.verify("robot$other", &secret, 20).await.unwrap().is_none());
+        // the same id with one character of the secret changed
+        let mut wrong = secret.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == '0' { '1' } else { '0' });
         assert!(st
-            .verify("robot$ci", &secret.replace('a', "b"), 20)
+            .verify("robot$ci", &wrong, 20)
             .await
             .unwrap()
             .is_none());
