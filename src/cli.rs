@@ -45,6 +45,7 @@ enum Cmd {
         /// Check keys, types and values only, not whether named files exist.
         #[arg(long)]
         schema_only: bool,
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
@@ -59,6 +60,7 @@ enum Cmd {
         /// Only delete what is older than this (e.g. 1h, 30m, 0s).
         #[arg(long, default_value = "1h")]
         grace: String,
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
@@ -76,6 +78,7 @@ enum Cmd {
     /// Re-hash every stored blob and report any whose bytes no longer match their digest
     /// (exit 1 when one does).
     Scrub {
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
@@ -90,6 +93,7 @@ enum Cmd {
 enum RobotCmd {
     /// Create robot$NAME and print its secret once.
     Add {
+        /// The robot's name; it signs in as robot$NAME.
         name: String,
         /// Repository pattern the robot may use (repeatable; `*` and `?` globs).
         #[arg(long = "repo", required = true)]
@@ -100,19 +104,24 @@ enum RobotCmd {
         /// Lifetime, e.g. 30d, 12h; 0 for none.
         #[arg(long, default_value = "90d")]
         expires: String,
+        /// Free text shown by `robot list`.
         #[arg(long, default_value = "")]
         description: String,
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
     /// List robot accounts.
     List {
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
     /// Revoke robot$NAME (every secret it has).
     Remove {
+        /// The robot's name (without robot$).
         name: String,
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
     },
