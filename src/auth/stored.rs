@@ -266,11 +266,7 @@ mod tests {
         let mut wrong = secret.clone();
         let last = wrong.pop().unwrap();
         wrong.push(if last == '0' { '1' } else { '0' });
-        assert!(st
-            .verify("robot$ci", &wrong, 20)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(st.verify("robot$ci", &wrong, 20).await.unwrap().is_none());
         assert!(st.verify("robot$ci", &secret, 1000).await.unwrap().is_none(), "expired");
         let lim = Limit::from_record(&rec);
         assert_eq!(lim.actions("ci/app", "robot$ci").len(), 2);
