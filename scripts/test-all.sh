@@ -43,6 +43,11 @@ else
   echo "no Docker engine: docker tests will say so and skip; skopeo tests still run"
 fi
 
+# formatting is part of the contract of every commit
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --check || { echo "cargo fmt --check failed: run cargo fmt"; exit 1; }
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # --no-fail-fast: one failing test binary must not hide the results of the others
