@@ -147,9 +147,40 @@ impl FsStore {
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> io::Result<()> {
-        let mut w = self.writer(key).await?;
-        w.write(data).await?;
-        w.commit().await
+        self.put_with(key, data, self.fsync).await
+    }
+
+    /// A small object in one trip to the blocking pool: written beside, flushed when `fsync`,
+    /// renamed into place (and the directory entry flushed when `fsync`).
+    pub async fn put_with(&self, key: &str, data: Bytes, fsync: bool) -> io::Result<()> {
+        let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
+        let dest = self.path(key);
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let write = || -> io::Result<()> {
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                f.write_all(&data)?;
+                if fsync {
+                    f.sync_data()?;
+                }
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::rename(&tmp, &dest)?;
+                if fsync {
+                    if let Some(dir) = dest.parent() {
+                        std::fs::File::open(dir)?.sync_all()?;
+                    }
+                }
+                Ok(())
+            };
+            let r = write();
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     pub async fn writer(&self, key: &str) -> io::Result<FsWriter> {
@@ -193,10 +224,22 @@ impl FsStore {
 
     pub async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) = (self.path(from), self.path(to));
-        if let Some(dir) = to.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        tokio::fs::rename(from, to).await
+        let fsync = self.fsync;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::rename(&from, &to)?;
+            if fsync {
+                // the new name must survive a power loss before anything refers to it
+                if let Some(dir) = to.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     pub async fn delete(&self, key: &str) -> io::Result<()> {

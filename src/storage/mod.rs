@@ -127,6 +127,16 @@ impl Storage {
         }
     }
 
+    /// [`Self::put`] without waiting for the disk (fs with `fsync`): for objects whose loss in a
+    /// crash is harmless because a reader checks them against something durable (an upload
+    /// chunk's hash sidecar: without it the chunk is hashed again).
+    pub async fn put_unsynced(&self, key: &str, data: Bytes) -> io::Result<()> {
+        match self {
+            Storage::Fs(s) => s.put_with(key, data, false).await,
+            other => other.put(key, data).await,
+        }
+    }
+
     /// A streaming writer whose object appears at `key` only on [`BlobWriter::commit`].
     pub async fn writer(&self, key: &str) -> io::Result<BlobWriter> {
         match self {
