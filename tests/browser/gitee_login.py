@@ -22,6 +22,9 @@ if binary:
     opts.binary_location = binary
 driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 driver.set_page_load_timeout(30)
+# a click starts a navigation (here through several redirects) that find_element must not race:
+# look for elements for up to 15 s
+driver.implicitly_wait(15)
 try:
     driver.get(url + "/")
     driver.find_element(By.LINK_TEXT, "Sign in with Gitee").click()
