@@ -280,7 +280,8 @@ def load(loadgen, url, headers, method, conns, duration, ca):
     res = json.loads(out.stdout)
     res["errors"] = res["errors"] + res["non2xx"]
     if res["errors"]:
-        log(f"{method} {url} c={conns}: {res['errors']} errors / non-2xx answers of {res['requests']}")
+        log(f"{method} {url} c={conns}: {res['errors']} errors / non-2xx answers of {res['requests']}"
+            f" (statuses {res.get('statuses', {})}, failures {res.get('failures', {})})")
     return res
 
 

@@ -123,6 +123,9 @@ struct Tally {
     lat_us: Vec<u32>,
     errors: u64,
     non2xx: u64,
+    /// non-2xx answers by status, and failures by what went wrong
+    statuses: std::collections::BTreeMap<u16, u64>,
+    failures: std::collections::BTreeMap<String, u64>,
 }
 
 async fn worker(t: Arc<Target>, deadline: Instant) -> Tally {
@@ -133,8 +136,9 @@ async fn worker(t: Arc<Target>, deadline: Instant) -> Tally {
         if conn.is_none() {
             match connect(&t).await {
                 Ok(c) => conn = Some(c),
-                Err(_) => {
+                Err(e) => {
                     tally.errors += 1;
+                    *tally.failures.entry(format!("connect: {e}")).or_default() += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -153,10 +157,17 @@ async fn worker(t: Arc<Target>, deadline: Instant) -> Tally {
                 tally.lat_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 if !(200..400).contains(&status) {
                     tally.non2xx += 1;
+                    *tally.statuses.entry(status).or_default() += 1;
                 }
             }
-            _ => {
+            Ok(Err(e)) => {
                 tally.errors += 1;
+                *tally.failures.entry(e.to_string()).or_default() += 1;
+                conn = None;
+            }
+            Err(_) => {
+                tally.errors += 1;
+                *tally.failures.entry("no answer in 5 s".into()).or_default() += 1;
                 conn = None;
             }
         }
@@ -247,6 +258,18 @@ fn main() {
         "p90_ms": pct(90.0),
         "p99_ms": pct(99.0),
         "max_ms": lat.last().map(|v| f64::from(*v) / 1000.0),
+        "statuses": tallies.iter().fold(std::collections::BTreeMap::<String, u64>::new(), |mut m, t| {
+            for (k, v) in &t.statuses {
+                *m.entry(k.to_string()).or_default() += v;
+            }
+            m
+        }),
+        "failures": tallies.iter().fold(std::collections::BTreeMap::<String, u64>::new(), |mut m, t| {
+            for (k, v) in &t.failures {
+                *m.entry(k.clone()).or_default() += v;
+            }
+            m
+        }),
     });
     println!("{out}");
 }
