@@ -414,7 +414,6 @@ impl App {
                 let (parts, body) = req.into_parts();
                 let web = crate::gitee::web::Web {
                     gitee: self.tokens.creds.gitee().map(|g| g.as_ref()),
-                    creds: &self.tokens.creds,
                     tokens: &self.tokens,
                     registry: &self.registry,
                     public_url: &self.public_url,

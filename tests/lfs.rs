@@ -840,65 +840,7 @@ fn skopeo_round_trip_on_lfs() {
     let org = unique("skopeo");
     let yaml = lfs_yaml(&giftless().url, &org, &dir.path().join("data"), "", "");
     let s = Server::start_in(dir, &yaml);
-    let (u, pw) = s.admin();
-    let creds = format!("{u}:{pw}");
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    let out = Command::new("python3")
-        .arg(common::mkimage())
-        .arg(&src)
-        .arg("v1")
-        .args(["6", "0.3"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let skopeo = |args: &[&str]| {
-        let o = Command::new("skopeo")
-            .arg("--insecure-policy")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "skopeo {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            s.logs()
-        );
-    };
-    let image = format!("docker://{}/admin/app:v1", s.host);
-    skopeo(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &creds,
-        &format!("oci:{}:v1", src.display()),
-        &image,
-    ]);
-    let back = work.path().join("back");
-    skopeo(&[
-        "copy",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--src-creds",
-        &creds,
-        &image,
-        &format!("oci:{}:v1", back.display()),
-    ]);
-    let blobs = |p: &Path| {
-        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(p.join("blobs/sha256"))
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let (a, b) = (blobs(&src), blobs(&back));
-    assert_eq!(a.len(), 4, "config, manifest and two layers");
-    assert!(a == b, "pulled image differs");
+    let a = common::skopeo_round_trip(&s);
     for (hex, bytes) in &a {
         assert_eq!(&std::fs::read(lfs_object(&org, hex)).unwrap(), bytes, "{hex} in LFS");
     }

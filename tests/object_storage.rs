@@ -735,65 +735,7 @@ fn skopeo_round_trip_on_s3() {
     let bucket = unique("skopeo");
     m.create_bucket(&bucket);
     let s = Server::start(&s3_yaml(&m.url(), &bucket, "/regate", ""));
-    let (u, pw) = s.admin();
-    let creds = format!("{u}:{pw}");
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    let out = Command::new("python3")
-        .arg(common::mkimage())
-        .arg(&src)
-        .arg("v1")
-        .args(["6", "0.3"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let skopeo = |args: &[&str]| {
-        let o = Command::new("skopeo")
-            .arg("--insecure-policy")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "skopeo {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    let image = format!("docker://{}/admin/app:v1", s.host);
-    skopeo(&[
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &creds,
-        &format!("oci:{}:v1", src.display()),
-        &image,
-    ]);
-    let back = work.path().join("back");
-    skopeo(&[
-        "copy",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--src-creds",
-        &creds,
-        &image,
-        &format!("oci:{}:v1", back.display()),
-    ]);
-    // every blob of the source came back with the same bytes, the manifest included
-    let blobs = |p: &Path| {
-        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(p.join("blobs/sha256"))
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let (a, b) = (blobs(&src), blobs(&back));
-    assert_eq!(a.len(), 4, "config, manifest and two layers");
-    assert!(a == b, "pulled image differs");
+    let a = common::skopeo_round_trip(&s);
     // and they are in the bucket under the configured root, in distribution's layout
     let keys = m.keys(&bucket, "regate/docker/registry/v2/blobs/");
     for (hex, _) in &a {

@@ -4,7 +4,7 @@
 
 use super::session::{self, LoginState, Session, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{Gitee, GiteeError};
-use crate::auth::credentials::{Credentials, Identity, Source};
+use crate::auth::credentials::{Identity, Source};
 use crate::auth::scope::Action;
 use crate::auth::stored::{Grant, Kind, Record};
 use crate::http::{self, query_get, query_pairs, BodyReader, Resp};
@@ -17,7 +17,6 @@ const LOGIN_TTL: u64 = 600;
 
 pub struct Web<'a> {
     pub gitee: Option<&'a Gitee>,
-    pub creds: &'a Credentials,
     pub tokens: &'a crate::auth::endpoint::TokenService,
     pub registry: &'a crate::registry::Registry,
     pub public_url: &'a str,
@@ -329,7 +328,7 @@ impl Web<'_> {
                 return (r, None);
             }
         };
-        if self.creds.is_local(&login.user.login) {
+        if self.tokens.creds.is_local(&login.user.login) {
             let mut r = message(
                 StatusCode::FORBIDDEN,
                 "Account name taken",
@@ -402,7 +401,7 @@ impl Web<'_> {
         let csrf = g.signer.csrf(&s.sid);
         b.push_str("<h2>CLI passwords</h2>");
         let now = crate::util::now_secs();
-        match self.creds.stored() {
+        match self.tokens.creds.stored() {
             None => b.push_str("<p>Credential storage is not available.</p>"),
             Some(st) => match st.list().await {
                 Err(_) => b.push_str("<p>Credential storage is not reachable right now.</p>"),
@@ -501,7 +500,7 @@ impl Web<'_> {
         }
         if admin {
             b.push_str("<h2>Robot accounts</h2>");
-            match self.creds.stored() {
+            match self.tokens.creds.stored() {
                 Some(st) => match st.list().await {
                     Ok(all) => {
                         let now = crate::util::now_secs();
@@ -619,7 +618,7 @@ impl Web<'_> {
     }
 
     async fn mint(&self, g: &Gitee, s: &Session, form: &[(String, String)]) -> Resp {
-        let Some(st) = self.creds.stored() else {
+        let Some(st) = self.tokens.creds.stored() else {
             return message(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
@@ -688,7 +687,7 @@ impl Web<'_> {
     }
 
     async fn revoke(&self, s: &Session, form: &[(String, String)]) -> Resp {
-        let (Some(st), Some(id)) = (self.creds.stored(), query_get(form, "id")) else {
+        let (Some(st), Some(id)) = (self.tokens.creds.stored(), query_get(form, "id")) else {
             return message(StatusCode::BAD_REQUEST, "Not revoked", "No such CLI password.");
         };
         match st.get(id).await {

@@ -243,3 +243,70 @@ pub fn regate() -> Command {
     }
     cmd
 }
+
+/// skopeo pushes a two-layer image (6 MiB and 0.3 MiB) to `admin/app:v1` on `s` with the admin's
+/// credentials and pulls it back; asserts both copies hold the same four blobs (config, manifest,
+/// layers) and returns them as (sha256 hex, bytes), sorted.
+pub fn skopeo_round_trip(s: &Server) -> Vec<(String, Vec<u8>)> {
+    assert!(have("skopeo"), "skopeo is needed (scripts/test-all.sh installs it)");
+    let (u, pw) = s.admin();
+    let creds = format!("{u}:{pw}");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let out = Command::new("python3")
+        .arg(mkimage())
+        .arg(&src)
+        .arg("v1")
+        .args(["6", "0.3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let skopeo = |args: &[&str]| {
+        let o = Command::new("skopeo")
+            .arg("--insecure-policy")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "skopeo {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            s.logs()
+        );
+    };
+    let image = format!("docker://{}/admin/app:v1", s.host);
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &format!("oci:{}:v1", src.display()),
+        &image,
+    ]);
+    let back = work.path().join("back");
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &image,
+        &format!("oci:{}:v1", back.display()),
+    ]);
+    let blobs = |p: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(p.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (blobs(&src), blobs(&back));
+    assert_eq!(a.len(), 4, "config, manifest and two layers");
+    assert!(a == b, "pulled image differs");
+    a
+}
