@@ -9,6 +9,7 @@ pub mod route;
 
 mod blobs;
 mod browse;
+mod hashstate;
 mod listing;
 mod manifests;
 mod mirrored;

@@ -2,14 +2,20 @@
 //! status, cancel and cross-repository mount.
 //!
 //! An upload's state is its directory in storage, not process memory: `startedat` (which
-//! distribution's purge job also reads) and one object per received chunk, `part-<offset>`, with
-//! the chunk's sha256 beside it. Any process with the same storage can continue it. A blob
-//! becomes visible only after its bytes hash to the digest the client named.
+//! distribution's purge job also reads) and the bytes received so far. On a local disk they are
+//! one file, `data`, that each chunk is appended to under a lock, with the running sha256 beside
+//! it (`regate-hashstate`), so every byte is written and hashed once and the finished file is
+//! renamed into place. Object stores cannot append: there each chunk is its own object,
+//! `part-<offset>`, with its sha256 beside it, joined at the end. Any process with the same
+//! storage can continue an upload. A blob becomes visible only after its bytes hash to the
+//! digest the client named.
 
 use super::error::{Code, RegistryError};
+use super::hashstate::ResumableSha256;
 use super::names::{Digest, RepoName, UploadId};
 use super::{body_error, digest_header, Event, Outcome, Permissions, Registry};
 use crate::http::{self, query_get, BodyReader, Resp};
+use crate::storage::fs::FsAppender;
 use crate::storage::{layout, BlobWriter};
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
@@ -21,6 +27,23 @@ struct Part {
     offset: u64,
     size: u64,
     sha256: Option<String>,
+}
+
+/// What an upload holds so far.
+enum Held {
+    /// Chunks appended to one `data` file: its length.
+    Appended(u64),
+    /// One object per chunk (object stores, LFS, and uploads begun by an older regate).
+    Parts(Vec<Part>),
+}
+
+impl Held {
+    fn end(&self) -> u64 {
+        match self {
+            Held::Appended(n) => *n,
+            Held::Parts(p) => end_of(p),
+        }
+    }
 }
 
 impl Registry {
@@ -71,14 +94,14 @@ impl Registry {
     }
 
     pub(super) async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<Resp, RegistryError> {
-        let parts = self.parts(name, id).await?;
+        let held = self.held(name, id).await?;
         let mut r = http::status(StatusCode::NO_CONTENT);
-        self.upload_headers(&mut r, name, id, end_of(&parts));
+        self.upload_headers(&mut r, name, id, held.end());
         Ok(r)
     }
 
     pub(super) async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<Resp, RegistryError> {
-        self.parts(name, id).await?;
+        self.held(name, id).await?;
         self.store.delete_all(&layout::upload_dir(name, id)).await?;
         Ok(http::status(StatusCode::NO_CONTENT))
     }
@@ -90,12 +113,19 @@ impl Registry {
         headers: &HeaderMap,
         mut body: BodyReader,
     ) -> Result<Resp, RegistryError> {
-        let parts = self.parts(name, id).await?;
-        let offset = end_of(&parts);
+        let held = self.held(name, id).await?;
+        let offset = held.end();
         if let Some(r) = self.check_chunk_range(name, id, headers, offset)? {
             return Ok(r);
         }
-        let size = self.write_part(name, id, offset, None, &mut body).await?;
+        let size = if self.appends(&held) {
+            match self.append_chunk(name, id, offset, None, &mut body).await? {
+                Ok(n) => n,
+                Err(now) => return Ok(self.range_moved(name, id, offset, now)),
+            }
+        } else {
+            self.write_part(name, id, offset, None, &mut body).await?
+        };
         let mut r = http::status(StatusCode::ACCEPTED);
         self.upload_headers(&mut r, name, id, offset + size);
         Ok(r)
@@ -113,30 +143,43 @@ impl Registry {
             query_get(query, "digest")
                 .ok_or_else(|| RegistryError::new(Code::DigestInvalid, "the digest query parameter is required"))?,
         )?;
-        let mut parts = self.parts(name, id).await?;
+        let held = self.held(name, id).await?;
         // a final chunk carried on the PUT must continue the upload exactly like a PATCH
         if content_length(headers) != Some(0) {
-            if let Some(r) = self.check_chunk_range(name, id, headers, end_of(&parts))? {
+            if let Some(r) = self.check_chunk_range(name, id, headers, held.end())? {
                 return Ok(r.into());
             }
         }
         let first = body.chunk().await.map_err(body_error)?;
-        let size;
-        if parts.is_empty() {
+        let size = match held {
             // everything arrives in this request: stream it straight into place
-            size = self.write_blob_from_body(&d, first, &mut body).await?;
-        } else {
-            if first.is_some() {
-                let offset = end_of(&parts);
-                let n = self.write_part(name, id, offset, first, &mut body).await?;
-                parts.push(Part {
-                    offset,
-                    size: n,
-                    sha256: None,
-                });
+            Held::Parts(parts) if parts.is_empty() => self.write_blob_from_body(&d, first, &mut body).await?,
+            Held::Parts(mut parts) => {
+                if first.is_some() {
+                    let offset = end_of(&parts);
+                    let n = self.write_part(name, id, offset, first, &mut body).await?;
+                    parts.push(Part {
+                        offset,
+                        size: n,
+                        sha256: None,
+                    });
+                }
+                self.assemble(name, id, &parts, &d).await?
             }
-            size = self.assemble(name, id, &parts, &d).await?;
-        }
+            Held::Appended(len) => {
+                let mut len = len;
+                if first.is_some() {
+                    match self.append_chunk(name, id, len, first, &mut body).await? {
+                        Ok(n) => len += n,
+                        Err(now) => return Ok(self.range_moved(name, id, len, now).into()),
+                    }
+                }
+                match self.publish_appended(name, id, len, &d).await? {
+                    Ok(()) => len,
+                    Err(now) => return Ok(self.range_moved(name, id, len, now).into()),
+                }
+            }
+        };
         self.link(&layout::layer_link(name, &d), &d).await?;
         self.store.delete_all(&layout::upload_dir(name, id)).await?;
         Ok(Outcome {
@@ -322,20 +365,220 @@ impl Registry {
         Ok(total)
     }
 
-    /// The upload's parts in order; `BLOB_UPLOAD_UNKNOWN` when there is no such upload.
-    async fn parts(&self, name: &RepoName, id: &UploadId) -> Result<Vec<Part>, RegistryError> {
-        let unknown = || {
-            RegistryError::new(
-                Code::BlobUploadUnknown,
-                format!("upload {id} is not known to repository {name}"),
-            )
-        };
+    /// What the upload holds; `BLOB_UPLOAD_UNKNOWN` when there is no such upload.
+    async fn held(&self, name: &RepoName, id: &UploadId) -> Result<Held, RegistryError> {
         let entries = self.store.list(&layout::upload_dir(name, id)).await?;
         if !entries.iter().any(|e| e.name == "startedat") {
-            return Err(unknown());
+            return Err(unknown_upload(name, id));
         }
+        if entries.iter().any(|e| e.name == "data") {
+            return Ok(Held::Appended(self.progress(name, id).await.len));
+        }
+        self.parts(name, id, &entries).await.map(Held::Parts)
+    }
+
+    /// Whether the next chunk of this upload is appended to its `data` file.
+    fn appends(&self, held: &Held) -> bool {
+        match held {
+            Held::Appended(_) => true,
+            Held::Parts(p) => p.is_empty() && self.store.can_append(),
+        }
+    }
+
+    /// 416 for a chunk that began at `offset` when, by the time it held the upload, the upload
+    /// had `now` bytes (another request wrote to it meanwhile).
+    fn range_moved(&self, name: &RepoName, id: &UploadId, offset: u64, now: u64) -> Resp {
+        let mut r = RegistryError::new(
+            Code::RangeInvalid,
+            format!("chunk starts at {offset} but the upload now has {now} bytes; resume from the Range header"),
+        )
+        .into_response();
+        self.upload_headers(&mut r, name, id, now);
+        r
+    }
+
+    /// Locks the upload's `data` file (waiting for a request that is writing it) and reads its
+    /// progress. `Err(len)` when the upload no longer holds `offset` bytes.
+    async fn lock_upload(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        offset: u64,
+    ) -> Result<Result<(FsAppender, Progress), u64>, RegistryError> {
+        let a = match self.store.appender(&layout::upload_data(name, id)).await {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown_upload(name, id)),
+            Err(e) => return Err(e.into()),
+        };
+        let p = self.progress(name, id).await;
+        if p.len != offset {
+            a.release().await;
+            return Ok(Err(p.len));
+        }
+        Ok(Ok((a, p)))
+    }
+
+    /// Appends the body (after `first`) to the upload's `data` file at `offset`, hashing it
+    /// onto the running sha256, and records the new length. A chunk counts only once it is
+    /// whole: one cut short (a dropped connection, a crash) is cut off the file again.
+    /// `Ok(Err(len))` when the upload no longer holds `offset` bytes.
+    async fn append_chunk(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        offset: u64,
+        first: Option<Bytes>,
+        body: &mut BodyReader,
+    ) -> Result<Result<u64, u64>, RegistryError> {
+        let mut next = match first {
+            Some(c) => Some(c),
+            None => body.chunk().await.map_err(body_error)?,
+        };
+        if next.is_none() {
+            return Ok(Ok(0));
+        }
+        let (mut a, p) = match self.lock_upload(name, id, offset).await? {
+            Ok(x) => x,
+            Err(now) => return Ok(Err(now)),
+        };
+        if let Err(e) = a.begin(offset).await {
+            a.release().await;
+            return Err(damaged_upload(e));
+        }
+        let mut h = p.sha256;
+        while let Some(c) = next {
+            if let Some(h) = &mut h {
+                h.update(&c);
+            }
+            if let Err(e) = a.write(c).await {
+                a.abort().await;
+                return Err(e.into());
+            }
+            next = match body.chunk().await {
+                Ok(n) => n,
+                Err(e) => {
+                    a.abort().await;
+                    return Err(body_error(e));
+                }
+            };
+        }
+        let n = a.written();
+        a.complete().await?;
+        let saved = self.save_progress(name, id, offset + n, h.as_ref()).await;
+        if let Err(e) = saved {
+            a.abort().await;
+            return Err(e.into());
+        }
+        a.release().await;
+        Ok(Ok(n))
+    }
+
+    /// The upload's recorded progress: no record means nothing was ever completed.
+    async fn progress(&self, name: &RepoName, id: &UploadId) -> Progress {
+        let none = Progress {
+            len: 0,
+            sha256: Some(ResumableSha256::new()),
+        };
+        let Ok(Some(raw)) = self.store.read(&layout::upload_progress(name, id), 1024).await else {
+            return none;
+        };
+        std::str::from_utf8(&raw).ok().and_then(Progress::parse).unwrap_or(none)
+    }
+
+    /// Records that the upload's first `len` bytes are whole chunks, with their sha256 when
+    /// known. Not flushed to disk: after a process crash the page cache still holds it and the
+    /// file; after a power loss the sha256 is not trusted (another boot) and the bytes are
+    /// hashed again, so nothing unverified is ever published.
+    async fn save_progress(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        len: u64,
+        h: Option<&ResumableSha256>,
+    ) -> std::io::Result<()> {
+        let state = h.map(|h| h.to_text()).unwrap_or_else(|| "-".into());
+        let text = format!("{len} {} {state}", boot_id());
+        self.store
+            .put_unsynced(&layout::upload_progress(name, id), Bytes::from(text))
+            .await
+    }
+
+    /// Checks an appended upload of `len` bytes against `d` and renames its file into place,
+    /// holding the upload's lock throughout so no chunk can land in a published blob.
+    /// `Ok(Err(now))` when the upload no longer holds `len` bytes.
+    async fn publish_appended(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        len: u64,
+        d: &Digest,
+    ) -> Result<Result<(), u64>, RegistryError> {
+        let (mut a, p) = match self.lock_upload(name, id, len).await? {
+            Ok(x) => x,
+            Err(now) => return Ok(Err(now)),
+        };
+        // cut off the bytes of a chunk a crash interrupted, so the file is exactly the upload
+        if let Err(e) = a.begin(len).await {
+            a.release().await;
+            return Err(damaged_upload(e));
+        }
+        if let Err(e) = a.complete().await {
+            a.release().await;
+            return Err(e.into());
+        }
+        let res = self.verify_and_place(name, id, len, p.sha256, d).await;
+        a.release().await;
+        res.map(Ok)
+    }
+
+    async fn verify_and_place(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        len: u64,
+        sha256: Option<ResumableSha256>,
+        d: &Digest,
+    ) -> Result<(), RegistryError> {
+        let data = layout::upload_data(name, id);
+        let got = match sha256 {
+            Some(h) => Digest::from_sha256(h.finalize()),
+            None => {
+                let Some((_, mut s)) = self.store.get(&data, None).await? else {
+                    return Err(unknown_upload(name, id));
+                };
+                let mut h = Sha256::new();
+                let mut n = 0u64;
+                while let Some(c) = s.next().await {
+                    let c = c?;
+                    n += c.len() as u64;
+                    h.update(&c);
+                }
+                if n != len {
+                    return Err(damaged_upload(std::io::Error::other(format!(
+                        "{n} bytes on disk, {len} recorded"
+                    ))));
+                }
+                Digest::from_sha256(h.finalize().into())
+            }
+        };
+        if &got != d {
+            return Err(digest_mismatch(d, &got));
+        }
+        if !self.blob_stored(d).await? {
+            self.store.rename(&data, &layout::blob_data(d)).await?;
+        }
+        Ok(())
+    }
+
+    /// The upload's parts in order, from its directory listing.
+    async fn parts(
+        &self,
+        name: &RepoName,
+        id: &UploadId,
+        entries: &[crate::storage::Entry],
+    ) -> Result<Vec<Part>, RegistryError> {
         let mut parts = Vec::new();
-        for e in &entries {
+        for e in entries {
             let Some(off) = e.name.strip_prefix("part-") else {
                 continue;
             };
@@ -414,6 +657,55 @@ fn push_event(name: &RepoName, d: &Digest, size: u64) -> Event {
         size,
         tag: None,
     }
+}
+
+/// An appended upload's recorded progress (`regate-progress`: `<len> <boot id> <sha256 state
+/// or ->`).
+struct Progress {
+    len: u64,
+    /// The sha256 of the first `len` bytes, when recorded in this boot of the machine.
+    sha256: Option<ResumableSha256>,
+}
+
+impl Progress {
+    fn parse(text: &str) -> Option<Progress> {
+        let mut it = text.splitn(3, ' ');
+        let len: u64 = it.next()?.parse().ok()?;
+        let boot = it.next()?;
+        let state = it.next()?;
+        let sha256 = if boot == boot_id() {
+            ResumableSha256::from_text(state).filter(|h| h.len() == len)
+        } else {
+            None
+        };
+        Some(Progress { len, sha256 })
+    }
+}
+
+fn damaged_upload(e: std::io::Error) -> RegistryError {
+    RegistryError::new(
+        Code::BlobUploadInvalid,
+        format!("this upload lost data ({e}); cancel it and push again"),
+    )
+}
+
+fn unknown_upload(name: &RepoName, id: &UploadId) -> RegistryError {
+    RegistryError::new(
+        Code::BlobUploadUnknown,
+        format!("upload {id} is not known to repository {name}"),
+    )
+}
+
+/// This boot of the machine (Linux's random boot id), or, where there is none, this process.
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty() && !s.contains(' '))
+            .unwrap_or_else(|| format!("process-{}", uuid::Uuid::new_v4()))
+    })
 }
 
 fn end_of(parts: &[Part]) -> u64 {

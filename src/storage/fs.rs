@@ -222,12 +222,54 @@ impl FsStore {
         })
     }
 
+    /// Opens `key` (creating it, but not its directory) and takes an exclusive lock on it, held
+    /// until the appender is released or aborted, so two requests never write one upload at once
+    /// (the second waits). `NotFound` when the file was renamed or deleted while this waited.
+    pub async fn appender(&self, key: &str) -> io::Result<FsAppender> {
+        let path = self.path(key);
+        let (file, len) = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, u64)> {
+            use std::os::unix::fs::MetadataExt as _;
+            // the directory is not created: an upload whose directory is gone was cancelled or
+            // finished, and must not come back to life
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            lock_exclusive(&f)?;
+            // while this waited for the lock, the file may have been renamed into place as a
+            // finished blob or deleted with its upload: then it is no longer this upload's
+            let m = f.metadata()?;
+            match std::fs::metadata(&path) {
+                Ok(p) if p.ino() == m.ino() && p.dev() == m.dev() => Ok((f, m.len())),
+                _ => Err(io::Error::new(io::ErrorKind::NotFound, "the upload is gone")),
+            }
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(FsAppender {
+            tx: None,
+            thread: None,
+            file: Some(file),
+            len,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+            at: len,
+            written: 0,
+        })
+    }
+
+    /// Moves an object; the destination appears whole or not at all. With `fsync`, the source's
+    /// data is flushed first and the destination's directory after, so the new name never points
+    /// at bytes a power loss could take back.
     pub async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) = (self.path(from), self.path(to));
         let fsync = self.fsync;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             if let Some(dir) = to.parent() {
                 std::fs::create_dir_all(dir)?;
+            }
+            if fsync {
+                std::fs::File::open(&from)?.sync_data()?;
             }
             std::fs::rename(&from, &to)?;
             if fsync {
@@ -338,6 +380,22 @@ fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
     }
 }
 
+/// Waits for an exclusive `flock` on `f`; it is released when `f` is closed.
+fn lock_exclusive(f: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor belongs to `f`, which outlives the call; flock takes only
+        // integers and reports through its return value and errno.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_f: &std::fs::File, _offset: u64, _len: u64) {}
 
@@ -421,6 +479,147 @@ impl FsWriter {
         self.tx = None;
         let _ = (&mut self.thread).await;
         let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+/// A locked file that chunks are appended to; see [`FsStore::appender`]. Nothing is flushed to
+/// disk here: the file is flushed once, when the finished upload is renamed into place.
+pub struct FsAppender {
+    tx: Option<mpsc::Sender<Bytes>>,
+    thread: Option<tokio::task::JoinHandle<(std::fs::File, io::Result<()>)>>,
+    /// The locked file while no writer thread has it.
+    file: Option<std::fs::File>,
+    /// The file's length when it was locked.
+    len: u64,
+    buf: Vec<u8>,
+    /// Where this chunk begins.
+    at: u64,
+    written: u64,
+}
+
+impl FsAppender {
+    /// Starts a chunk at `at`, cutting off whatever lies beyond it (bytes of a chunk that a
+    /// crash interrupted). `at` beyond the end of the file is an error.
+    pub async fn begin(&mut self, at: u64) -> io::Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(io::Error::other("a chunk is already being appended"));
+        };
+        if at > self.len {
+            self.file = Some(file);
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the upload's file holds {} bytes, fewer than the {at} recorded",
+                    self.len
+                ),
+            ));
+        }
+        let len = self.len;
+        let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            if len > at {
+                file.set_len(at)?;
+            }
+            file.seek(SeekFrom::Start(at))?;
+            Ok(file)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.at = at;
+        self.len = at;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        self.thread = Some(tokio::task::spawn_blocking(
+            move || -> (std::fs::File, io::Result<()>) {
+                let mut file = file;
+                let (mut written, mut flushed) = (at, at);
+                while let Some(b) = rx.blocking_recv() {
+                    if let Err(e) = file.write_all(&b) {
+                        return (file, Err(e));
+                    }
+                    written += b.len() as u64;
+                    if written - flushed >= WRITEBACK_EVERY {
+                        start_writeback(&file, flushed, written - flushed);
+                        flushed = written;
+                    }
+                }
+                (file, Ok(()))
+            },
+        ));
+        self.tx = Some(tx);
+        Ok(())
+    }
+
+    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        self.written += data.len() as u64;
+        if self.buf.is_empty() && data.len() >= WRITE_CHUNK {
+            return self.send(data).await;
+        }
+        self.buf.extend_from_slice(&data);
+        if self.buf.len() >= WRITE_CHUNK {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
+            self.send(Bytes::from(full)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, b: Bytes) -> io::Result<()> {
+        let Some(tx) = &self.tx else {
+            return Err(io::Error::other("appender closed"));
+        };
+        if tx.send(b).await.is_err() {
+            self.tx = None;
+            return Err(io::Error::other("appender thread stopped"));
+        }
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Waits until every byte is in the file, still holding the lock. On failure the file is
+    /// cut back to where this chunk began.
+    pub async fn complete(&mut self) -> io::Result<()> {
+        let mut res = Ok(());
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            res = self.send(Bytes::from(rest)).await;
+        }
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let (file, r) = thread.await.map_err(io::Error::other)?;
+            self.file = Some(file);
+            res = res.and(r);
+        }
+        if res.is_err() {
+            self.truncate().await;
+        }
+        res
+    }
+
+    /// Lets go of the file (and its lock), keeping what was written.
+    pub async fn release(mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.await;
+        }
+    }
+
+    /// Drops the chunk: the file is cut back to where it began, as if it had never come.
+    pub async fn abort(mut self) {
+        self.truncate().await;
+    }
+
+    async fn truncate(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            if let Ok((file, _)) = thread.await {
+                self.file = Some(file);
+            }
+        }
+        if let Some(file) = self.file.take() {
+            let at = self.at;
+            let _ = tokio::task::spawn_blocking(move || file.set_len(at)).await;
+        }
     }
 }
 

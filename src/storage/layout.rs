@@ -95,8 +95,15 @@ pub fn upload_startedat(name: &RepoName, id: &UploadId) -> String {
     format!("{REPOS}/{name}/_uploads/{id}/startedat")
 }
 
-pub fn upload_state(name: &RepoName, id: &UploadId) -> String {
-    format!("{REPOS}/{name}/_uploads/{id}/regate-state.json")
+/// An upload's bytes when the backend can append (fs): one file, distribution's name for it.
+pub fn upload_data(name: &RepoName, id: &UploadId) -> String {
+    format!("{REPOS}/{name}/_uploads/{id}/data")
+}
+
+/// How many bytes of [`upload_data`] belong to the upload (whole chunks), and their running
+/// sha256, so the next chunk continues the hash.
+pub fn upload_progress(name: &RepoName, id: &UploadId) -> String {
+    format!("{REPOS}/{name}/_uploads/{id}/regate-progress")
 }
 
 pub fn upload_part(name: &RepoName, id: &UploadId, offset: u64) -> String {

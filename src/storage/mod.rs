@@ -147,6 +147,23 @@ impl Storage {
         }
     }
 
+    /// Whether an upload can keep its bytes in one file appended chunk by chunk
+    /// ([`Self::appender`]); object stores keep one object per chunk instead.
+    pub fn can_append(&self) -> bool {
+        matches!(self, Storage::Fs(_))
+    }
+
+    /// Opens `key` for appending, locked (see [`fs::FsStore::appender`]).
+    pub async fn appender(&self, key: &str) -> io::Result<fs::FsAppender> {
+        match self {
+            Storage::Fs(s) => s.appender(key).await,
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this storage backend cannot append",
+            )),
+        }
+    }
+
     /// Moves an object; the destination appears whole or not at all.
     pub async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         match self {
