@@ -94,6 +94,34 @@ async fn tls_hsts_everywhere_and_redirect() {
     assert_eq!(r.headers()["location"], format!("{}/v2/x/tags/list?n=1", s.url));
     assert!(r.headers().get("strict-transport-security").is_none());
 
+    // the server's cipher order, not the client's: OpenSSL offers AES-256 first, regate picks
+    // AES-128-GCM (TLS 1.3 and 1.2); a client offering only ChaCha20 still connects
+    for (args, want) in [
+        (
+            "-tls1_3 -ciphersuites TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "TLS_AES_128_GCM_SHA256",
+        ),
+        (
+            "-tls1_2 -cipher ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (
+            "-tls1_3 -ciphersuites TLS_CHACHA20_POLY1305_SHA256",
+            "TLS_CHACHA20_POLY1305_SHA256",
+        ),
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {} -servername localhost {args} </dev/null 2>/dev/null",
+                s.host
+            ))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(out.contains(&format!("Cipher is {want}")), "{args}: {out}");
+    }
+
     // certificate reload: new handshakes get the new certificate
     assert!(served_cn(&s.host).contains("first"));
     let _ca2 = write_cert(s.dir.path(), "second");

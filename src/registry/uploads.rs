@@ -372,7 +372,7 @@ impl Registry {
             return Err(unknown_upload(name, id));
         }
         if entries.iter().any(|e| e.name == "data") {
-            return Ok(Held::Appended(self.progress(name, id).await.len));
+            return Ok(Held::Appended(self.progress(name, id).await?.len));
         }
         self.parts(name, id, &entries).await.map(Held::Parts)
     }
@@ -410,7 +410,13 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown_upload(name, id)),
             Err(e) => return Err(e.into()),
         };
-        let p = self.progress(name, id).await;
+        let p = match self.progress(name, id).await {
+            Ok(p) => p,
+            Err(e) => {
+                a.release().await;
+                return Err(e);
+            }
+        };
         if p.len != offset {
             a.release().await;
             return Ok(Err(p.len));
@@ -473,16 +479,26 @@ impl Registry {
         Ok(Ok(n))
     }
 
-    /// The upload's recorded progress: no record means nothing was ever completed.
-    async fn progress(&self, name: &RepoName, id: &UploadId) -> Progress {
-        let none = Progress {
-            len: 0,
-            sha256: Some(ResumableSha256::new()),
+    /// The upload's recorded progress. No record means no chunk was ever completed; a record a
+    /// power loss damaged (it is not flushed) leaves the file's length as the best account, with
+    /// the file hashed again at the end.
+    async fn progress(&self, name: &RepoName, id: &UploadId) -> Result<Progress, RegistryError> {
+        let Some(raw) = self.store.read(&layout::upload_progress(name, id), 1024).await? else {
+            return Ok(Progress {
+                len: 0,
+                sha256: Some(ResumableSha256::new()),
+            });
         };
-        let Ok(Some(raw)) = self.store.read(&layout::upload_progress(name, id), 1024).await else {
-            return none;
-        };
-        std::str::from_utf8(&raw).ok().and_then(Progress::parse).unwrap_or(none)
+        if let Some(p) = std::str::from_utf8(&raw).ok().and_then(Progress::parse) {
+            return Ok(p);
+        }
+        let len = self
+            .store
+            .stat(&layout::upload_data(name, id))
+            .await?
+            .map(|m| m.size)
+            .unwrap_or(0);
+        Ok(Progress { len, sha256: None })
     }
 
     /// Records that the upload's first `len` bytes are whole chunks, with their sha256 when

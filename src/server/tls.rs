@@ -10,8 +10,27 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+/// ring's suites with AES-128-GCM first (TLS 1.3 and 1.2), as Go's servers prefer it: a fifth
+/// fewer AES rounds than AES-256 for the same security margin in practice, on both ends of every
+/// blob pull. ChaCha20 stays available for clients without AES instructions.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| {
+        use rustls::CipherSuite::*;
+        match s.suite() {
+            TLS13_AES_128_GCM_SHA256
+            | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+            TLS13_AES_256_GCM_SHA384
+            | TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+            _ => 2,
+        }
+    };
+    // stable: TLS 1.3 suites keep their place before TLS 1.2 ones within a rank
+    p.cipher_suites
+        .sort_by_key(|s| (rank(s), s.version() != &rustls::version::TLS13));
+    Arc::new(p)
 }
 
 /// Reads a PEM chain and key into a rustls `CertifiedKey`; errors name the file at fault.
@@ -113,5 +132,7 @@ pub fn server_config(resolver: Arc<ReloadingResolver>) -> Result<Arc<rustls::Ser
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // the order above, not the client's (OpenSSL lists AES-256 first)
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
