@@ -426,6 +426,49 @@ def regate_proc(regate, work, name, port, extra):
     return Proc(name, [regate, "serve", "--config", cfg], os.path.join(d, "log.txt"), port, cwd=d)
 
 
+def sha256_rate(path):
+    """one core's SHA-256 rate over a file already in the page cache (OpenSSL, SHA-NI where the CPU
+    has it): every pushed byte must be hashed once to check the digest, so this bounds one push"""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        t0 = time.perf_counter()
+        while True:
+            b = f.read(MiB)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+        return n / MiB / (time.perf_counter() - t0)
+
+
+def nginx_static_tls(work, port, root):
+    """nginx serving a directory over TLS: the fastest TLS file server at hand, the ceiling a TLS
+    pull reaches on this machine with curl as the client (it cannot use sendfile either)"""
+    d = os.path.join(work, "nginx-static")
+    os.makedirs(os.path.join(d, "logs"))
+    # as root, nginx's workers would run as nobody, who cannot read the private work directory
+    conf = (("user root;\n" if os.geteuid() == 0 else "") + f"worker_processes auto;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\n"
+            "events { worker_connections 64; }\n"
+            f"http {{ access_log off; server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {work}/tls.crt; "
+            f"ssl_certificate_key {work}/tls.key; root {root}; }} }}\n")
+    path = write(os.path.join(d, "nginx.conf"), conf)
+    nginx = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
+    return Proc("nginx-static", [nginx, "-p", d, "-c", path, "-g", "daemon off;"],
+                os.path.join(d, "stderr.txt"), port)
+
+
+def static_pull(port, name, size, streams):
+    url = f"https://127.0.0.1:{port}/{name}"
+    t0 = time.perf_counter()
+    ps = [subprocess.Popen(["curl", "-sS", *CURL_HTTP, "-k", "--fail", "-o", "/dev/null", "-w", "%{size_download}",
+                            url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(streams)]
+    for p in ps:
+        out, err = p.communicate()
+        if p.returncode != 0 or int(out) != size:
+            sys.exit(f"compare: nginx static GET failed: {out} {err}")
+    return streams * size / MiB / (time.perf_counter() - t0)
+
+
 def nginx_proc(work, port, registry_port, regate_port):
     d = os.path.join(work, "nginx")
     os.makedirs(os.path.join(d, "logs"))
@@ -485,8 +528,12 @@ def fmt(v):
 
 def table(results, meta, names):
     cols = ["figure", "unit"] + names + [f"regate/{n}" for n in names[1:]]
-    rows = [["disk write ceiling (dd 1 GiB fdatasync, median of 3)", "MiB/s", fmt(meta["disk_write_mibps"])] +
-            [""] * (len(cols) - 3)]
+    rows = [[label, "MiB/s", fmt(meta.get(k))] + [""] * (len(cols) - 3) for k, label in (
+        ("disk_write_mibps", "disk write ceiling (dd 1 GiB fdatasync, median of 3)"),
+        ("sha256_mibps", "sha256 on one core (every pushed byte is hashed)"),
+        ("tls_pull_1_mibps", "TLS pull ceiling: nginx static file, 1 stream"),
+        ("tls_pull_4_mibps", "TLS pull ceiling: nginx static file, 4 streams"),
+    ) if k in meta]
     for key, label, unit, higher in ROWS:
         vals = [results[n].get(key) for n in names]
         row = [label, unit] + [fmt(v) for v in vals]
@@ -525,7 +572,9 @@ def targets(res, meta):
 
     def disk():
         x = ratio(r["push_mono_mibps"], meta["disk_write_mibps"])
-        return f"{x:.0%}", x >= 0.9
+        sha = meta.get("sha256_mibps")
+        return f"{x:.0%}" + (f" (sha256 on one core: {sha / meta['disk_write_mibps']:.0%} of the disk)" if sha else ""), \
+            x >= 0.9
 
     add("blob push >= 1.6x distribution", push)
     add("blob push, 5 MiB chunks >= 1.6x distribution", chunked)
@@ -533,7 +582,9 @@ def targets(res, meta):
     for k, label in (("pull_1_mibps", "1 stream"), ("pull_4_mibps", "4 streams")):
         def pull(k=k):
             x = ratio(r[k], d[k])
-            return f"{x:.2f}x", x >= 1.0
+            c = meta.get("tls_" + k)
+            return (f"{x:.2f}x" + (f" (the TLS ceiling here is {c / d[k]:.2f}x; regate reaches {r[k] / c:.0%} of it)"
+                                   if c else "")), x >= 1.0
         add(f"blob pull ({label}) >= 1.0x distribution, through TLS", pull)
     for m in ("get", "head"):
         for c in (1, 16):
@@ -608,6 +659,17 @@ def main():
         img = os.path.join(work, "image")
         subprocess.run(["python3", os.path.join(REPO_ROOT, "tests/tools/mkimage.py"), img, "v1"] +
                        [str(layer_mib)] * 5, check=True, capture_output=True)
+
+        meta["sha256_mibps"] = max(sha256_rate(blob_a) for _ in range(2))
+        if "pull" in only:
+            log("measuring the TLS pull ceiling (nginx serving the blob file over TLS)")
+            st = nginx_static_tls(work, free_port(), work)
+            st.start()
+            try:
+                meta["tls_pull_1_mibps"] = static_pull(st.port, "blob-a", blob, 1)
+                meta["tls_pull_4_mibps"] = static_pull(st.port, "blob-a", blob, 4)
+            finally:
+                st.stop()
 
         log("starting the peers")
         rg_port = free_port()
