@@ -4,7 +4,7 @@
 //! An upload's state is its directory in storage, not process memory: `startedat` (which
 //! distribution's purge job also reads) and the bytes received so far. On a local disk they are
 //! one file, `data`, that each chunk is appended to under a lock, with the running sha256 beside
-//! it (`regate-hashstate`), so every byte is written and hashed once and the finished file is
+//! it (`regate-progress`), so every byte is written and hashed once and the finished file is
 //! renamed into place. Object stores cannot append: there each chunk is its own object,
 //! `part-<offset>`, with its sha256 beside it, joined at the end. Any process with the same
 //! storage can continue an upload. A blob becomes visible only after its bytes hash to the
