@@ -203,13 +203,7 @@ impl Registry {
         let (start, end) = parse_content_range(v)
             .ok_or_else(|| RegistryError::new(Code::BlobUploadInvalid, "Content-Range must be <start>-<end>"))?;
         if start != offset {
-            let mut r = RegistryError::new(
-                Code::RangeInvalid,
-                format!("chunk starts at {start} but the upload has {offset} bytes; resume from the Range header"),
-            )
-            .into_response();
-            self.upload_headers(&mut r, name, id, offset);
-            return Ok(Some(r));
+            return Ok(Some(self.range_moved(name, id, start, offset)));
         }
         if let Some(len) = content_length(headers) {
             if end + 1 - start != len {
@@ -231,21 +225,9 @@ impl Registry {
     ) -> Result<u64, RegistryError> {
         let mut w = self.store.writer(&layout::blob_data(d)).await?;
         let mut h = Sha256::new();
-        let mut next = first;
-        loop {
-            let Some(c) = next else { break };
-            h.update(&c);
-            if let Err(e) = w.write(c).await {
-                w.abort().await;
-                return Err(e.into());
-            }
-            next = match body.chunk().await {
-                Ok(n) => n,
-                Err(e) => {
-                    w.abort().await;
-                    return Err(body_error(e));
-                }
-            };
+        if let Err(e) = pump(&mut w, first, body, |c| h.update(c)).await {
+            w.abort().await;
+            return Err(e);
         }
         let size = w.written();
         self.verify_and_commit(w, h, d).await?;
@@ -271,7 +253,7 @@ impl Registry {
         first: Option<Bytes>,
         body: &mut BodyReader,
     ) -> Result<u64, RegistryError> {
-        let mut next = match first {
+        let next = match first {
             Some(c) => Some(c),
             None => body.chunk().await.map_err(body_error)?,
         };
@@ -281,19 +263,9 @@ impl Registry {
         let key = layout::upload_part(name, id, offset);
         let mut w = self.store.writer(&key).await?;
         let mut h = Sha256::new();
-        while let Some(c) = next {
-            h.update(&c);
-            if let Err(e) = w.write(c).await {
-                w.abort().await;
-                return Err(e.into());
-            }
-            next = match body.chunk().await {
-                Ok(n) => n,
-                Err(e) => {
-                    w.abort().await;
-                    return Err(body_error(e));
-                }
-            };
+        if let Err(e) = pump(&mut w, next, body, |c| h.update(c)).await {
+            w.abort().await;
+            return Err(e);
         }
         let size = w.written();
         w.commit().await?;
@@ -385,12 +357,12 @@ impl Registry {
         }
     }
 
-    /// 416 for a chunk that began at `offset` when, by the time it held the upload, the upload
-    /// had `now` bytes (another request wrote to it meanwhile).
+    /// 416 for a chunk that starts at `offset` when the upload holds `now` bytes (the client
+    /// lost count, or another request wrote to the upload meanwhile).
     fn range_moved(&self, name: &RepoName, id: &UploadId, offset: u64, now: u64) -> Resp {
         let mut r = RegistryError::new(
             Code::RangeInvalid,
-            format!("chunk starts at {offset} but the upload now has {now} bytes; resume from the Range header"),
+            format!("chunk starts at {offset} but the upload has {now} bytes; resume from the Range header"),
         )
         .into_response();
         self.upload_headers(&mut r, name, id, now);
@@ -436,7 +408,7 @@ impl Registry {
         first: Option<Bytes>,
         body: &mut BodyReader,
     ) -> Result<Result<u64, u64>, RegistryError> {
-        let mut next = match first {
+        let next = match first {
             Some(c) => Some(c),
             None => body.chunk().await.map_err(body_error)?,
         };
@@ -452,21 +424,15 @@ impl Registry {
             return Err(damaged_upload(e));
         }
         let mut h = p.sha256;
-        while let Some(c) = next {
+        let pumped = pump(&mut a, next, body, |c| {
             if let Some(h) = &mut h {
-                h.update(&c);
+                h.update(c);
             }
-            if let Err(e) = a.write(c).await {
-                a.abort().await;
-                return Err(e.into());
-            }
-            next = match body.chunk().await {
-                Ok(n) => n,
-                Err(e) => {
-                    a.abort().await;
-                    return Err(body_error(e));
-                }
-            };
+        })
+        .await;
+        if let Err(e) = pumped {
+            a.abort().await;
+            return Err(e);
         }
         let n = a.written();
         a.complete().await?;
@@ -703,6 +669,39 @@ fn damaged_upload(e: std::io::Error) -> RegistryError {
         Code::BlobUploadInvalid,
         format!("this upload lost data ({e}); cancel it and push again"),
     )
+}
+
+/// Where a request body is streamed: a blob or chunk writer, or an upload file's appender.
+trait Sink {
+    async fn put(&mut self, c: Bytes) -> std::io::Result<()>;
+}
+
+impl Sink for BlobWriter {
+    async fn put(&mut self, c: Bytes) -> std::io::Result<()> {
+        self.write(c).await
+    }
+}
+
+impl Sink for FsAppender {
+    async fn put(&mut self, c: Bytes) -> std::io::Result<()> {
+        self.write(c).await
+    }
+}
+
+/// Streams `next` and the rest of `body` into `w`, showing each piece to `seen` first (a hash).
+/// On an error the caller discards what `w` holds.
+async fn pump(
+    w: &mut impl Sink,
+    mut next: Option<Bytes>,
+    body: &mut BodyReader,
+    mut seen: impl FnMut(&[u8]),
+) -> Result<(), RegistryError> {
+    while let Some(c) = next {
+        seen(&c);
+        w.put(c).await?;
+        next = body.chunk().await.map_err(body_error)?;
+    }
+    Ok(())
 }
 
 fn unknown_upload(name: &RepoName, id: &UploadId) -> RegistryError {

@@ -204,29 +204,17 @@ impl FsStore {
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
         let thread = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut file = file;
-            let (mut written, mut flushed) = (0u64, 0u64);
-            while let Some(b) = rx.blocking_recv() {
-                file.write_all(&b)?;
-                written += b.len() as u64;
-                if fsync && written - flushed >= WRITEBACK_EVERY {
-                    // start writing back what is in the page cache now, so the final fdatasync
-                    // waits for the last few MiB instead of the whole blob
-                    start_writeback(&file, flushed, written - flushed);
-                    flushed = written;
-                }
-            }
+            drain(&mut file, &mut rx, 0, fsync)?;
             if fsync {
                 file.sync_data()?;
             }
             Ok(())
         });
         Ok(FsWriter {
-            tx: Some(tx),
+            feed: Feed::new(tx),
             thread,
-            buf: Vec::with_capacity(WRITE_CHUNK),
             tmp,
             dest,
-            written: 0,
             fsync,
         })
     }
@@ -257,13 +245,11 @@ impl FsStore {
         .await
         .map_err(io::Error::other)??;
         Ok(FsAppender {
-            tx: None,
+            feed: Feed::closed(),
             thread: None,
             file: Some(file),
             len,
-            buf: Vec::with_capacity(WRITE_CHUNK),
             at: len,
-            written: 0,
         })
     }
 
@@ -408,18 +394,49 @@ fn lock_exclusive(f: &std::fs::File) -> io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_f: &std::fs::File, _offset: u64, _len: u64) {}
 
-pub struct FsWriter {
-    tx: Option<mpsc::Sender<Bytes>>,
-    thread: tokio::task::JoinHandle<io::Result<()>>,
-    buf: Vec<u8>,
-    tmp: PathBuf,
-    dest: PathBuf,
-    written: u64,
-    fsync: bool,
+/// The writer threads' loop: writes what arrives on `rx` to `file`, whose position is `at`, and
+/// with `writeback` starts writing back every [`WRITEBACK_EVERY`] bytes, so a final flush waits
+/// for the last few MiB instead of everything.
+fn drain(file: &mut std::fs::File, rx: &mut mpsc::Receiver<Bytes>, at: u64, writeback: bool) -> io::Result<()> {
+    let (mut written, mut flushed) = (at, at);
+    while let Some(b) = rx.blocking_recv() {
+        file.write_all(&b)?;
+        written += b.len() as u64;
+        if writeback && written - flushed >= WRITEBACK_EVERY {
+            start_writeback(file, flushed, written - flushed);
+            flushed = written;
+        }
+    }
+    Ok(())
 }
 
-impl FsWriter {
-    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
+/// Bytes on their way to a writer thread, gathered into [`WRITE_CHUNK`] buffers so the thread
+/// makes few large writes.
+struct Feed {
+    tx: Option<mpsc::Sender<Bytes>>,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl Feed {
+    fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        Feed {
+            tx: Some(tx),
+            buf: Vec::with_capacity(WRITE_CHUNK),
+            written: 0,
+        }
+    }
+
+    fn closed() -> Self {
+        Feed {
+            tx: None,
+            buf: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// False when the thread has stopped (its result says why).
+    async fn write(&mut self, data: Bytes) -> bool {
         self.written += data.len() as u64;
         if self.buf.is_empty() && data.len() >= WRITE_CHUNK {
             return self.send(data).await;
@@ -427,38 +444,69 @@ impl FsWriter {
         self.buf.extend_from_slice(&data);
         if self.buf.len() >= WRITE_CHUNK {
             let full = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
-            self.send(Bytes::from(full)).await?;
+            return self.send(Bytes::from(full)).await;
         }
-        Ok(())
+        true
     }
 
-    async fn send(&mut self, b: Bytes) -> io::Result<()> {
-        let Some(tx) = &self.tx else {
-            return Err(io::Error::other("writer closed"));
-        };
-        if tx.send(b).await.is_err() {
-            // the thread stopped: its result says why
-            self.tx = None;
-            let thread = std::mem::replace(&mut self.thread, tokio::spawn(async { Ok(()) }));
-            thread.await.map_err(io::Error::other)??;
-            return Err(io::Error::other("writer thread stopped"));
+    /// Sends what is buffered and closes the channel, so the thread ends; false as for `write`.
+    async fn finish(&mut self) -> bool {
+        let mut ok = true;
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            ok = self.send(Bytes::from(rest)).await;
         }
-        Ok(())
+        self.tx = None;
+        ok
+    }
+
+    async fn send(&mut self, b: Bytes) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        if tx.send(b).await.is_err() {
+            self.tx = None;
+            return false;
+        }
+        true
+    }
+}
+
+pub struct FsWriter {
+    feed: Feed,
+    thread: tokio::task::JoinHandle<io::Result<()>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    fsync: bool,
+}
+
+impl FsWriter {
+    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        if self.feed.write(data).await {
+            Ok(())
+        } else {
+            Err(self.stopped().await)
+        }
+    }
+
+    /// Why the writer thread stopped early.
+    async fn stopped(&mut self) -> io::Error {
+        let thread = std::mem::replace(&mut self.thread, tokio::spawn(async { Ok(()) }));
+        match thread.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => io::Error::other("writer thread stopped"),
+            Err(e) => io::Error::other(e),
+        }
     }
 
     pub fn written(&self) -> u64 {
-        self.written
+        self.feed.written
     }
 
     pub async fn commit(mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let rest = std::mem::take(&mut self.buf);
-            if let Err(e) = self.send(Bytes::from(rest)).await {
-                let _ = tokio::fs::remove_file(&self.tmp).await;
-                return Err(e);
-            }
+        if !self.feed.finish().await {
+            let e = self.stopped().await;
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(e);
         }
-        self.tx = None;
         let res = (&mut self.thread).await.map_err(io::Error::other).and_then(|r| r);
         if let Err(e) = res {
             let _ = tokio::fs::remove_file(&self.tmp).await;
@@ -485,7 +533,7 @@ impl FsWriter {
     }
 
     pub async fn abort(mut self) {
-        self.tx = None;
+        self.feed.tx = None;
         let _ = (&mut self.thread).await;
         let _ = tokio::fs::remove_file(&self.tmp).await;
     }
@@ -494,16 +542,14 @@ impl FsWriter {
 /// A locked file that chunks are appended to; see [`FsStore::appender`]. Nothing is flushed to
 /// disk here: the file is flushed once, when the finished upload is renamed into place.
 pub struct FsAppender {
-    tx: Option<mpsc::Sender<Bytes>>,
+    feed: Feed,
     thread: Option<tokio::task::JoinHandle<(std::fs::File, io::Result<()>)>>,
     /// The locked file while no writer thread has it.
     file: Option<std::fs::File>,
     /// The file's length when it was locked.
     len: u64,
-    buf: Vec<u8>,
     /// Where this chunk begins.
     at: u64,
-    written: u64,
 }
 
 impl FsAppender {
@@ -539,65 +585,39 @@ impl FsAppender {
         self.thread = Some(tokio::task::spawn_blocking(
             move || -> (std::fs::File, io::Result<()>) {
                 let mut file = file;
-                let (mut written, mut flushed) = (at, at);
-                while let Some(b) = rx.blocking_recv() {
-                    if let Err(e) = file.write_all(&b) {
-                        return (file, Err(e));
-                    }
-                    written += b.len() as u64;
-                    if written - flushed >= WRITEBACK_EVERY {
-                        start_writeback(&file, flushed, written - flushed);
-                        flushed = written;
-                    }
-                }
-                (file, Ok(()))
+                let r = drain(&mut file, &mut rx, at, true);
+                (file, r)
             },
         ));
-        self.tx = Some(tx);
+        self.feed = Feed::new(tx);
         Ok(())
     }
 
     pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        self.written += data.len() as u64;
-        if self.buf.is_empty() && data.len() >= WRITE_CHUNK {
-            return self.send(data).await;
+        if self.feed.write(data).await {
+            Ok(())
+        } else {
+            Err(io::Error::other("appender thread stopped"))
         }
-        self.buf.extend_from_slice(&data);
-        if self.buf.len() >= WRITE_CHUNK {
-            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
-            self.send(Bytes::from(full)).await?;
-        }
-        Ok(())
-    }
-
-    async fn send(&mut self, b: Bytes) -> io::Result<()> {
-        let Some(tx) = &self.tx else {
-            return Err(io::Error::other("appender closed"));
-        };
-        if tx.send(b).await.is_err() {
-            self.tx = None;
-            return Err(io::Error::other("appender thread stopped"));
-        }
-        Ok(())
     }
 
     pub fn written(&self) -> u64 {
-        self.written
+        self.feed.written
     }
 
     /// Waits until every byte is in the file, still holding the lock. On failure the file is
     /// cut back to where this chunk began.
     pub async fn complete(&mut self) -> io::Result<()> {
-        let mut res = Ok(());
-        if !self.buf.is_empty() {
-            let rest = std::mem::take(&mut self.buf);
-            res = self.send(Bytes::from(rest)).await;
-        }
-        self.tx = None;
+        let mut res = if self.feed.finish().await {
+            Ok(())
+        } else {
+            Err(io::Error::other("appender thread stopped"))
+        };
         if let Some(thread) = self.thread.take() {
             let (file, r) = thread.await.map_err(io::Error::other)?;
             self.file = Some(file);
-            res = res.and(r);
+            // the thread's own error says more than "stopped"
+            res = r.and(res);
         }
         if res.is_err() {
             self.truncate().await;
@@ -607,7 +627,7 @@ impl FsAppender {
 
     /// Lets go of the file (and its lock), keeping what was written.
     pub async fn release(mut self) {
-        self.tx = None;
+        self.feed.tx = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.await;
         }
@@ -619,7 +639,7 @@ impl FsAppender {
     }
 
     async fn truncate(&mut self) {
-        self.tx = None;
+        self.feed.tx = None;
         if let Some(thread) = self.thread.take() {
             if let Ok((file, _)) = thread.await {
                 self.file = Some(file);
