@@ -41,6 +41,24 @@ fn err(code: StatusCode, msg: &str) -> Resp {
     r
 }
 
+/// Whether a browser says the request comes from another site (`Sec-Fetch-Site`), or names an
+/// `Origin` other than the host it was sent to.
+fn cross_site(h: &HeaderMap) -> bool {
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    origin_host != Some(host) || host.is_empty()
+}
+
 fn view(r: &Record, token: Option<&str>) -> serde_json::Value {
     let mut v = json!({
         "id": r.id,
@@ -81,6 +99,15 @@ pub async fn tokens(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
+            if method != Method::GET && cross_site(headers) {
+                return (
+                    err(
+                        StatusCode::FORBIDDEN,
+                        "cross-site requests may not change CLI passwords",
+                    ),
+                    Some(me.account),
+                );
+            }
             if method == Method::POST && !json {
                 return (
                     err(StatusCode::FORBIDDEN, "send the request as application/json"),
@@ -233,4 +260,33 @@ async fn serve(
         ),
     };
     (r, who)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_site_requests_are_recognised() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        assert!(!cross_site(&h(&[])));
+        assert!(!cross_site(&h(&[("sec-fetch-site", "same-origin")])));
+        assert!(cross_site(&h(&[("sec-fetch-site", "cross-site")])));
+        assert!(cross_site(&h(&[("sec-fetch-site", "same-site")])));
+        assert!(!cross_site(&h(&[
+            ("origin", "https://reg.example.com"),
+            ("host", "reg.example.com")
+        ])));
+        assert!(cross_site(&h(&[
+            ("origin", "https://evil.example"),
+            ("host", "reg.example.com")
+        ])));
+        assert!(cross_site(&h(&[("origin", "null"), ("host", "reg.example.com")])));
+    }
 }

@@ -40,6 +40,100 @@ pub struct App {
 pub struct NetLists {
     pub allow: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header that carries the client address (`network.client_address_header`);
+    /// `None`: `Forwarded` or `X-Forwarded-For`, whichever the proxy sent.
+    pub client_header: Option<HeaderName>,
+}
+
+impl NetLists {
+    pub fn from_config(c: &crate::config::NetworkConfig) -> Self {
+        NetLists {
+            allow: c.allow.clone(),
+            trusted_proxies: c.trusted_proxies.clone(),
+            client_header: c
+                .client_address_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.trim().as_bytes()).ok()),
+        }
+    }
+}
+
+/// The address a request is treated as coming from when its forwarding header names no
+/// address that can be read: it is in no allowlist (unless everything is allowed).
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// The client behind trusted proxies. Only a trusted peer's forwarding header is read, and only
+/// one header: the configured one, else `Forwarded` (RFC 7239) or `X-Forwarded-For`, whichever is
+/// present; when both are present and name different clients, neither can be believed (one of
+/// them was written by the client) and the client is [`UNKNOWN_CLIENT`]. The list is walked from
+/// the right (the entry the nearest proxy added) to the first address that is not a trusted
+/// proxy; an entry that cannot be read ends the walk there, as [`UNKNOWN_CLIENT`].
+pub fn forwarded_client(net: &NetLists, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+    let peer = normalize(peer);
+    let trusted = |ip: &IpAddr| net.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let walk = |chain: Vec<Option<IpAddr>>| {
+        let mut client = peer;
+        for entry in chain.into_iter().rev() {
+            let Some(ip) = entry else { return UNKNOWN_CLIENT };
+            client = normalize(ip);
+            if !trusted(&client) {
+                break;
+            }
+        }
+        client
+    };
+    let forwarded = HeaderName::from_static("forwarded");
+    let xff = HeaderName::from_static("x-forwarded-for");
+    match &net.client_header {
+        Some(h) => match address_chain(headers, h) {
+            Some(c) => walk(c),
+            None => peer,
+        },
+        None => match (address_chain(headers, &forwarded), address_chain(headers, &xff)) {
+            (None, None) => peer,
+            (Some(c), None) | (None, Some(c)) => walk(c),
+            (Some(f), Some(x)) => {
+                let (a, b) = (walk(f), walk(x));
+                if a == b {
+                    a
+                } else {
+                    UNKNOWN_CLIENT
+                }
+            }
+        },
+    }
+}
+
+/// The addresses a forwarding header lists, left to right (`None` for an entry that is not an
+/// address); `None` when the header is absent.
+fn address_chain(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<Option<IpAddr>>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let rfc7239 = name == header::FORWARDED;
+    let mut chain = Vec::new();
+    for v in values {
+        let Ok(s) = v.to_str() else {
+            chain.push(None);
+            continue;
+        };
+        for elem in s.split(',') {
+            if rfc7239 {
+                let for_value = elem.split(';').find_map(|pair| {
+                    let (k, val) = pair.trim().split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| val.trim().trim_matches('"'))
+                });
+                chain.push(for_value.and_then(parse_addr));
+            } else {
+                chain.push(parse_addr(elem.trim()));
+            }
+        }
+    }
+    Some(chain)
 }
 
 /// What one request did, for the access log.
@@ -61,6 +155,8 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 enum Need {
     /// Any valid credential (the `/v2/` check).
     Authenticated,
+    /// A named account: anonymous tokens do not count (`/nginx/auth` for non-registry paths).
+    Account,
     Catalog,
     Repo(RepoName, Vec<Action>),
 }
@@ -178,8 +274,7 @@ impl App {
         service: String,
         registry: Registry,
         tokens: TokenService,
-        allow: Vec<IpNet>,
-        trusted_proxies: Vec<IpNet>,
+        net: NetLists,
         hsts_max_age: Option<u64>,
     ) -> Self {
         let realm = format!("{public_url}/token");
@@ -192,7 +287,7 @@ impl App {
             service,
             registry,
             tokens,
-            net: crate::live::Live::new(NetLists { allow, trusted_proxies }),
+            net: crate::live::Live::new(net),
             hsts,
             token_limit: crate::ratelimit::Limiter::new(0.0, 0.0),
             metrics: Default::default(),
@@ -205,47 +300,10 @@ impl App {
         }
     }
 
-    /// The real client address: the TCP peer, or, when the peer is a trusted proxy, the
-    /// right-most address in `X-Forwarded-For`/`Forwarded` that is not itself a trusted proxy.
+    /// The real client address: the TCP peer, or, when the peer is a trusted proxy, what the
+    /// proxies' forwarding header says (see [`forwarded_client`]).
     pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
-        let peer = normalize(peer);
-        let net = self.net.get();
-        let trusted = |ip: &IpAddr| net.trusted_proxies.iter().any(|n| n.contains(ip));
-        if !trusted(&peer) {
-            return peer;
-        }
-        let mut chain: Vec<IpAddr> = Vec::new();
-        for v in headers.get_all(HeaderName::from_static("x-forwarded-for")) {
-            if let Ok(s) = v.to_str() {
-                chain.extend(s.split(',').filter_map(|p| parse_addr(p.trim())));
-            }
-        }
-        if chain.is_empty() {
-            for v in headers.get_all(header::FORWARDED) {
-                if let Ok(s) = v.to_str() {
-                    for elem in s.split(',') {
-                        for pair in elem.split(';') {
-                            if let Some((k, val)) = pair.trim().split_once('=') {
-                                if k.trim().eq_ignore_ascii_case("for") {
-                                    if let Some(ip) = parse_addr(val.trim().trim_matches('"')) {
-                                        chain.push(ip);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let mut client = peer;
-        for ip in chain.into_iter().rev() {
-            let ip = normalize(ip);
-            client = ip;
-            if !trusted(&ip) {
-                break;
-            }
-        }
-        client
+        forwarded_client(&self.net.get(), headers, peer)
     }
 
     fn allowed_ip(&self, ip: IpAddr) -> bool {
@@ -505,11 +563,13 @@ impl App {
         };
         let query = query_pairs(req.uri().query());
         // a cross-repository mount also asks to read the source repository
-        let mount_from = match &route {
+        let mount_from: Vec<RepoName> = match &route {
             Route::UploadStart(_) => http::query_get(&query, "from")
                 .filter(|_| http::query_get(&query, "mount").is_some())
-                .and_then(RepoName::parse),
-            _ => None,
+                .and_then(RepoName::parse)
+                .into_iter()
+                .collect(),
+            _ => vec![],
         };
         let principal = match self.authorize(req.headers(), &need, ip).await {
             Ok(p) => p,
@@ -525,7 +585,7 @@ impl App {
                     Denial::Unavailable => "credential check unavailable",
                     Denial::Limited(_) => "rate limited",
                 });
-                return self.challenge(&need, mount_from.as_ref(), d);
+                return self.challenge(&need, &mount_from, d);
             }
         };
         log.account = Some(match &principal {
@@ -608,20 +668,14 @@ impl App {
     async fn nginx_auth(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
         let h = req.headers();
         let q = query_pairs(req.uri().query());
-        let orig_uri = h.get("x-original-uri").and_then(|v| v.to_str().ok()).unwrap_or("/");
-        let orig_path = orig_uri.split('?').next().unwrap_or("/");
-        let orig_query = orig_uri.split_once('?').map(|(_, q)| q);
-        let orig_method = h
-            .get("x-original-method")
-            .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
-            .unwrap_or(Method::GET);
         let forbidden = |m: &str| {
             http::json(
                 StatusCode::FORBIDDEN,
                 &serde_json::json!({"errors":[{"code":"DENIED","message":m}]}),
             )
         };
-        let mut mount_from = None;
+        // repositories whose pull a cross-repository mount also needs
+        let mut mount_from: Vec<RepoName> = Vec::new();
         let need = if let Some(repo) = http::query_get(&q, "repository") {
             let Some(n) = RepoName::parse(repo) else {
                 return forbidden("invalid repository parameter");
@@ -638,36 +692,84 @@ impl App {
                 }
             }
             Need::Repo(n, acts)
-        } else if orig_path == "/v2" || orig_path.starts_with("/v2/") {
-            let rest = orig_path.strip_prefix("/v2").unwrap_or("").trim_start_matches('/');
-            let route = match reg::classify(rest) {
-                Ok(r) => r,
-                // no scope can name a malformed path: nobody is allowed
-                Err(_) => return forbidden("malformed registry path"),
-            };
-            let Some(need) = need_for(&route, &orig_method) else {
-                return forbidden("method not allowed");
-            };
-            if let Route::UploadStart(_) = route {
-                let oq = query_pairs(orig_query);
-                mount_from = http::query_get(&oq, "from")
-                    .filter(|_| http::query_get(&oq, "mount").is_some())
-                    .and_then(RepoName::parse);
-            }
-            log.repo = route.repo().map(|r| r.to_string());
-            need
         } else {
-            Need::Authenticated
+            // the decision is made on the request as the registry behind nginx will read it;
+            // whatever cannot be read unambiguously is refused
+            let orig = match http::original::parse(h.get("x-original-uri").and_then(|v| v.to_str().ok())) {
+                Ok(o) => o,
+                Err(e) => {
+                    log.denied = Some("unclassifiable original request");
+                    return forbidden(e.message());
+                }
+            };
+            let Some(orig_method) = h
+                .get("x-original-method")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+            else {
+                log.denied = Some("unclassifiable original request");
+                return forbidden("X-Original-Method is missing or invalid");
+            };
+            match v2_rest(&orig.path) {
+                Some(rest) => {
+                    let route = match reg::classify(rest) {
+                        Ok(r) => r,
+                        // no scope can name a malformed path: nobody is allowed
+                        Err(_) => return forbidden("malformed registry path"),
+                    };
+                    let Some(need) = need_for(&route, &orig_method) else {
+                        return forbidden("method not allowed");
+                    };
+                    // distribution reads `from` (and every other parameter) from a form body
+                    // too, which never reaches this check: such bodies are refused
+                    if matches!(orig_method, Method::POST | Method::PUT | Method::PATCH) && is_form(h) {
+                        log.denied = Some("form body on a registry path");
+                        return forbidden("form-encoded bodies are not accepted on registry paths");
+                    }
+                    // distribution asks pull on `from` whenever it is present, as it may mount
+                    for (k, v) in query_pairs(orig.query) {
+                        if k == "from" {
+                            match RepoName::parse(&v) {
+                                Some(n) => mount_from.push(n),
+                                None => return forbidden("invalid repository in the from parameter"),
+                            }
+                        }
+                    }
+                    log.repo = route.repo().map(|r| r.to_string());
+                    need
+                }
+                // anything that merely resembles the registry API is refused, not waved through
+                None if orig.path.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("/v2")) => {
+                    return forbidden("malformed registry path");
+                }
+                None => Need::Account,
+            }
         };
         let principal = match self.authorize_with(h, &need, ip, true).await {
             Ok(p) => p,
+            // an anonymous token is no sign-in: ask for one
+            Err(Denial::Insufficient) if matches!(need, Need::Account) => {
+                log.denied = Some("no valid credentials");
+                return self.challenge(&need, &mount_from, Denial::Missing);
+            }
             Err(Denial::Insufficient) => return forbidden("requested access to the resource is denied"),
             Err(Denial::Limited(_)) => return forbidden("too many failed sign-ins; retry later"),
             Err(d) => {
                 log.denied = Some("no valid credentials");
-                return self.challenge(&need, mount_from.as_ref(), d);
+                return self.challenge(&need, &mount_from, d);
             }
         };
+        for from in &mount_from {
+            let pull = Need::Repo(from.clone(), vec![Action::Pull]);
+            match self.principal_allows(&principal, &pull, ip).await {
+                Ok(true) => {}
+                Ok(false) | Err(Denial::Insufficient) => {
+                    log.denied = Some("no pull on the mount source");
+                    return forbidden("mounting needs pull access to the source repository");
+                }
+                Err(d) => return self.challenge(&need, &mount_from, d),
+            }
+        }
         let (account, groups) = match &principal {
             Principal::Token(c) if c.sub.is_empty() => ("anonymous".to_owned(), vec![]),
             Principal::Token(c) => (c.sub.clone(), c.grp.clone()),
@@ -722,7 +824,7 @@ impl App {
                 .map(str::to_owned),
             Principal::Basic(id) => {
                 let scopes = match need {
-                    Need::Authenticated => vec![],
+                    Need::Authenticated | Need::Account => vec![],
                     Need::Catalog => vec![Scope::catalog()],
                     Need::Repo(n, a) => vec![Scope::repository(n.as_str(), a)],
                 };
@@ -766,7 +868,7 @@ impl App {
     async fn identity_allows(&self, id: &Identity, need: &Need, ip: IpAddr) -> Result<bool, Denial> {
         let policy = self.tokens.policy.get();
         Ok(match need {
-            Need::Authenticated => true,
+            Need::Authenticated | Need::Account => true,
             Need::Catalog => policy.catalog(&subject_of(id, ip)),
             Need::Repo(n, acts) => {
                 let sc = [Scope::repository(n.as_str(), acts)];
@@ -834,27 +936,33 @@ impl App {
         } else {
             return Err(Denial::Missing);
         };
-        let ok = match (&principal, need) {
-            (_, Need::Authenticated) => true,
-            (Principal::Token(c), Need::Catalog) => c.allows("registry", "catalog", Action::All),
-            (Principal::Token(c), Need::Repo(n, acts)) => acts.iter().all(|a| c.allows("repository", n.as_str(), *a)),
-            (Principal::Basic(id), need) => self.identity_allows(id, need, ip).await?,
-        };
-        if ok {
+        if self.principal_allows(&principal, need, ip).await? {
             Ok(principal)
         } else {
             Err(Denial::Insufficient)
         }
     }
 
+    /// Whether an authenticated caller may do what `need` says: a token by exactly its access,
+    /// a signed-in identity by the policy.
+    async fn principal_allows(&self, principal: &Principal, need: &Need, ip: IpAddr) -> Result<bool, Denial> {
+        Ok(match (principal, need) {
+            (_, Need::Authenticated) => true,
+            (Principal::Token(c), Need::Account) => !c.sub.is_empty(),
+            (Principal::Token(c), Need::Catalog) => c.allows("registry", "catalog", Action::All),
+            (Principal::Token(c), Need::Repo(n, acts)) => acts.iter().all(|a| c.allows("repository", n.as_str(), *a)),
+            (Principal::Basic(id), need) => self.identity_allows(id, need, ip).await?,
+        })
+    }
+
     /// The 401 that tells a client where to get a token and for what.
-    fn challenge(&self, need: &Need, mount_from: Option<&RepoName>, d: Denial) -> Resp {
+    fn challenge(&self, need: &Need, mount_from: &[RepoName], d: Denial) -> Resp {
         let mut scopes: Vec<String> = match need {
-            Need::Authenticated => vec![],
+            Need::Authenticated | Need::Account => vec![],
             Need::Catalog => vec![Scope::catalog().to_string()],
             Need::Repo(n, a) => vec![Scope::repository(n.as_str(), a).to_string()],
         };
-        if let Some(f) = mount_from {
+        for f in mount_from {
             scopes.push(Scope::repository(f.as_str(), &[Action::Pull]).to_string());
         }
         let mut v = format!("Bearer realm=\"{}\",service=\"{}\"", self.realm, self.service);
@@ -869,7 +977,7 @@ impl App {
             }
             Denial::BadBasic => (Code::Unauthorized, "incorrect username or password".to_owned()),
             Denial::Insufficient => {
-                if !matches!(need, Need::Authenticated) {
+                if !matches!(need, Need::Authenticated | Need::Account) {
                     v.push_str(",error=\"insufficient_scope\"");
                 }
                 (Code::Denied, "requested access to the resource is denied".to_owned())
@@ -918,6 +1026,23 @@ impl App {
     }
 }
 
+/// The part of a path after `/v2/` when it is a registry API path (`/v2` and `/v2/` included).
+fn v2_rest(path: &str) -> Option<&str> {
+    match path.strip_prefix("/v2")? {
+        "" => Some(""),
+        rest => rest.strip_prefix('/'),
+    }
+}
+
+/// Whether a request declares a form body (which Go's `FormValue` would read parameters from).
+fn is_form(h: &HeaderMap) -> bool {
+    h.get_all(header::CONTENT_TYPE).iter().any(|v| {
+        let t = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
+        let t = t.split(';').next().unwrap_or("").trim().to_owned();
+        t == "application/x-www-form-urlencoded" || t == "multipart/form-data"
+    })
+}
+
 fn subject_of(id: &Identity, ip: IpAddr) -> Subject {
     id.subject(ip)
 }
@@ -952,6 +1077,76 @@ mod tests {
         }
         assert!(!is_identity_header("X-Forwarded-For"));
         assert!(!is_identity_header("Authorization"));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn client_address_from_one_header_walked_from_the_right() {
+        let net = NetLists {
+            allow: vec![],
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap(), "10.9.0.0/16".parse().unwrap()],
+            client_header: None,
+        };
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = |h: &[(&str, &str)]| forwarded_client(&net, &headers(h), proxy);
+        // an untrusted peer's headers are never read
+        assert_eq!(
+            forwarded_client(&net, &headers(&[("x-forwarded-for", "10.0.0.1")]), ip("192.0.2.7")),
+            ip("192.0.2.7")
+        );
+        assert_eq!(c(&[]), proxy);
+        assert_eq!(c(&[("x-forwarded-for", "10.0.0.1")]), ip("10.0.0.1"));
+        // the client's own entries sit left of the proxies' and are never reached
+        assert_eq!(
+            c(&[("x-forwarded-for", "127.0.0.9, 10.0.0.1, 10.9.1.1")]),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            c(&[("x-forwarded-for", "127.0.0.9"), ("x-forwarded-for", "10.0.0.1")]),
+            ip("10.0.0.1")
+        );
+        assert_eq!(c(&[("forwarded", "for=10.0.0.1;proto=https")]), ip("10.0.0.1"));
+        assert_eq!(c(&[("forwarded", r#"for="[2001:db8::1]:4711""#)]), ip("2001:db8::1"));
+        // two headers naming different clients: one of them is the client's own
+        assert_eq!(
+            c(&[("forwarded", "for=10.0.0.1"), ("x-forwarded-for", "127.0.0.9")]),
+            UNKNOWN_CLIENT
+        );
+        assert_eq!(
+            c(&[("forwarded", "for=127.0.0.9"), ("x-forwarded-for", "10.0.0.1")]),
+            UNKNOWN_CLIENT
+        );
+        assert_eq!(
+            c(&[("forwarded", "for=10.0.0.1"), ("x-forwarded-for", "10.0.0.1")]),
+            ip("10.0.0.1")
+        );
+        // an entry that is not an address ends the walk: the client is unknown, not the entry left of it
+        assert_eq!(c(&[("x-forwarded-for", "127.0.0.9, unknown")]), UNKNOWN_CLIENT);
+        assert_eq!(c(&[("x-forwarded-for", "127.0.0.9, ")]), UNKNOWN_CLIENT);
+        assert_eq!(c(&[("forwarded", "for=127.0.0.9, for=_hidden")]), UNKNOWN_CLIENT);
+        assert_eq!(c(&[("forwarded", "for=127.0.0.9, proto=https")]), UNKNOWN_CLIENT);
+        // a named header is the only one read
+        let named = NetLists {
+            client_header: Some(HeaderName::from_static("x-real-ip")),
+            ..net.clone()
+        };
+        let h = headers(&[("x-real-ip", "10.0.0.3"), ("x-forwarded-for", "127.0.0.9")]);
+        assert_eq!(forwarded_client(&named, &h, proxy), ip("10.0.0.3"));
+        assert_eq!(
+            forwarded_client(&named, &headers(&[("x-forwarded-for", "10.0.0.1")]), proxy),
+            proxy
+        );
     }
 
     #[test]

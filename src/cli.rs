@@ -494,10 +494,7 @@ fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Con
                 continue;
             }
             app.tokens.policy.set(build_policy(&new));
-            app.net.set(crate::app::NetLists {
-                allow: new.network.allow.clone(),
-                trusted_proxies: new.network.trusted_proxies.clone(),
-            });
+            app.net.set(crate::app::NetLists::from_config(&new.network));
             let differs = |a: String, b: String| a != b;
             let mut restart = Vec::new();
             if differs(
@@ -673,8 +670,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         service,
         registry,
         tokens,
-        cfg.network.allow.clone(),
-        cfg.network.trusted_proxies.clone(),
+        crate::app::NetLists::from_config(&cfg.network),
         cfg.tls.as_ref().map(|t| t.hsts_max_age),
     );
     let rate = f64::from(cfg.limits.token_requests_per_second);

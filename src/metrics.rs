@@ -19,7 +19,7 @@ struct Hist {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Hist>>,
     events: Mutex<BTreeMap<&'static str, u64>>,
     pub bytes_in: AtomicU64,
@@ -36,6 +36,14 @@ pub struct Metrics {
     pub gc_bytes_freed: AtomicU64,
 }
 
+/// The method as a label: a label's values come from a closed set, whatever clients send.
+fn method_label(m: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN.iter().find(|k| **k == m).copied().unwrap_or("other")
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -43,7 +51,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Metrics {
     pub fn request(&self, route: &'static str, method: &str, status: u16, secs: f64) {
         *lock(&self.requests)
-            .entry((route, method.to_owned(), status))
+            .entry((route, method_label(method), status))
             .or_default() += 1;
         let mut l = lock(&self.latency);
         let h = l.entry(route).or_default();

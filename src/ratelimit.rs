@@ -168,6 +168,28 @@ impl Limiter {
         self.spend(key);
     }
 
+    /// Whether `key` has spent nothing lately (its bucket is full), shared between replicas
+    /// when Redis is configured.
+    pub async fn untouched_async(&self, key: &str) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        if let Some((s, scope)) = &self.shared {
+            if let Some((n, _)) = s.add(scope, key, 0, self.window()).await {
+                return n == 0;
+            }
+        }
+        self.untouched(key)
+    }
+
+    /// Whether `key` has spent nothing lately: its bucket is full (or was never used).
+    pub fn untouched(&self, key: &str) -> bool {
+        if !self.enabled() || !self.buckets.contains_key(key) {
+            return true;
+        }
+        self.with(key, |b| b.tokens >= self.burst)
+    }
+
     pub fn enabled(&self) -> bool {
         self.rate > 0.0
     }
@@ -246,8 +268,11 @@ mod tests {
         }
         let f = Limiter::new(0.1, 2.0);
         assert!(f.check("x").is_ok());
+        assert!(f.untouched("x"));
         f.spend("x");
+        assert!(!f.untouched("x"));
         f.spend("x");
         assert!(f.check("x").is_err());
+        assert!(f.untouched("y"), "a key never used is untouched");
     }
 }

@@ -222,3 +222,264 @@ fn nginx_as_tls_edge_in_front_of_regate() {
         .join("docker/registry/v2/repositories/admin/edge/_manifests")
         .exists());
 }
+
+/// `curl` with the path exactly as given (no normalisation by the client), TLS unchecked;
+/// returns the status code.
+fn curl(method: &str, url: &str, headers: &[String], body: Option<&Path>) -> u16 {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sk",
+        "--path-as-is",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+    ]);
+    for h in headers {
+        c.arg("-H").arg(h);
+    }
+    if let Some(b) = body {
+        c.arg("--data-binary").arg(format!("@{}", b.display()));
+    }
+    let out = c.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A token from regate's own address for `scopes` (Basic `creds`, or anonymous).
+fn token_at(local: &str, creds: Option<&str>, scopes: &[&str]) -> String {
+    let mut url = format!("http://{local}/token?service=registry.test");
+    for sc in scopes {
+        url.push_str(&format!("&scope={sc}"));
+    }
+    let mut c = Command::new("curl");
+    c.args(["-sf", &url]);
+    if let Some(u) = creds {
+        c.args(["-u", u]);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "token request failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn bearer(t: &str) -> String {
+    format!("Authorization: Bearer {t}")
+}
+
+/// Items 1 and 2 of the nginx drop-in's security review, end to end through nginx as
+/// nginx-compat/auth-request.conf ships it, in front of distribution with no auth of its own: an
+/// encoded `/v2` must not turn a registry request into "some other path", and a cross-repository
+/// mount needs pull on its source.
+#[test]
+fn auth_request_decides_on_the_path_the_registry_reads() {
+    assert!(common::have("curl"), "curl is needed (scripts/test-all.sh installs it)");
+    let work = tempfile::tempdir().unwrap();
+    let (dhold, dport) = reserve_port();
+    let dcfg = work.path().join("registry.yml");
+    std::fs::write(
+        &dcfg,
+        format!(
+            "version: 0.1\nlog: {{ level: warn }}\nstorage: {{ filesystem: {{ rootdirectory: {} }} }}\nhttp: {{ addr: 127.0.0.1:{dport} }}\n",
+            work.path().join("root").display()
+        ),
+    )
+    .unwrap();
+    drop(dhold);
+    let _dist = Proc(
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(&dcfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(dport);
+    let (nhold, nport) = reserve_port();
+    let sdir = tempfile::tempdir().unwrap();
+    let pw = common::htpasswd(sdir.path(), &[("alice", "alice-pw"), ("boss", "boss-pw")]);
+    let s = Server::start_in(
+        sdir,
+        &format!(
+            "public_url: https://127.0.0.1:{nport}\nauth: {{ service: registry.test, htpasswd: {} }}\naccess:\n  - {{ account: boss, repository: \"*\", actions: [pull, push, delete] }}\n  - {{ repository: \"${{account}}/*\", actions: [pull, push] }}\n",
+            pw.display()
+        ),
+    );
+    let regate_port = s.local.rsplit(':').next().unwrap().to_owned();
+    drop(nhold);
+    let _ng = nginx(
+        "auth-request.conf",
+        work.path(),
+        nport,
+        &[
+            ("server 127.0.0.1:5000", format!("server 127.0.0.1:{dport}")),
+            ("server 127.0.0.1:5001", format!("server 127.0.0.1:{regate_port}")),
+        ],
+    );
+    let base = format!("https://127.0.0.1:{nport}");
+    let admin = token_at(
+        &s.local,
+        Some("boss:boss-pw"),
+        &["repository:admin/secret:pull,push", "repository:admin/copy:pull,push"],
+    );
+    let anon = token_at(&s.local, None, &[]);
+    let alice = token_at(
+        &s.local,
+        Some("alice:alice-pw"),
+        &["repository:alice/x:pull,push", "repository:admin/secret:pull"],
+    );
+    // the admin's secret layer, pushed through nginx
+    let layer = work.path().join("layer");
+    let bytes = b"the secret layer".repeat(100);
+    std::fs::write(&layer, &bytes).unwrap();
+    let dg = common::digest(&bytes);
+    let start = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %header{location}",
+            "-X",
+            "POST",
+            "-H",
+        ])
+        .arg(bearer(&admin))
+        .arg(format!("{base}/v2/admin/secret/blobs/uploads/"))
+        .output()
+        .unwrap();
+    let start = String::from_utf8_lossy(&start.stdout).to_string();
+    let (code, location) = start.split_once(' ').unwrap();
+    assert_eq!(code, "202", "{start}");
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = if location.starts_with('/') {
+        format!("{base}{location}{sep}digest={dg}")
+    } else {
+        format!("{location}{sep}digest={dg}")
+    };
+    let octets = "Content-Type: application/octet-stream".to_owned();
+    assert_eq!(curl("PUT", &put, &[bearer(&admin), octets], Some(&layer)), 201);
+    assert_eq!(
+        curl(
+            "GET",
+            &format!("{base}/v2/admin/secret/blobs/{dg}"),
+            &[bearer(&admin)],
+            None
+        ),
+        200
+    );
+
+    // the anonymous token (anyone gets one) opens nothing, however the path is spelled
+    assert_eq!(curl("GET", &format!("{base}/v2/_catalog"), &[bearer(&anon)], None), 403);
+    let manifest = work.path().join("m.json");
+    std::fs::write(
+        &manifest,
+        format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{dg}","size":{}}},"layers":[]}}"#, bytes.len()),
+    )
+    .unwrap();
+    let ct = "Content-Type: application/vnd.oci.image.manifest.v1+json".to_owned();
+    for (method, path, body) in [
+        ("GET", "/v%32/_catalog".to_owned(), None),
+        ("GET", "/%76%32/_catalog".to_owned(), None),
+        ("GET", "/v2%2F_catalog".to_owned(), None),
+        ("GET", format!("/%76%32/admin/secret/blobs/{dg}"), None),
+        ("GET", format!("/v2/admin/secret/blobs/sha256%3A{}", &dg[7..]), None),
+        ("GET", format!("/v2/alice/%2e%2e/admin/secret/blobs/{dg}"), None),
+        ("GET", format!("/v2//admin/secret/blobs/{dg}"), None),
+        (
+            "PUT",
+            "/v%32/admin/secret/manifests/pwned".to_owned(),
+            Some(manifest.as_path()),
+        ),
+    ] {
+        let url = format!("{base}{path}");
+        for who in [&anon, &alice] {
+            let code = curl(method, &url, &[bearer(who), ct.clone()], body);
+            assert!(code == 401 || code == 403, "{method} {path}: {code}");
+        }
+    }
+    // nothing was written by the refused PUT
+    assert_eq!(
+        curl(
+            "GET",
+            &format!("{base}/v2/admin/secret/manifests/pwned"),
+            &[bearer(&admin)],
+            None
+        ),
+        404
+    );
+    // spelled plainly, the admin's own requests still work through the decoded path
+    assert_eq!(
+        curl(
+            "GET",
+            &format!("{base}/v2/admin/secret/blobs/sha256%3A{}", &dg[7..]),
+            &[bearer(&admin)],
+            None
+        ),
+        200
+    );
+
+    // item 2: a mount from a repository alice may not pull is refused, in the query or a form body
+    let mount = format!("{base}/v2/alice/x/blobs/uploads/?mount={dg}&from=admin/secret");
+    assert_eq!(curl("POST", &mount, &[bearer(&alice)], None), 403);
+    let form = work.path().join("form");
+    std::fs::write(&form, format!("mount={dg}&from=admin/secret")).unwrap();
+    let plain_start = format!("{base}/v2/alice/x/blobs/uploads/");
+    let form_ct = "Content-Type: application/x-www-form-urlencoded".to_owned();
+    assert_eq!(curl("POST", &plain_start, &[bearer(&alice), form_ct], Some(&form)), 403);
+    assert_eq!(
+        curl("GET", &format!("{base}/v2/alice/x/blobs/{dg}"), &[bearer(&alice)], None),
+        404
+    );
+    // the admin may pull the source, so the same mount works for them
+    let mount = format!("{base}/v2/admin/copy/blobs/uploads/?mount={dg}&from=admin/secret");
+    assert_eq!(curl("POST", &mount, &[bearer(&admin)], None), 201);
+    assert_eq!(
+        curl(
+            "GET",
+            &format!("{base}/v2/admin/copy/blobs/{dg}"),
+            &[bearer(&admin)],
+            None
+        ),
+        200
+    );
+
+    // /nginx/auth itself: what it cannot classify it refuses, even for the admin
+    let auth = format!("http://{}/nginx/auth", s.local);
+    let admin_h = bearer(&admin);
+    assert_eq!(
+        curl("GET", &auth, &[admin_h.clone(), "X-Original-Method: GET".into()], None),
+        403
+    );
+    assert_eq!(
+        curl(
+            "GET",
+            &auth,
+            &[admin_h.clone(), "X-Original-URI: /v2/admin/secret/tags/list".into()],
+            None
+        ),
+        403
+    );
+    assert_eq!(
+        curl(
+            "GET",
+            &auth,
+            &[
+                admin_h.clone(),
+                "X-Original-URI: /v2/admin/secret/tags/list".into(),
+                "X-Original-Method: GET".into()
+            ],
+            None
+        ),
+        200
+    );
+    // a non-registry path needs a named account: the anonymous token is no sign-in
+    let other = [
+        "X-Original-URI: /dashboard".to_owned(),
+        "X-Original-Method: GET".to_owned(),
+    ];
+    assert_eq!(curl("GET", &auth, &[&other[..], &[bearer(&anon)]].concat(), None), 401);
+    assert_eq!(curl("GET", &auth, &[&other[..], &[admin_h]].concat(), None), 200);
+}

@@ -68,6 +68,23 @@ struct HtpasswdFile {
     checked: Instant,
 }
 
+/// The bcrypt cost most of these hashes use (`$2y$05$...` has cost 5).
+fn usual_cost(users: &Users) -> u32 {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for h in users.values() {
+        if let Some(c) = h.split('$').nth(2).and_then(|c| c.parse::<u32>().ok()) {
+            if (4..=31).contains(&c) {
+                *counts.entry(c).or_default() += 1;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(c, n)| (*n, *c))
+        .map(|(c, _)| c)
+        .unwrap_or(bcrypt::DEFAULT_COST)
+}
+
 impl HtpasswdFile {
     fn load(path: &Path) -> Result<(Users, Stamp), String> {
         let text =
@@ -106,7 +123,9 @@ pub struct Credentials {
     stored: Option<Arc<StoredCreds>>,
     gitee: Option<Arc<crate::gitee::Gitee>>,
     failures: crate::ratelimit::Limiter,
-    dummy_hash: String,
+    /// Hashes of random passwords by bcrypt cost: an unknown user is checked against the one of
+    /// the cost the htpasswd file's own hashes use, so it takes as long as a known user.
+    dummies: std::sync::Mutex<HashMap<u32, String>>,
     cache: moka::sync::Cache<[u8; 32], Identity>,
 }
 
@@ -142,15 +161,19 @@ impl Credentials {
             }
             None => None,
         };
-        let dummy_hash = bcrypt::hash(rand::random::<u64>().to_string(), bcrypt::DEFAULT_COST)
-            .map_err(|e| format!("bcrypt unavailable: {e}"))?;
+        let cost = htpasswd
+            .as_ref()
+            .and_then(|f| f.read().ok().map(|f| usual_cost(&f.users)))
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy =
+            bcrypt::hash(rand::random::<u64>().to_string(), cost).map_err(|e| format!("bcrypt unavailable: {e}"))?;
         Ok(Self {
             htpasswd,
             admin,
             stored,
             gitee: None,
             failures: crate::ratelimit::Limiter::new(0.0, 0.0),
-            dummy_hash,
+            dummies: std::sync::Mutex::new(HashMap::from([(cost, dummy)])),
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
@@ -221,12 +244,20 @@ impl Credentials {
         self
     }
 
-    /// [`Self::authenticate`] for a request from `ip`, refusing early once that address or that
-    /// account has failed too often; failures are counted against both.
+    /// [`Self::authenticate`] for a request from `ip`, refusing early once that address has
+    /// failed too often, or once that account has and this address failed lately too; failures
+    /// are counted against both.
+    ///
+    /// An account under attack stays open to addresses with no recent failures: locking it for
+    /// everyone would hand attackers a switch that keeps its owner out. Attackers get no more
+    /// guesses that way than the per-address limit gives each of their addresses.
     pub async fn authenticate_from(&self, user: &str, pass: &str, ip: std::net::IpAddr) -> Result<Identity, AuthError> {
         let (kip, kuser) = (format!("ip:{ip}"), format!("user:{user}"));
         let verdict = match self.failures.check_async(&kip).await {
-            Ok(()) => self.failures.check_async(&kuser).await,
+            Ok(()) => match self.failures.check_async(&kuser).await {
+                Err(_) if self.failures.untouched_async(&kip).await => Ok(()),
+                v => v,
+            },
             e => e,
         };
         if let Err(d) = verdict {
@@ -297,8 +328,11 @@ impl Credentials {
                 };
             }
         }
-        // unknown users cost one bcrypt too, so timing does not reveal who exists
-        let hash = stored.clone().unwrap_or_else(|| self.dummy_hash.clone());
+        // unknown users cost one bcrypt of the file's cost too, so timing does not reveal who exists
+        let hash = match &stored {
+            Some(h) => h.clone(),
+            None => self.dummy_hash().await?,
+        };
         let pass = pass.to_owned();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
             .await
@@ -318,6 +352,28 @@ impl Credentials {
             }
             _ => Err(AuthError::BadCredentials),
         }
+    }
+
+    /// A hash of a random password at the bcrypt cost the htpasswd file uses now.
+    async fn dummy_hash(&self) -> Result<String, AuthError> {
+        let cost = self
+            .htpasswd
+            .as_ref()
+            .and_then(|f| f.read().ok().map(|f| usual_cost(&f.users)))
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let known = self.dummies.lock().ok().and_then(|d| d.get(&cost).cloned());
+        if let Some(h) = known {
+            return Ok(h);
+        }
+        // the file changed to another cost: one new hash, made off the async threads
+        let h = tokio::task::spawn_blocking(move || bcrypt::hash(rand::random::<u64>().to_string(), cost))
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        if let Ok(mut d) = self.dummies.lock() {
+            d.insert(cost, h.clone());
+        }
+        Ok(h)
     }
 
     /// Whether an identity established earlier still stands: the user is still in its source and

@@ -558,6 +558,10 @@ pub struct NetworkConfig {
     pub allow: Vec<IpNet>,
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The header trusted proxies put the client address in (`X-Forwarded-For`, `Forwarded`,
+    /// `X-Real-IP`, ...); absent: `Forwarded` or `X-Forwarded-For`, whichever a request carries.
+    #[serde(default)]
+    pub client_address_header: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -931,6 +935,13 @@ impl Config {
         if let Some(u) = &self.upstream {
             if let Err(m) = check_base_url(u) {
                 e.push(format!("upstream: {m}"));
+            }
+        }
+        if let Some(h) = &self.network.client_address_header {
+            if ::http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
+                e.push(format!(
+                    "network.client_address_header: {h:?} is not an HTTP header name"
+                ));
             }
         }
         if let Some(r) = &self.redis {

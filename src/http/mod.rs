@@ -1,6 +1,8 @@
 //! HTTP plumbing shared by every handler: body types, small response builders, reading bodies
 //! through limits and idle timeouts.
 
+pub mod original;
+
 use ::http::{header, HeaderValue, Response, StatusCode};
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};

@@ -1,6 +1,7 @@
 //! Accepting connections: a bounded number at once, TLS handshakes with a deadline, HTTP/1.1
 //! and HTTP/2 on the same port, graceful shutdown that drains in-flight requests.
 
+mod guard;
 pub mod tls;
 
 use crate::app::App;
@@ -57,6 +58,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutd
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = Arc::new(builder(opts.header_read_timeout));
+    // header lines for the answers hyper writes by itself (see guard.rs)
+    let extra: Arc<[u8]> = {
+        let mut v = b"x-content-type-options: nosniff\r\n".to_vec();
+        if let (Some(hsts), true) = (&app.hsts, acceptor.is_some()) {
+            v.extend_from_slice(b"strict-transport-security: ");
+            v.extend_from_slice(hsts.as_bytes());
+            v.extend_from_slice(b"\r\n");
+        }
+        v.into()
+    };
+    let first_request = opts.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -82,6 +94,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutd
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let hs_timeout = opts.handshake_timeout;
+        let extra = extra.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let info = ConnInfo {
@@ -89,7 +102,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutd
                 local,
                 tls: acceptor.is_some(),
             };
+            let requests = Arc::new(guard::Requests::default());
+            let seen = requests.clone();
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                seen.started(req.version(), req.method() == ::http::Method::HEAD);
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(req, info).await) }
             });
@@ -106,11 +122,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutd
                             return;
                         }
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    let io = guard::Guarded::new(tls, requests, first_request, extra);
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let io = guard::Guarded::new(stream, requests, first_request, extra);
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
