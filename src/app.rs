@@ -231,6 +231,7 @@ impl Perms<'_> {
                     })
                 }),
                 gitee: None,
+                oidc: None,
             },
             Principal::Basic(id) => id.subject(self.ip),
         }
@@ -442,6 +443,7 @@ impl App {
                     asked = %audit.asked.join(" "),
                     granted = %audit.granted.join(" "),
                     reason = audit.denied_reason.unwrap_or("-"),
+                    oidc = audit.oidc.as_deref().unwrap_or("-"),
                     "token"
                 );
                 r
@@ -830,12 +832,13 @@ impl App {
                 };
                 self.tokens
                     .keys
-                    .issue(
+                    .issue_until(
                         &id.account,
                         &id.groups,
                         id.limit.is_some(),
                         &scopes,
                         crate::util::now_secs(),
+                        id.oidc.as_ref().map_or(u64::MAX, |l| l.expires),
                     )
                     .ok()
                     .map(|t| format!("Bearer {t}"))

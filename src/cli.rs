@@ -361,6 +361,36 @@ pub fn open_storage(cfg: &Config) -> Result<Storage, Failure> {
     }
 }
 
+/// The keyless-CI providers of `auth.oidc`, each knowing the claims its rules look at.
+fn oidc_providers(cfg: &Config) -> Result<crate::auth::oidc::Providers, String> {
+    let list = cfg
+        .auth
+        .oidc
+        .iter()
+        .map(|p| {
+            let mut rule_claims: Vec<String> = cfg
+                .access
+                .iter()
+                .flatten()
+                .filter(|r| r.oidc.as_deref() == Some(p.name.as_str()))
+                .flat_map(|r| r.claims.iter().flatten().map(|(k, _)| k.clone()))
+                .collect();
+            rule_claims.sort();
+            rule_claims.dedup();
+            crate::auth::oidc::ProviderConfig {
+                name: p.name.clone(),
+                issuer: p.issuer.clone(),
+                audience: p.audience.clone(),
+                account: p.account_template(),
+                require: p.require.clone(),
+                jwks_url: p.jwks_url.clone(),
+                rule_claims,
+            }
+        })
+        .collect();
+    crate::auth::oidc::Providers::new(list)
+}
+
 /// Builds the access policy from config (or the default: admin may do anything, everyone
 /// signed in may push and pull under their own name).
 pub fn build_policy(cfg: &Config) -> Policy {
@@ -378,6 +408,13 @@ pub fn build_policy(cfg: &Config) -> Policy {
                         networks: r.networks.clone(),
                         actions: r.actions.iter().copied().collect(),
                         catalog: r.catalog,
+                        oidc: r.oidc.clone(),
+                        claims: r
+                            .claims
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.clone(), Glob::new(v)))
+                            .collect(),
                     })
                 }
             })
@@ -390,6 +427,8 @@ pub fn build_policy(cfg: &Config) -> Policy {
                 networks: None,
                 actions: [Action::All].into_iter().collect(),
                 catalog: true,
+                oidc: None,
+                claims: vec![],
             }),
             Rule::Static(StaticRule {
                 accounts: None,
@@ -398,6 +437,8 @@ pub fn build_policy(cfg: &Config) -> Policy {
                 networks: None,
                 actions: [Action::Pull, Action::Push].into_iter().collect(),
                 catalog: false,
+                oidc: None,
+                claims: vec![],
             }),
         ],
     };
@@ -585,6 +626,11 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     )
     .map(|c| c.with_failure_limit(cfg.limits.failed_auth_per_minute))
     .map_err(|m| Failure::Config(vec![m]))?;
+    let creds = if cfg.auth.oidc.is_empty() {
+        creds
+    } else {
+        creds.with_oidc(Arc::new(oidc_providers(&cfg).map_err(|m| Failure::Config(vec![m]))?))
+    };
     let shared = match &cfg.redis {
         Some(r) => Some(
             crate::ratelimit::Shared::connect(r.url.expose(), &r.key_prefix)

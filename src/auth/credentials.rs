@@ -20,6 +20,8 @@ pub enum Source {
     /// A Gitee account (personal access token or account password); the fingerprint is the
     /// Gitee user id.
     Gitee,
+    /// An OIDC ID token of a CI job; the fingerprint is the provider and subject.
+    Oidc,
 }
 
 /// An authenticated caller.
@@ -35,6 +37,9 @@ pub struct Identity {
     pub limit: Option<Arc<Limit>>,
     /// A Gitee account, or a CLI password one minted: `{ gitee: repo_permission }` rules apply.
     pub gitee: bool,
+    /// A CI job signed in with its OIDC ID token: `{ oidc: ..., claims: ... }` rules apply, and
+    /// nothing issued may outlive the token.
+    pub oidc: Option<Arc<super::oidc::OidcLogin>>,
 }
 
 impl Identity {
@@ -46,6 +51,7 @@ impl Identity {
             anonymous: false,
             limit: self.limit.clone(),
             gitee: None,
+            oidc: self.oidc.clone(),
         }
     }
 }
@@ -122,6 +128,7 @@ pub struct Credentials {
     admin: Option<String>,
     stored: Option<Arc<StoredCreds>>,
     gitee: Option<Arc<crate::gitee::Gitee>>,
+    oidc: Option<Arc<super::oidc::Providers>>,
     failures: crate::ratelimit::Limiter,
     /// Hashes of random passwords by bcrypt cost: an unknown user is checked against the one of
     /// the cost the htpasswd file's own hashes use, so it takes as long as a known user.
@@ -172,6 +179,7 @@ impl Credentials {
             admin,
             stored,
             gitee: None,
+            oidc: None,
             failures: crate::ratelimit::Limiter::new(0.0, 0.0),
             dummies: std::sync::Mutex::new(HashMap::from([(cost, dummy)])),
             cache: moka::sync::Cache::builder()
@@ -219,6 +227,16 @@ impl Credentials {
     pub fn with_gitee(mut self, g: Arc<crate::gitee::Gitee>) -> Self {
         self.gitee = Some(g);
         self
+    }
+
+    /// Accepts CI jobs' OIDC ID tokens as passwords of the providers' names.
+    pub fn with_oidc(mut self, p: Arc<super::oidc::Providers>) -> Self {
+        self.oidc = Some(p);
+        self
+    }
+
+    pub fn oidc(&self) -> Option<&Arc<super::oidc::Providers>> {
+        self.oidc.as_ref()
     }
 
     pub fn gitee(&self) -> Option<&Arc<crate::gitee::Gitee>> {
@@ -284,6 +302,11 @@ impl Credentials {
             h.update(pass.as_bytes());
             h.finalize().into()
         };
+        if let Some(p) = self.oidc.as_ref().filter(|p| p.handles(user)) {
+            if super::oidc::looks_like_jwt(pass) {
+                return self.oidc_identity(p, user, pass).await;
+            }
+        }
         if let (Some(st), true) = (&self.stored, looks_like_secret(pass)) {
             let rec = st
                 .verify(user, pass, crate::util::now_secs())
@@ -312,6 +335,7 @@ impl Credentials {
                         fingerprint: fingerprint(a),
                         limit: None,
                         gitee: false,
+                        oidc: None,
                     };
                     self.cache.insert(key, id.clone());
                     return Ok(id);
@@ -346,11 +370,35 @@ impl Credentials {
                     fingerprint: fingerprint(&h),
                     limit: None,
                     gitee: false,
+                    oidc: None,
                 };
                 self.cache.insert(key, id.clone());
                 Ok(id)
             }
             _ => Err(AuthError::BadCredentials),
+        }
+    }
+
+    async fn oidc_identity(&self, p: &super::oidc::Providers, user: &str, token: &str) -> Result<Identity, AuthError> {
+        match p.verify(user, token, crate::util::now_secs()).await {
+            Ok(l) => {
+                tracing::info!(target: "regate::audit", event = "oidc_login", provider = %l.provider,
+                    subject = %l.subject, account = %l.account, claims = %l.matched, "CI job signed in");
+                Ok(Identity {
+                    account: l.account.clone(),
+                    groups: Vec::new(),
+                    source: Source::Oidc,
+                    fingerprint: format!("{}:{}", l.provider, l.subject),
+                    limit: None,
+                    gitee: false,
+                    oidc: Some(Arc::new(l)),
+                })
+            }
+            Err(super::oidc::OidcError::Refused(why)) => {
+                tracing::warn!(target: "regate::audit", event = "oidc_refused", provider = user, reason = %why, "OIDC token refused");
+                Err(AuthError::BadCredentials)
+            }
+            Err(super::oidc::OidcError::Unavailable(why)) => Err(AuthError::Unavailable(why)),
         }
     }
 
@@ -387,6 +435,8 @@ impl Credentials {
             Source::Stored => false,
             // a local user of the same name now shadows the Gitee account
             Source::Gitee => self.gitee.is_some() && !self.is_local(&id.account),
+            // an ID token is checked afresh every time; no refresh token outlives it
+            Source::Oidc => false,
         }
     }
 
@@ -424,6 +474,7 @@ pub fn gitee_identity(l: &crate::gitee::Login) -> Identity {
         fingerprint: l.user.id.to_string(),
         limit: None,
         gitee: true,
+        oidc: None,
     }
 }
 
@@ -435,6 +486,7 @@ fn stored_identity(r: &super::stored::Record) -> Identity {
         fingerprint: r.id.clone(),
         limit: Some(Arc::new(Limit::from_record(r))),
         gitee: r.gitee,
+        oidc: None,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct TokenAudit {
     pub asked: Vec<String>,
     pub granted: Vec<String>,
     pub denied_reason: Option<&'static str>,
+    /// A CI job's OIDC sign-in: provider, subject and the claims the config looks at.
+    pub oidc: Option<String>,
 }
 
 fn error(code: StatusCode, oauth_error: &str, details: &str) -> Resp {
@@ -331,9 +333,21 @@ impl TokenService {
         } else {
             subject.account.as_str()
         };
+        // nothing issued on a CI job's ID token outlives it
+        let not_after = id
+            .as_ref()
+            .and_then(|i| i.oidc.as_ref())
+            .map(|l| l.expires)
+            .unwrap_or(u64::MAX);
+        if let Some(l) = id.as_ref().and_then(|i| i.oidc.as_ref()) {
+            audit.oidc = Some(format!(
+                "provider={} sub={} claims={}",
+                l.provider, l.subject, l.matched
+            ));
+        }
         let token = match self
             .keys
-            .issue(sub, &subject.groups, subject.limit.is_some(), &granted, now)
+            .issue_until(sub, &subject.groups, subject.limit.is_some(), &granted, now, not_after)
         {
             Ok(t) => t,
             Err(e) => {
@@ -348,14 +362,15 @@ impl TokenService {
         let mut body = json!({
             "token": token,
             "access_token": token,
-            "expires_in": self.keys.ttl,
+            "expires_in": self.keys.ttl.min(not_after.saturating_sub(now)),
             "issued_at": crate::util::rfc3339(now),
         });
         if oauth {
             body["scope"] = json!(granted.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "));
         }
+        // a refresh token would outlive a CI job's ID token: docker keeps the ID token instead
         if offline {
-            if let Some(i) = &id {
+            if let Some(i) = id.as_ref().filter(|i| i.oidc.is_none()) {
                 match self.refresh.mint(i, now).await {
                     Ok(rt) => body["refresh_token"] = json!(rt),
                     Err(e) => {

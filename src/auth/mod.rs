@@ -2,6 +2,7 @@
 
 pub mod credentials;
 pub mod endpoint;
+pub mod oidc;
 pub mod policy;
 pub mod refresh;
 pub mod scope;

@@ -106,6 +106,10 @@ pub struct StaticRule {
     pub networks: Option<Vec<IpNet>>,
     pub actions: Actions,
     pub catalog: bool,
+    /// `oidc: NAME`: only CI jobs signed in through that OIDC provider.
+    pub oidc: Option<String>,
+    /// `claims: { NAME: GLOB }`: claims of their ID token that must match, each whole.
+    pub claims: Vec<(String, Glob)>,
 }
 
 /// Who is asking.
@@ -120,6 +124,8 @@ pub struct Subject {
     /// For Gitee users: the permissions Gitee reported for the repositories in question, looked
     /// up before the policy runs (the policy itself never waits on the network).
     pub gitee: Option<std::sync::Arc<std::collections::HashMap<String, Actions>>>,
+    /// A CI job's verified OIDC sign-in (provider and claims).
+    pub oidc: Option<std::sync::Arc<super::oidc::OidcLogin>>,
 }
 
 impl Subject {
@@ -131,6 +137,7 @@ impl Subject {
             anonymous: true,
             limit: None,
             gitee: None,
+            oidc: None,
         }
     }
 }
@@ -155,7 +162,19 @@ impl StaticRule {
             None => true,
             Some(n) => n.iter().any(|n| n.contains(&s.ip)),
         };
-        account_ok && groups_ok && net_ok
+        // claims are matched whole (a glob per claim), only for the named provider's sign-ins
+        let oidc_ok = match (&self.oidc, &s.oidc) {
+            (None, _) => self.claims.is_empty(),
+            (Some(p), Some(l)) => {
+                &l.provider == p
+                    && self
+                        .claims
+                        .iter()
+                        .all(|(k, g)| l.claims.get(k).is_some_and(|v| g.matches(v, "")))
+            }
+            (Some(_), None) => false,
+        };
+        account_ok && groups_ok && net_ok && oidc_ok
     }
 }
 
@@ -287,6 +306,7 @@ mod tests {
             anonymous: false,
             limit: None,
             gitee: None,
+            oidc: None,
         }
     }
 
@@ -298,7 +318,66 @@ mod tests {
             networks: None,
             actions: actions.iter().copied().collect(),
             catalog: false,
+            oidc: None,
+            claims: vec![],
         })
+    }
+
+    fn ci(provider: &str, claims: &[(&str, &str)]) -> Subject {
+        let l = super::super::oidc::OidcLogin {
+            provider: provider.into(),
+            subject: "s".into(),
+            account: format!("{provider}:team/app"),
+            claims: claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            expires: u64::MAX,
+            matched: String::new(),
+        };
+        Subject {
+            oidc: Some(std::sync::Arc::new(l)),
+            ..subj(&format!("{provider}:team/app"))
+        }
+    }
+
+    #[test]
+    fn oidc_rules_match_the_provider_and_whole_claims() {
+        let push = Rule::Static(StaticRule {
+            oidc: Some("gitlab".into()),
+            claims: vec![
+                ("project_path".into(), Glob::new("team/*")),
+                ("ref".into(), Glob::new("main")),
+            ],
+            ..match rule(None, "team/*", &[Action::Pull, Action::Push]) {
+                Rule::Static(r) => r,
+                _ => unreachable!(),
+            }
+        });
+        let pull = Rule::Static(StaticRule {
+            oidc: Some("gitlab".into()),
+            ..match rule(None, "team/*", &[Action::Pull]) {
+                Rule::Static(r) => r,
+                _ => unreachable!(),
+            }
+        });
+        let p = Policy {
+            rules: vec![push, pull],
+            anonymous_pull: false,
+        };
+        let both: Actions = [Action::Pull, Action::Push].into_iter().collect();
+        let main = ci("gitlab", &[("project_path", "team/app"), ("ref", "main")]);
+        assert_eq!(p.actions(&main, "team/app"), both);
+        // a claim matches whole: "main" is no glob for "maintenance"
+        let other_ref = ci("gitlab", &[("project_path", "team/app"), ("ref", "maintenance")]);
+        assert_eq!(p.actions(&other_ref, "team/app"), [Action::Pull].into_iter().collect());
+        let missing = ci("gitlab", &[("project_path", "team/app")]);
+        assert_eq!(p.actions(&missing, "team/app"), [Action::Pull].into_iter().collect());
+        // another provider's job, or a user who is not a CI job, gets nothing from these rules
+        assert!(p
+            .actions(
+                &ci("github", &[("project_path", "team/app"), ("ref", "main")]),
+                "team/app"
+            )
+            .is_empty());
+        assert!(p.actions(&subj("gitlab:team/app"), "team/app").is_empty());
     }
 
     #[test]
@@ -392,6 +471,8 @@ mod tests {
                 networks: Some(vec!["10.0.0.0/8".parse().unwrap()]),
                 actions: [Action::Pull].into_iter().collect(),
                 catalog: true,
+                oidc: None,
+                claims: vec![],
             })],
             anonymous_pull: false,
         };

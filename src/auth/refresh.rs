@@ -36,6 +36,7 @@ impl Record {
             fingerprint: self.fingerprint.clone(),
             limit: None,
             gitee: self.gitee,
+            oidc: None,
         }
     }
 }

@@ -290,6 +290,20 @@ impl TokenKeys {
         access: &[Scope],
         now: u64,
     ) -> Result<String, String> {
+        self.issue_until(sub, groups, limited, access, now, u64::MAX)
+    }
+
+    /// [`Self::issue`], expiring no later than `not_after` (the end of the credential it was
+    /// issued on, such as a CI job's ID token).
+    pub fn issue_until(
+        &self,
+        sub: &str,
+        groups: &[String],
+        limited: bool,
+        access: &[Scope],
+        now: u64,
+        not_after: u64,
+    ) -> Result<String, String> {
         let mut h = Header::new(self.alg);
         h.typ = Some("JWT".into());
         h.kid = Some(self.kid.clone());
@@ -298,7 +312,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             sub: sub.to_owned(),
             aud: self.audience.clone(),
-            exp: now + self.ttl,
+            exp: (now + self.ttl).min(not_after),
             nbf: now.saturating_sub(NBF_SKEW),
             iat: now,
             jti: hex::encode(rand::random::<[u8; 16]>()),

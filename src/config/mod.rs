@@ -437,6 +437,35 @@ pub struct AuthConfig {
     /// Lifetime of refresh (identity) tokens handed to `docker login`, in seconds; 0 = no expiry.
     #[serde(default)]
     pub refresh_token_ttl: Option<u64>,
+    /// Keyless CI: OIDC issuers whose ID tokens are accepted as passwords.
+    #[serde(default)]
+    pub oidc: Vec<OidcConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The username CI passes to `docker login` (`oidc` picks the provider by the token's `iss`).
+    pub name: String,
+    /// The exact `iss`; keys are discovered from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The `aud` a token must carry.
+    pub audience: String,
+    /// The account rules and the audit log see: a template over claims; default `NAME:{sub}`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Claims (globs, matched whole) every sign-in must match.
+    #[serde(default)]
+    pub require: std::collections::BTreeMap<String, String>,
+    /// The JWKS: a URL, or a file (air-gapped clusters); default: from discovery.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+}
+
+impl OidcConfig {
+    pub fn account_template(&self) -> String {
+        self.account.clone().unwrap_or_else(|| format!("{}:{{sub}}", self.name))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -510,6 +539,7 @@ impl Default for AuthConfig {
             anonymous_pull: false,
             gitee: None,
             refresh_token_ttl: None,
+            oidc: Vec::new(),
         }
     }
 }
@@ -549,6 +579,12 @@ pub struct RuleConfig {
     /// `gitee: repo_permission`
     #[serde(default)]
     pub gitee: Option<String>,
+    /// `oidc: NAME`: the rule is for CI jobs signed in through that `auth.oidc` provider.
+    #[serde(default)]
+    pub oidc: Option<String>,
+    /// Claims of the job's ID token that must match (a glob each, matched whole); needs `oidc`.
+    #[serde(default)]
+    pub claims: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -919,6 +955,59 @@ impl Config {
     }
 
     /// Checks meaning beyond types; with `files`, also that every named file exists and parses.
+    fn check_oidc(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.auth.oidc.iter().enumerate() {
+            let at = format!("auth.oidc[{i}]");
+            let name_ok = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !name_ok {
+                e.push(format!(
+                    "{at}.name: {:?} must be lower-case letters, digits, '-' or '_'",
+                    p.name
+                ));
+            } else if p.name == "oidc" || p.name == "admin" || p.name == "anonymous" {
+                e.push(format!("{at}.name: {:?} is reserved", p.name));
+            } else if !names.insert(p.name.clone()) {
+                e.push(format!("{at}.name: {:?} is used by another provider", p.name));
+            }
+            if let Err(m) = check_base_url(&p.issuer) {
+                e.push(format!("{at}.issuer: {m}"));
+            } else if !p.issuer.starts_with("https://") && !is_loopback_url(&p.issuer) {
+                e.push(format!("{at}.issuer: must be https:// (http:// only on loopback)"));
+            }
+            if p.audience.trim().is_empty() {
+                e.push(format!(
+                    "{at}.audience: must not be empty (a token for another service must not sign in here)"
+                ));
+            }
+            if let Err(m) = crate::auth::oidc::check_template(&p.account_template()) {
+                e.push(format!("{at}.account: {m}"));
+            }
+            if let Some(u) = &p.jwks_url {
+                if u.starts_with("http://") && !is_loopback_url(u) {
+                    e.push(format!(
+                        "{at}.jwks_url: must be https:// or a file (http:// only on loopback)"
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.access.iter().flatten().enumerate() {
+            match &r.oidc {
+                Some(n) if !self.auth.oidc.iter().any(|p| &p.name == n) => {
+                    e.push(format!("access[{i}].oidc: no provider {n:?} in auth.oidc"));
+                }
+                None if r.claims.is_some() => e.push(format!("access[{i}].claims: needs oidc: PROVIDER")),
+                _ => {}
+            }
+        }
+        e
+    }
+
     pub fn validate(&self, files: bool) -> Vec<String> {
         let mut e = Vec::new();
         if let Some(u) = &self.public_url {
@@ -937,6 +1026,7 @@ impl Config {
                 e.push(format!("upstream: {m}"));
             }
         }
+        e.extend(self.check_oidc());
         if let Some(h) = &self.network.client_address_header {
             if ::http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
                 e.push(format!(
@@ -1121,9 +1211,59 @@ pub fn check_base_url(u: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether an http(s) URL's host is a loopback address or `localhost`.
+fn is_loopback_url(u: &str) -> bool {
+    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oidc_providers_and_rules_are_checked() {
+        let ok = r#"
+auth:
+  oidc:
+    - { name: gitlab, issuer: https://gitlab.example.com, audience: reg.example.com, account: "gitlab:{project_path}", require: { ref_protected: "true" } }
+    - { name: k8s, issuer: https://kubernetes.default.svc, audience: reg, jwks_url: /etc/regate/k8s-jwks.json }
+access:
+  - { oidc: gitlab, claims: { project_path: "team/*", ref: main }, repository: "team/*", actions: [pull, push] }
+"#;
+        let c = parse(ok, "t", &vec![]).unwrap();
+        assert!(c.validate(false).is_empty(), "{:?}", c.validate(false));
+        assert_eq!(c.auth.oidc[1].account_template(), "k8s:{sub}");
+        let bad = r#"
+auth:
+  oidc:
+    - { name: oidc, issuer: https://a.example, audience: r }
+    - { name: gl, issuer: http://gitlab.example.com, audience: "", account: "{project_path}" }
+    - { name: gl, issuer: http://127.0.0.1:8080, audience: r, jwks_url: "http://keys.example.com/jwks" }
+access:
+  - { oidc: nosuch, repository: "x/*", actions: [pull] }
+  - { claims: { ref: main }, repository: "x/*", actions: [pull] }
+"#;
+        let e = parse(bad, "t", &vec![]).unwrap().validate(false).join("\n");
+        for want in [
+            "auth.oidc[0].name: \"oidc\" is reserved",
+            "auth.oidc[1].issuer: must be https://",
+            "auth.oidc[1].audience: must not be empty",
+            "auth.oidc[1].account: \"{project_path}\" must contain a ':'",
+            "auth.oidc[2].name: \"gl\" is used by another provider",
+            "auth.oidc[2].jwks_url: must be https://",
+            "access[0].oidc: no provider \"nosuch\"",
+            "access[1].claims: needs oidc",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
 
     #[test]
     fn defaults() {

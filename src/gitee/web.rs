@@ -40,6 +40,7 @@ pub fn identity_of(s: &Session) -> Identity {
         fingerprint: s.id.to_string(),
         limit: None,
         gitee: true,
+        oidc: None,
     }
 }
 
