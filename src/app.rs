@@ -33,6 +33,8 @@ pub struct App {
     pub notifier: crate::live::Live<Option<Arc<crate::notify::Notifier>>>,
     /// Upstream mode: authorised `/v2/` requests go to this registry instead of the embedded one.
     pub upstream: Option<crate::proxy::Upstream>,
+    /// Replication rules: push rules get every registry event.
+    pub replicator: Option<Arc<crate::replicate::Replicator>>,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
 }
 
@@ -294,6 +296,7 @@ impl App {
             metrics: Default::default(),
             notifier: crate::live::Live::new(None),
             upstream: None,
+            replicator: None,
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(Duration::from_secs(600))
@@ -495,7 +498,11 @@ impl App {
             }
             "/metrics" => {
                 log.route = "metrics";
-                let mut r = Resp::new(http::full(self.metrics.render()));
+                let mut text = self.metrics.render();
+                if let Some(rep) = &self.replicator {
+                    text.push_str(&rep.metrics());
+                }
+                let mut r = Resp::new(http::full(text));
                 http::set(&mut r, header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
                 r
             }
@@ -632,6 +639,9 @@ impl App {
                         },
                     )
                     .await;
+                }
+                if let (Some(ev), Some(r)) = (&out.event, &self.replicator) {
+                    r.publish(ev).await;
                 }
                 if let Some(ev) = &out.event {
                     self.metrics.event(ev.action);

@@ -87,6 +87,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RobotCmd,
     },
+    /// Replication to and from other registries (`replication:` rules).
+    Replicate {
+        #[command(subcommand)]
+        cmd: crate::replicate::cmd::ReplicateCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +152,7 @@ pub fn main() -> i32 {
         Cmd::CheckConfig { schema_only, config } => check_config(config.as_deref(), schema_only, &env),
         Cmd::Serve { config, log_format } => serve(config, log_format, env),
         Cmd::Robot { cmd } => robot(cmd, env),
+        Cmd::Replicate { cmd } => crate::replicate::cmd::run(cmd, env),
         Cmd::ImportConfig { file } => import_config(&file),
         Cmd::Healthcheck { url } => healthcheck(&url),
         Cmd::Scrub { config } => scrub(config, env),
@@ -199,7 +205,7 @@ fn check_config(path: Option<&Path>, schema_only: bool, env: &config::Env) -> Re
     Ok(())
 }
 
-fn load_valid(path: Option<PathBuf>, env: &config::Env) -> Result<Config, Failure> {
+pub(crate) fn load_valid(path: Option<PathBuf>, env: &config::Env) -> Result<Config, Failure> {
     let path = config_path(path, env);
     let cfg = config::load(path.as_deref(), env).map_err(Failure::Config)?;
     let problems = cfg.validate(true);
@@ -259,7 +265,7 @@ fn init_logging(format: Option<&str>, audit_file: Option<&Path>) -> Result<(), F
     Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -358,6 +364,20 @@ pub fn open_storage(cfg: &Config) -> Result<Storage, Failure> {
                 .map(Storage::Lfs)
                 .map_err(|m| Failure::Config(vec![m]))
         }
+    }
+}
+
+/// How the embedded registry behaves, from config.
+pub(crate) fn registry_options(cfg: &Config, public_url: &str) -> registry::Options {
+    registry::Options {
+        delete: cfg.storage.delete,
+        max_manifest_bytes: cfg.limits.max_manifest_bytes,
+        public_url: public_url.to_owned(),
+        body_idle: Duration::from_secs(cfg.limits.body_idle_timeout.max(1)),
+        redirect: cfg
+            .storage
+            .redirect
+            .then(|| Duration::from_secs(cfg.storage.redirect_ttl)),
     }
 }
 
@@ -686,19 +706,15 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         policy: crate::live::Live::new(build_policy(&cfg)),
         refresh: RefreshStore::new(store.clone(), refresh_ttl),
     };
-    let mut registry = Registry::new(
-        store,
-        registry::Options {
-            delete: cfg.storage.delete,
-            max_manifest_bytes: cfg.limits.max_manifest_bytes,
-            public_url: public_url.clone(),
-            body_idle: Duration::from_secs(cfg.limits.body_idle_timeout.max(1)),
-            redirect: cfg
-                .storage
-                .redirect
-                .then(|| Duration::from_secs(cfg.storage.redirect_ttl)),
-        },
-    );
+    let reg_opts = registry_options(&cfg, &public_url);
+    let replicator = if cfg.replication.is_empty() {
+        None
+    } else {
+        let r = crate::replicate::Replicator::new(&cfg.replication, &data.join(".regate-replicate"))
+            .map_err(|m| Failure::Config(vec![m]))?;
+        Some(r.start(Arc::new(Registry::new(store.clone(), reg_opts.clone()))))
+    };
+    let mut registry = Registry::new(store, reg_opts);
     if let Some(m) = &cfg.mirror {
         let mirror = crate::mirror::Mirror::new(m).map_err(|e| Failure::Config(vec![e]))?;
         registry = registry.with_mirror(Arc::new(mirror));
@@ -725,6 +741,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         let l = std::mem::replace(&mut app.token_limit, crate::ratelimit::Limiter::new(0.0, 0.0));
         app.token_limit = l.shared(s.clone(), "token");
     }
+    app.replicator = replicator;
     if let Some(u) = &cfg.upstream {
         app.upstream = Some(crate::proxy::Upstream::new(u, cfg.upstream_h2c).map_err(|m| Failure::Config(vec![m]))?);
     }

@@ -19,6 +19,7 @@ pub mod notify;
 pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
+pub mod replicate;
 pub mod server;
 pub mod storage;
 pub mod util;

@@ -28,7 +28,7 @@ pub enum MirrorError {
 }
 
 /// `Bearer realm="...",service="...",scope="..."` into its parameters.
-fn challenge_params(v: &str) -> Option<(String, Vec<(String, String)>)> {
+pub(crate) fn challenge_params(v: &str) -> Option<(String, Vec<(String, String)>)> {
     let (scheme, rest) = v.split_once(' ')?;
     let mut params = Vec::new();
     let mut s = rest.trim();

@@ -1,6 +1,8 @@
 //! Configuration: YAML (unknown keys are errors), secrets from `KEY_file` or `REGATE_<PATH>`
 //! environment variables, validated once into typed values.
 
+pub mod replication;
+
 use crate::auth::scope::Action;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -92,6 +94,9 @@ pub struct Config {
     pub mirror: Option<MirrorConfig>,
     #[serde(default)]
     pub notifications: Vec<NotificationConfig>,
+    /// Copying images to and from other registries.
+    #[serde(default)]
+    pub replication: Vec<replication::ReplicationConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -1027,6 +1032,7 @@ impl Config {
             }
         }
         e.extend(self.check_oidc());
+        e.extend(replication::ReplicationConfig::check(&self.replication, files));
         if let Some(h) = &self.network.client_address_header {
             if ::http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
                 e.push(format!(

@@ -265,6 +265,34 @@ impl Registry {
             e => body_error(e),
         })?;
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let (d, m, event) = self.store_manifest(name, r, bytes, ct).await?;
+        let mut resp = http::status(StatusCode::CREATED);
+        http::set(
+            &mut resp,
+            header::LOCATION,
+            &self.location(&format!("/v2/{name}/manifests/{d}")),
+        );
+        digest_header(&mut resp, &d);
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        if let Some(s) = &m.subject {
+            http::set(&mut resp, HeaderName::from_static("oci-subject"), &s.to_string());
+        }
+        self.manifests.insert(d, m);
+        Ok(Outcome {
+            resp,
+            event: Some(event),
+        })
+    }
+
+    /// Checks and stores a manifest under `r` in `name`: every blob and child it names must be
+    /// there already. Shared by pushes and replication.
+    pub(super) async fn store_manifest(
+        &self,
+        name: &RepoName,
+        r: &Reference,
+        bytes: bytes::Bytes,
+        ct: Option<&str>,
+    ) -> Result<(Digest, Arc<Manifest>, Event), RegistryError> {
         let m = Manifest::parse(bytes, ct)?;
         if let Reference::Digest(want) = r {
             if want.algorithm() != m.digest.algorithm() || want != &m.digest {
@@ -316,17 +344,6 @@ impl Registry {
             }
             Reference::Digest(_) => None,
         };
-        let mut resp = http::status(StatusCode::CREATED);
-        http::set(
-            &mut resp,
-            header::LOCATION,
-            &self.location(&format!("/v2/{name}/manifests/{d}")),
-        );
-        digest_header(&mut resp, &d);
-        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-        if let Some(s) = &m.subject {
-            http::set(&mut resp, HeaderName::from_static("oci-subject"), &s.to_string());
-        }
         let event = Event {
             action: "push",
             repo: name.clone(),
@@ -335,11 +352,7 @@ impl Registry {
             size: m.bytes.len() as u64,
             tag,
         };
-        self.manifests.insert(d, Arc::new(m));
-        Ok(Outcome {
-            resp,
-            event: Some(event),
-        })
+        Ok((d, Arc::new(m), event))
     }
 
     pub(super) async fn delete_manifest(&self, name: &RepoName, r: &Reference) -> Result<Outcome, RegistryError> {

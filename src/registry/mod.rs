@@ -13,6 +13,7 @@ mod hashstate;
 mod listing;
 mod manifests;
 mod mirrored;
+mod replica;
 mod uploads;
 
 use crate::http::{BodyReader, Resp};
