@@ -407,19 +407,27 @@ pub fn build_policy(cfg: &Config) -> Policy {
     }
 }
 
-/// The generated admin's password: read from `<data>/admin-password`, or created there (0600)
-/// on first start. Returns the password and whether it was just created.
-fn admin_password(dir: &Path) -> Result<(String, bool), Failure> {
+/// The generated admin's password, if an earlier start saved one in `<data>/admin-password`.
+fn saved_admin_password(dir: &Path) -> Result<Option<String>, Failure> {
     let p = dir.join("admin-password");
     match std::fs::read_to_string(&p) {
-        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Failure::Other(format!("cannot read {}: {e}", p.display()))),
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::Other(format!("cannot read {}: {e}", p.display()))),
     }
+}
+
+fn new_admin_password() -> String {
     use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>())
+}
+
+/// Saves a newly generated admin password as `<data>/admin-password` (0600). Called only once the
+/// server has its listener and everything else it needs, so a start that fails saves nothing.
+fn save_admin_password(dir: &Path, pw: &str) -> Result<PathBuf, Failure> {
     use std::io::Write;
-    let pw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>());
+    let p = dir.join("admin-password");
     std::fs::create_dir_all(dir).map_err(|e| Failure::Other(format!("cannot create {}: {e}", dir.display())))?;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
@@ -431,7 +439,55 @@ fn admin_password(dir: &Path) -> Result<(String, bool), Failure> {
     o.open(&p)
         .and_then(|mut f| f.write_all(format!("{pw}\n").as_bytes()))
         .map_err(|e| Failure::Other(format!("cannot write {}: {e}", p.display())))?;
-    Ok((pw, true))
+    Ok(p)
+}
+
+/// With `storage.backend: memory` and no `auth.signing_key`, the token signing key and its
+/// certificate are generated for this process only and never written to disk: they are handed
+/// to the key loader through anonymous memory files (Linux `memfd`). Returns the two paths, the
+/// files that keep them alive, and the key's PEM.
+#[cfg(target_os = "linux")]
+fn ephemeral_signing_key(issuer: &str) -> Result<(PathBuf, PathBuf, Vec<std::fs::File>, String), Failure> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Failure::Other(format!("cannot generate a token signing key: {e}")))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| Failure::Other(format!("cannot build a signing certificate: {e}")))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    let cert = params
+        .self_signed(&kp)
+        .map_err(|e| Failure::Other(format!("cannot self-sign the signing certificate: {e}")))?;
+    let key_pem = kp.serialize_pem();
+    let mut files = Vec::new();
+    let mut paths = Vec::new();
+    for (name, data) in [
+        (c"regate-token.key", key_pem.as_bytes()),
+        (c"regate-token.crt", cert.pem().as_bytes()),
+    ] {
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; a non-negative result is a
+        // new file descriptor that nothing else owns.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Failure::Other(format!(
+                "cannot keep the token signing key in memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: `fd` was just created above and is owned by this File alone.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        f.write_all(data)
+            .map_err(|e| Failure::Other(format!("cannot keep the token signing key in memory: {e}")))?;
+        paths.push(PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())));
+        files.push(f);
+    }
+    let cert_path = paths.pop().unwrap_or_default();
+    let key_path = paths.pop().unwrap_or_default();
+    Ok((key_path, cert_path, files, key_pem))
 }
 
 fn host_of(url: &str) -> String {
@@ -575,9 +631,14 @@ fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Con
 async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Result<(), Failure> {
     let store = Arc::new(open_storage(&cfg)?);
     let data = cfg.data_dir();
+    // memory storage keeps regate's own files in memory too, unless data_dir says otherwise
+    let in_memory = cfg.storage.backend == Backend::Memory && cfg.data_dir.is_none();
+    // the generated admin: (password, generated by this start)
     let admin = if cfg.auth.htpasswd.is_none() {
-        let (pw, created) = admin_password(&data)?;
-        Some((pw, created))
+        match saved_admin_password(&data)? {
+            Some(pw) if !in_memory => Some((pw, false)),
+            _ => Some((new_admin_password(), true)),
+        }
     } else {
         None
     };
@@ -609,7 +670,18 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => {
             let host = if local.ip().is_unspecified() {
-                tracing::warn!("listening on all interfaces without public_url; token realm and Location headers will name 127.0.0.1");
+                let derived = format!(
+                    "{scheme}://{}",
+                    std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+                );
+                // in a container this names the container's own port, not the published one
+                println!(
+                    "regate: hint: public_url is not set, so clients are sent to {derived} (from listen {local}); \
+                     if they reach regate at another address (a published container port, a proxy), set public_url \
+                     or REGATE_PUBLIC_URL, e.g. docker run -p 127.0.0.1:5030:{port} -e REGATE_PUBLIC_URL=http://127.0.0.1:5030 ...",
+                    port = local.port()
+                );
+                tracing::warn!(public_url = %derived, "public_url not set; token realm and Location headers name 127.0.0.1 and the listen port");
                 std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
             } else {
                 local
@@ -618,9 +690,19 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         }
     };
     let service = cfg.auth.service.clone().unwrap_or_else(|| host_of(&public_url));
+    #[cfg(target_os = "linux")]
+    let (key_path, cert_path, _key_files, memory_key) = if in_memory && cfg.auth.signing_key.is_none() {
+        let (k, c, files, pem) = ephemeral_signing_key(&cfg.auth.issuer)?;
+        (k, c, files, Some(pem))
+    } else {
+        (cfg.signing_key_path(), cfg.signing_cert_path(), Vec::new(), None)
+    };
+    #[cfg(not(target_os = "linux"))]
+    let (key_path, cert_path, memory_key): (_, _, Option<String>) =
+        (cfg.signing_key_path(), cfg.signing_cert_path(), None);
     let keys = TokenKeys::load_or_generate(
-        &cfg.signing_key_path(),
-        &cfg.signing_cert_path(),
+        &key_path,
+        &cert_path,
         &cfg.auth.verification_certs,
         &cfg.auth.issuer,
         &service,
@@ -629,8 +711,12 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     .map_err(|m| Failure::Config(vec![m]))?;
     let creds = match &cfg.auth.gitee {
         Some(g) => {
-            let master = std::fs::read(cfg.signing_key_path())
-                .map_err(|e| Failure::Other(format!("auth.signing_key {}: {e}", cfg.signing_key_path().display())))?;
+            let master = match &memory_key {
+                Some(pem) => pem.as_bytes().to_vec(),
+                None => std::fs::read(cfg.signing_key_path()).map_err(|e| {
+                    Failure::Other(format!("auth.signing_key {}: {e}", cfg.signing_key_path().display()))
+                })?,
+            };
             creds.with_gitee(Arc::new(gitee_service(&cfg, g, &public_url, &store, &master)?))
         }
         None => creds,
@@ -703,13 +789,31 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
             let _ = rx.changed().await;
         }));
     }
-    if let Some((pw, true)) = &admin {
-        let host = host_of(&public_url);
+    if memory_key.is_some() {
         println!(
-            "regate: generated the admin password (saved in {}):",
-            data.join("admin-password").display()
+            "regate: storage is memory: the token signing key lives in this process only (nothing written to disk)"
         );
-        println!("  echo '{pw}' | docker login {host} -u admin --password-stdin");
+    }
+    match &admin {
+        Some((pw, true)) => {
+            // saved only now that the server is about to serve: a start that failed saved nothing
+            let host = host_of(&public_url);
+            if in_memory {
+                println!("regate: generated the admin password (storage is memory: kept in this process only, a new one on every start):");
+            } else {
+                let p = save_admin_password(&data, pw)?;
+                println!("regate: generated the admin password (saved in {}):", p.display());
+            }
+            println!("  echo '{pw}' | docker login {host} -u admin --password-stdin");
+        }
+        Some((_, false)) if cfg.auth.gitee.is_none() => {
+            // the generated admin is the only way in: say where its password is, never the password
+            println!(
+                "regate: sign in as admin with the password in {} (generated on first start; set auth.htpasswd to use your own users)",
+                data.join("admin-password").display()
+            );
+        }
+        _ => {}
     }
     println!("regate listening on {public_url} ({local})");
     use std::io::Write;

@@ -69,6 +69,10 @@ pub struct Config {
     pub listen: SocketAddr,
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Where regate keeps its own files (generated signing key and certificate, generated admin
+    /// password, webhook spool); default: the fs root, or `./regate-data` for other backends.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default)]
@@ -882,9 +886,12 @@ pub fn load_with(path: Option<&Path>, env: &Env, read_files: bool) -> Result<Con
 }
 
 impl Config {
-    /// Where regate keeps its own files by default (keys, admin password): the fs root, or
+    /// Where regate keeps its own files (keys, admin password): `data_dir`, else the fs root, or
     /// `./regate-data` for other backends.
     pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
         match (&self.storage.backend, &self.storage.fs) {
             (Backend::Fs, Some(fs)) => fs.root.clone(),
             // the LFS backend's own files (keys, passwords) go beside its fs metadata store
