@@ -915,19 +915,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// `30s`, `15m`, `1h`, `2d`, or plain seconds.
+/// `30s`, `15m`, `1h`, `2d`, sums like `1h30m`, or plain seconds (as in the config).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    Some(Duration::from_secs(n.checked_mul(mult)?))
+    config::parse_duration(s)
 }
 
 fn gc(
