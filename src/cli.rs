@@ -65,10 +65,14 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// Probe a running regate (for container health checks): exit 0 when /healthz answers 200.
+    /// By default the address comes from the same config `serve` reads (listen, tls).
     Healthcheck {
-        /// URL of the health endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:5000/healthz")]
-        url: String,
+        /// URL of the health endpoint; default from the config's listen address and tls.
+        #[arg(long)]
+        url: Option<String>,
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
     },
     /// Convert a distribution (registry:2) config.yml into a regate config, printed to stdout.
     ImportConfig {
@@ -148,7 +152,7 @@ pub fn main() -> i32 {
         Cmd::Serve { config, log_format } => serve(config, log_format, env),
         Cmd::Robot { cmd } => robot(cmd, env),
         Cmd::ImportConfig { file } => import_config(&file),
-        Cmd::Healthcheck { url } => healthcheck(&url),
+        Cmd::Healthcheck { url, config } => healthcheck(url, config, &env),
         Cmd::Scrub { config } => scrub(config, env),
         Cmd::Gc {
             dry_run,
@@ -974,7 +978,37 @@ fn scrub(path: Option<PathBuf>, env: config::Env) -> Result<(), Failure> {
     })
 }
 
-fn healthcheck(url: &str) -> Result<(), Failure> {
+/// The health URL of the server the config describes: its listen port on loopback when it
+/// listens on every interface, https when it has tls.
+fn health_url(cfg: &Config) -> Result<String, Failure> {
+    let addr = cfg.listen;
+    if addr.port() == 0 {
+        return Err(Failure::Config(vec![
+            "healthcheck: listen has port 0 (picked at start); give --url".into(),
+        ]));
+    }
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v) if v.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v) if v.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    Ok(format!(
+        "{scheme}://{}/healthz",
+        std::net::SocketAddr::new(ip, addr.port())
+    ))
+}
+
+fn healthcheck(url: Option<String>, path: Option<PathBuf>, env: &config::Env) -> Result<(), Failure> {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            // only listen and tls are needed: files the config names are not read
+            let cfg = config::load_with(config_path(path, env).as_deref(), env, false).map_err(Failure::Config)?;
+            health_url(&cfg)?
+        }
+    };
+    let url = url.as_str();
     let rt = runtime()?;
     rt.block_on(async {
         // a liveness probe of our own process: the certificate may be one the probe cannot verify

@@ -175,3 +175,52 @@ fn memory_storage_writes_nothing_into_the_working_directory() {
         .collect();
     assert!(left.is_empty(), "memory storage wrote {left:?}");
 }
+
+#[test]
+fn healthcheck_probes_the_address_and_tls_of_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), kp.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls: {{ cert: {}, key: {} }}\nstorage: {{ backend: memory }}\n",
+        dir.path().join("tls.crt").display(),
+        dir.path().join("tls.key").display()
+    );
+    let s = start(dir.path(), &format!("listen: 127.0.0.1:0\n{tls}"));
+    let port = s.url.rsplit(':').next().unwrap().to_owned();
+    // the same config with the port the server got: what `serve` and `healthcheck` both read
+    let cfg = dir.path().join("probe.yaml");
+    std::fs::write(&cfg, format!("listen: 0.0.0.0:{port}\n{tls}")).unwrap();
+    let out = common::regate()
+        .arg("healthcheck")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::regate()
+        .arg("healthcheck")
+        .env("REGATE_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(s);
+    // nothing listens there now
+    let out = common::regate()
+        .arg("healthcheck")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("https://127.0.0.1:{port}/healthz is not answering")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
