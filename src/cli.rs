@@ -1038,6 +1038,20 @@ fn import_config(file: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The registry host clients name in `docker login`: from public_url, else from a listen
+/// address that says it (`<registry>` when neither does).
+fn registry_host(cfg: &Config) -> String {
+    if let Some(u) = &cfg.public_url {
+        return host_of(u.trim_end_matches('/'));
+    }
+    let l = cfg.listen;
+    match (l.port(), l.ip().is_unspecified()) {
+        (0, _) => "<registry>".into(),
+        (p, true) => format!("127.0.0.1:{p}"),
+        (_, false) => l.to_string(),
+    }
+}
+
 fn valid_robot_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
@@ -1106,16 +1120,23 @@ fn robot(cmd: RobotCmd, env: config::Env) -> Result<(), Failure> {
                     println!("expires {}", crate::util::rfc3339(exp));
                 }
                 println!("secret (shown once): {secret}");
-                println!("  echo '{secret}' | docker login <registry> -u '{account}' --password-stdin");
+                println!(
+                    "  echo '{secret}' | docker login {} -u '{account}' --password-stdin",
+                    registry_host(&cfg)
+                );
             }
             RobotCmd::List { .. } => {
-                for r in st
+                let robots: Vec<_> = st
                     .list()
                     .await
                     .map_err(io)?
                     .into_iter()
                     .filter(|r| r.kind == Kind::Robot)
-                {
+                    .collect();
+                if robots.is_empty() {
+                    println!("no robot accounts (create one with: regate robot add NAME --repo PATTERN)");
+                }
+                for r in robots {
                     let grants: Vec<String> = r
                         .grants
                         .iter()

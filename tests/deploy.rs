@@ -160,6 +160,7 @@ struct Engine {
     image: String,
     containers: std::sync::Mutex<Vec<String>>,
     volumes: std::sync::Mutex<Vec<String>>,
+    anonymous: std::sync::Mutex<Vec<String>>,
 }
 
 impl Drop for Engine {
@@ -195,6 +196,18 @@ impl Engine {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let id = docker_ok(what, &a);
         self.containers.lock().unwrap().push(id.clone());
+        // the volumes docker made for it (the image's VOLUME): they must go with the container
+        let mounts = docker_ok(
+            what,
+            &["inspect", "-f", "{{range .Mounts}}{{.Type}}={{.Name}} {{end}}", &id],
+        );
+        self.anonymous.lock().unwrap().extend(
+            mounts
+                .split_whitespace()
+                .filter_map(|m| m.strip_prefix("volume="))
+                .filter(|n| !self.volumes.lock().unwrap().iter().any(|v| v == n))
+                .map(str::to_owned),
+        );
         let mut map = std::collections::BTreeMap::new();
         for p in ports {
             let line = docker_ok(what, &["port", &id, &format!("{p}/tcp")]);
@@ -382,6 +395,7 @@ fn deploy_artifacts_start_as_shipped() {
         image: tag.clone(),
         containers: Default::default(),
         volumes: Default::default(),
+        anonymous: Default::default(),
     };
     // the image: non-root, data dir /var/lib/regate, a health check that reads the config
     let cfg = docker_ok(
@@ -399,6 +413,15 @@ fn deploy_artifacts_start_as_shipped() {
     image_with_each_example(&engine, work.path());
     compose_as_docker_runs(&engine, work.path());
     kubernetes_replicas(&engine, work.path());
+    let anonymous = engine.anonymous.lock().unwrap().clone();
+    assert!(!anonymous.is_empty(), "the image declares VOLUME /var/lib/regate");
+    drop(engine);
+    for v in anonymous {
+        assert!(
+            !docker(&["volume", "inspect", &v]).status.success(),
+            "anonymous volume {v} left behind"
+        );
+    }
 }
 
 /// The image with each example config mounted in place of its default one.
