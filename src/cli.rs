@@ -778,6 +778,12 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     }
     if !cfg.notifications.is_empty() {
         let spool = data.join(".regate-notify");
+        if in_memory {
+            println!(
+                "regate: storage is memory: undelivered webhook events are spooled on disk in {} (set data_dir to choose)",
+                spool.display()
+            );
+        }
         let n = crate::notify::Notifier::start(&cfg.notifications, &spool, &public_url, app.metrics.clone())
             .map_err(|e| Failure::Other(format!("cannot start notifications (spool {}): {e}", spool.display())))?;
         app.notifier.set(Some(n));
