@@ -20,6 +20,7 @@ use std::time::Duration;
 
 mod local;
 
+pub use local::local_identity;
 use local::{User, LOCAL_COOKIE};
 
 const LOGIN_TTL: u64 = 600;

@@ -39,6 +39,33 @@ impl User {
     }
 }
 
+/// A local account's browser session from the request's cookie: authentic, unexpired, and its
+/// account still local.
+fn local_session(tokens: &crate::auth::endpoint::TokenService, headers: &HeaderMap) -> Option<Session> {
+    let c = session::cookie(headers, LOCAL_COOKIE)?;
+    let claims = tokens.keys.verify(c, crate::util::now_secs()).ok()?;
+    let [entry] = claims.access.as_slice() else { return None };
+    if entry.kind != LOCAL_SESSION || !tokens.creds.is_local(&claims.sub) {
+        return None;
+    }
+    Some(Session {
+        login: claims.sub,
+        id: 0,
+        name: None,
+        email: None,
+        groups: claims.grp,
+        exp: claims.exp,
+        sid: entry.name.clone(),
+    })
+}
+
+/// The identity of a local account's browser session, for the other routes that accept a
+/// browser session (`/api/v1/tokens`, `/nginx/auth`); the gateway does not call it yet.
+pub fn local_identity(tokens: &crate::auth::endpoint::TokenService, headers: &HeaderMap) -> Option<Identity> {
+    let s = local_session(tokens, headers)?;
+    Some(User { s, local: true }.identity())
+}
+
 impl Web<'_> {
     /// The signed-in browser: a Gitee session, or a local account's session whose account
     /// still exists.
@@ -46,23 +73,8 @@ impl Web<'_> {
         if let Some(s) = self.gitee.and_then(|g| session_of(g, headers)) {
             return Some(User { s, local: false });
         }
-        let c = session::cookie(headers, LOCAL_COOKIE)?;
-        let now = crate::util::now_secs();
-        let claims = self.tokens.keys.verify(c, now).ok()?;
-        let [entry] = claims.access.as_slice() else { return None };
-        if entry.kind != LOCAL_SESSION || !self.tokens.creds.is_local(&claims.sub) {
-            return None;
-        }
         Some(User {
-            s: Session {
-                login: claims.sub,
-                id: 0,
-                name: None,
-                email: None,
-                groups: claims.grp,
-                exp: claims.exp,
-                sid: entry.name.clone(),
-            },
+            s: local_session(self.tokens, headers)?,
             local: true,
         })
     }
