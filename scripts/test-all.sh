@@ -29,8 +29,13 @@ python3 -c 'import selenium' 2>/dev/null || python3 -m pip install -q selenium
 python3 -c 'import moto.server, flask_cors' 2>/dev/null || python3 -m pip install -q 'moto[server]'
 # the Git LFS server the lfs backend tests run regate against (tests/lfs.rs); giftless 0.6.2's
 # wheel declares no dependencies, so they are named here
-python3 -c 'import giftless.wsgi_entrypoint' 2>/dev/null || python3 -m pip install -q 'giftless==0.6.2' flask \
-  flask-marshmallow 'marshmallow<4' figcan flask-classful webargs pyyaml pyjwt
+# (importing giftless's app creates ./lfs-storage, so the check runs in a throw-away directory)
+giftless_check=$(mktemp -d)
+if ! (cd "$giftless_check" && python3 -c 'import giftless.wsgi_entrypoint' 2>/dev/null); then
+  python3 -m pip install -q 'giftless==0.6.2' flask \
+    flask-marshmallow 'marshmallow<4' figcan flask-classful webargs pyyaml pyjwt
+fi
+rm -rf "$giftless_check"
 # skopeo needs a policy; Debian's package ships one, a bare container may not.
 if [ ! -f /etc/containers/policy.json ] && [ ! -f "${HOME}/.config/containers/policy.json" ]; then
   mkdir -p "${HOME}/.config/containers"

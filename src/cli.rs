@@ -65,10 +65,14 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// Probe a running regate (for container health checks): exit 0 when /healthz answers 200.
+    /// By default the address comes from the same config `serve` reads (listen, tls).
     Healthcheck {
-        /// URL of the health endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:5000/healthz")]
-        url: String,
+        /// URL of the health endpoint; default from the config's listen address and tls.
+        #[arg(long)]
+        url: Option<String>,
+        /// Config file (as for `serve`): defaults to $REGATE_CONFIG, then ./regate.yaml.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
     },
     /// Convert a distribution (registry:2) config.yml into a regate config, printed to stdout.
     ImportConfig {
@@ -154,7 +158,7 @@ pub fn main() -> i32 {
         Cmd::Robot { cmd } => robot(cmd, env),
         Cmd::Replicate { cmd } => crate::replicate::cmd::run(cmd, env),
         Cmd::ImportConfig { file } => import_config(&file),
-        Cmd::Healthcheck { url } => healthcheck(&url),
+        Cmd::Healthcheck { url, config } => healthcheck(url, config, &env),
         Cmd::Scrub { config } => scrub(config, env),
         Cmd::Gc {
             dry_run,
@@ -468,19 +472,27 @@ pub fn build_policy(cfg: &Config) -> Policy {
     }
 }
 
-/// The generated admin's password: read from `<data>/admin-password`, or created there (0600)
-/// on first start. Returns the password and whether it was just created.
-fn admin_password(dir: &Path) -> Result<(String, bool), Failure> {
+/// The generated admin's password, if an earlier start saved one in `<data>/admin-password`.
+fn saved_admin_password(dir: &Path) -> Result<Option<String>, Failure> {
     let p = dir.join("admin-password");
     match std::fs::read_to_string(&p) {
-        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), false)),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Failure::Other(format!("cannot read {}: {e}", p.display()))),
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::Other(format!("cannot read {}: {e}", p.display()))),
     }
+}
+
+fn new_admin_password() -> String {
     use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>())
+}
+
+/// Saves a newly generated admin password as `<data>/admin-password` (0600). Called only once the
+/// server has its listener and everything else it needs, so a start that fails saves nothing.
+fn save_admin_password(dir: &Path, pw: &str) -> Result<PathBuf, Failure> {
     use std::io::Write;
-    let pw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>());
+    let p = dir.join("admin-password");
     std::fs::create_dir_all(dir).map_err(|e| Failure::Other(format!("cannot create {}: {e}", dir.display())))?;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
@@ -492,7 +504,55 @@ fn admin_password(dir: &Path) -> Result<(String, bool), Failure> {
     o.open(&p)
         .and_then(|mut f| f.write_all(format!("{pw}\n").as_bytes()))
         .map_err(|e| Failure::Other(format!("cannot write {}: {e}", p.display())))?;
-    Ok((pw, true))
+    Ok(p)
+}
+
+/// With `storage.backend: memory` and no `auth.signing_key`, the token signing key and its
+/// certificate are generated for this process only and never written to disk: they are handed
+/// to the key loader through anonymous memory files (Linux `memfd`). Returns the two paths, the
+/// files that keep them alive, and the key's PEM.
+#[cfg(target_os = "linux")]
+fn ephemeral_signing_key(issuer: &str) -> Result<(PathBuf, PathBuf, Vec<std::fs::File>, String), Failure> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Failure::Other(format!("cannot generate a token signing key: {e}")))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| Failure::Other(format!("cannot build a signing certificate: {e}")))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    let cert = params
+        .self_signed(&kp)
+        .map_err(|e| Failure::Other(format!("cannot self-sign the signing certificate: {e}")))?;
+    let key_pem = kp.serialize_pem();
+    let mut files = Vec::new();
+    let mut paths = Vec::new();
+    for (name, data) in [
+        (c"regate-token.key", key_pem.as_bytes()),
+        (c"regate-token.crt", cert.pem().as_bytes()),
+    ] {
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; a non-negative result is a
+        // new file descriptor that nothing else owns.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Failure::Other(format!(
+                "cannot keep the token signing key in memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: `fd` was just created above and is owned by this File alone.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        f.write_all(data)
+            .map_err(|e| Failure::Other(format!("cannot keep the token signing key in memory: {e}")))?;
+        paths.push(PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())));
+        files.push(f);
+    }
+    let cert_path = paths.pop().unwrap_or_default();
+    let key_path = paths.pop().unwrap_or_default();
+    Ok((key_path, cert_path, files, key_pem))
 }
 
 fn host_of(url: &str) -> String {
@@ -633,9 +693,14 @@ fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Con
 async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Result<(), Failure> {
     let store = Arc::new(open_storage(&cfg)?);
     let data = cfg.data_dir();
+    // memory storage keeps regate's own files in memory too, unless data_dir says otherwise
+    let in_memory = cfg.storage.backend == Backend::Memory && cfg.data_dir.is_none();
+    // the generated admin: (password, generated by this start)
     let admin = if cfg.auth.htpasswd.is_none() {
-        let (pw, created) = admin_password(&data)?;
-        Some((pw, created))
+        match saved_admin_password(&data)? {
+            Some(pw) if !in_memory => Some((pw, false)),
+            _ => Some((new_admin_password(), true)),
+        }
     } else {
         None
     };
@@ -672,7 +737,18 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => {
             let host = if local.ip().is_unspecified() {
-                tracing::warn!("listening on all interfaces without public_url; token realm and Location headers will name 127.0.0.1");
+                let derived = format!(
+                    "{scheme}://{}",
+                    std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+                );
+                // in a container this names the container's own port, not the published one
+                println!(
+                    "regate: hint: public_url is not set, so clients are sent to {derived} (from listen {local}); \
+                     if they reach regate at another address (a published container port, a proxy), set public_url \
+                     or REGATE_PUBLIC_URL, e.g. docker run -p 127.0.0.1:5030:{port} -e REGATE_PUBLIC_URL=http://127.0.0.1:5030 ...",
+                    port = local.port()
+                );
+                tracing::warn!(public_url = %derived, "public_url not set; token realm and Location headers name 127.0.0.1 and the listen port");
                 std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
             } else {
                 local
@@ -681,9 +757,19 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         }
     };
     let service = cfg.auth.service.clone().unwrap_or_else(|| host_of(&public_url));
+    #[cfg(target_os = "linux")]
+    let (key_path, cert_path, _key_files, memory_key) = if in_memory && cfg.auth.signing_key.is_none() {
+        let (k, c, files, pem) = ephemeral_signing_key(&cfg.auth.issuer)?;
+        (k, c, files, Some(pem))
+    } else {
+        (cfg.signing_key_path(), cfg.signing_cert_path(), Vec::new(), None)
+    };
+    #[cfg(not(target_os = "linux"))]
+    let (key_path, cert_path, memory_key): (_, _, Option<String>) =
+        (cfg.signing_key_path(), cfg.signing_cert_path(), None);
     let keys = TokenKeys::load_or_generate(
-        &cfg.signing_key_path(),
-        &cfg.signing_cert_path(),
+        &key_path,
+        &cert_path,
         &cfg.auth.verification_certs,
         &cfg.auth.issuer,
         &service,
@@ -692,8 +778,12 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     .map_err(|m| Failure::Config(vec![m]))?;
     let creds = match &cfg.auth.gitee {
         Some(g) => {
-            let master = std::fs::read(cfg.signing_key_path())
-                .map_err(|e| Failure::Other(format!("auth.signing_key {}: {e}", cfg.signing_key_path().display())))?;
+            let master = match &memory_key {
+                Some(pem) => pem.as_bytes().to_vec(),
+                None => std::fs::read(cfg.signing_key_path()).map_err(|e| {
+                    Failure::Other(format!("auth.signing_key {}: {e}", cfg.signing_key_path().display()))
+                })?,
+            };
             creds.with_gitee(Arc::new(gitee_service(&cfg, g, &public_url, &store, &master)?))
         }
         None => creds,
@@ -747,6 +837,12 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
     }
     if !cfg.notifications.is_empty() {
         let spool = data.join(".regate-notify");
+        if in_memory {
+            println!(
+                "regate: storage is memory: undelivered webhook events are spooled on disk in {} (set data_dir to choose)",
+                spool.display()
+            );
+        }
         let n = crate::notify::Notifier::start(&cfg.notifications, &spool, &public_url, app.metrics.clone())
             .map_err(|e| Failure::Other(format!("cannot start notifications (spool {}): {e}", spool.display())))?;
         app.notifier.set(Some(n));
@@ -762,13 +858,31 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
             let _ = rx.changed().await;
         }));
     }
-    if let Some((pw, true)) = &admin {
-        let host = host_of(&public_url);
+    if memory_key.is_some() {
         println!(
-            "regate: generated the admin password (saved in {}):",
-            data.join("admin-password").display()
+            "regate: storage is memory: the token signing key lives in this process only (nothing written to disk)"
         );
-        println!("  echo '{pw}' | docker login {host} -u admin --password-stdin");
+    }
+    match &admin {
+        Some((pw, true)) => {
+            // saved only now that the server is about to serve: a start that failed saved nothing
+            let host = host_of(&public_url);
+            if in_memory {
+                println!("regate: generated the admin password (storage is memory: kept in this process only, a new one on every start):");
+            } else {
+                let p = save_admin_password(&data, pw)?;
+                println!("regate: generated the admin password (saved in {}):", p.display());
+            }
+            println!("  echo '{pw}' | docker login {host} -u admin --password-stdin");
+        }
+        Some((_, false)) if cfg.auth.gitee.is_none() => {
+            // the generated admin is the only way in: say where its password is, never the password
+            println!(
+                "regate: sign in as admin with the password in {} (generated on first start; set auth.htpasswd to use your own users)",
+                data.join("admin-password").display()
+            );
+        }
+        _ => {}
     }
     println!("regate listening on {public_url} ({local})");
     use std::io::Write;
@@ -870,19 +984,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// `30s`, `15m`, `1h`, `2d`, or plain seconds.
+/// `30s`, `15m`, `1h`, `2d`, sums like `1h30m`, or plain seconds (as in the config).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    Some(Duration::from_secs(n.checked_mul(mult)?))
+    config::parse_duration(s)
 }
 
 fn gc(
@@ -939,7 +1043,37 @@ fn scrub(path: Option<PathBuf>, env: config::Env) -> Result<(), Failure> {
     })
 }
 
-fn healthcheck(url: &str) -> Result<(), Failure> {
+/// The health URL of the server the config describes: its listen port on loopback when it
+/// listens on every interface, https when it has tls.
+fn health_url(cfg: &Config) -> Result<String, Failure> {
+    let addr = cfg.listen;
+    if addr.port() == 0 {
+        return Err(Failure::Config(vec![
+            "healthcheck: listen has port 0 (picked at start); give --url".into(),
+        ]));
+    }
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v) if v.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v) if v.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    Ok(format!(
+        "{scheme}://{}/healthz",
+        std::net::SocketAddr::new(ip, addr.port())
+    ))
+}
+
+fn healthcheck(url: Option<String>, path: Option<PathBuf>, env: &config::Env) -> Result<(), Failure> {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            // only listen and tls are needed: files the config names are not read
+            let cfg = config::load_with(config_path(path, env).as_deref(), env, false).map_err(Failure::Config)?;
+            health_url(&cfg)?
+        }
+    };
+    let url = url.as_str();
     let rt = runtime()?;
     rt.block_on(async {
         // a liveness probe of our own process: the certificate may be one the probe cannot verify
@@ -967,6 +1101,20 @@ fn import_config(file: &Path) -> Result<(), Failure> {
         eprintln!("regate: warning: {w}");
     }
     Ok(())
+}
+
+/// The registry host clients name in `docker login`: from public_url, else from a listen
+/// address that says it (`<registry>` when neither does).
+fn registry_host(cfg: &Config) -> String {
+    if let Some(u) = &cfg.public_url {
+        return host_of(u.trim_end_matches('/'));
+    }
+    let l = cfg.listen;
+    match (l.port(), l.ip().is_unspecified()) {
+        (0, _) => "<registry>".into(),
+        (p, true) => format!("127.0.0.1:{p}"),
+        (_, false) => l.to_string(),
+    }
 }
 
 fn valid_robot_name(n: &str) -> bool {
@@ -1037,16 +1185,23 @@ fn robot(cmd: RobotCmd, env: config::Env) -> Result<(), Failure> {
                     println!("expires {}", crate::util::rfc3339(exp));
                 }
                 println!("secret (shown once): {secret}");
-                println!("  echo '{secret}' | docker login <registry> -u '{account}' --password-stdin");
+                println!(
+                    "  echo '{secret}' | docker login {} -u '{account}' --password-stdin",
+                    registry_host(&cfg)
+                );
             }
             RobotCmd::List { .. } => {
-                for r in st
+                let robots: Vec<_> = st
                     .list()
                     .await
                     .map_err(io)?
                     .into_iter()
                     .filter(|r| r.kind == Kind::Robot)
-                {
+                    .collect();
+                if robots.is_empty() {
+                    println!("no robot accounts (create one with: regate robot add NAME --repo PATTERN)");
+                }
+                for r in robots {
                     let grants: Vec<String> = r
                         .grants
                         .iter()

@@ -1,7 +1,11 @@
 //! Configuration: YAML (unknown keys are errors), secrets from `KEY_file` or `REGATE_<PATH>`
 //! environment variables, validated once into typed values.
 
+mod diagnose;
 pub mod replication;
+pub mod secs;
+
+pub use secs::parse_duration;
 
 use crate::auth::scope::Action;
 use ipnet::IpNet;
@@ -71,6 +75,10 @@ pub struct Config {
     pub listen: SocketAddr,
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Where regate keeps its own files (generated signing key and certificate, generated admin
+    /// password, webhook spool); default: the fs root, or `./regate-data` for other backends.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default)]
@@ -112,20 +120,20 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
     /// Seconds between garbage collections run by the server itself; 0: never (run `regate gc`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secs::secs")]
     pub interval: u64,
     /// Seconds an unreferenced blob (or untagged manifest) must be old before it is deleted.
-    #[serde(default = "GcConfig::d_grace")]
+    #[serde(default = "GcConfig::d_grace", deserialize_with = "secs::secs")]
     pub grace: u64,
     /// Scheduled runs also delete untagged manifests.
     #[serde(default)]
     pub delete_untagged: bool,
     /// Seconds after which an unfinished upload counts as abandoned and is purged.
-    #[serde(default = "GcConfig::d_uploads")]
+    #[serde(default = "GcConfig::d_uploads", deserialize_with = "secs::secs")]
     pub upload_max_age: u64,
     /// Seconds between purges of abandoned uploads (and their parts) by the server, whether or
     /// not `interval` schedules full collections; 0: never.
-    #[serde(default = "GcConfig::d_purge")]
+    #[serde(default = "GcConfig::d_purge", deserialize_with = "secs::secs")]
     pub upload_purge_interval: u64,
 }
 
@@ -171,7 +179,7 @@ pub struct RetentionRule {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
-    #[serde(default = "default_hsts")]
+    #[serde(default = "default_hsts", deserialize_with = "secs::secs")]
     pub hsts_max_age: u64,
     #[serde(default)]
     pub http_redirect_listen: Option<SocketAddr>,
@@ -207,7 +215,7 @@ pub struct StorageConfig {
     #[serde(default)]
     pub redirect: bool,
     /// Lifetime in seconds of the presigned URLs that `redirect` hands out (default 1200).
-    #[serde(default = "default_redirect_ttl")]
+    #[serde(default = "default_redirect_ttl", deserialize_with = "secs::secs")]
     pub redirect_ttl: u64,
     #[serde(default = "default_true")]
     pub delete: bool,
@@ -307,7 +315,7 @@ pub struct S3Config {
     #[serde(default)]
     pub max_retries: Option<usize>,
     /// Seconds one request (or one streamed part) may take before it is abandoned and retried.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secs::opt_secs")]
     pub timeout: Option<u64>,
 }
 
@@ -332,7 +340,7 @@ pub struct OssConfig {
     #[serde(default)]
     pub max_retries: Option<usize>,
     /// Seconds one request (or one streamed part) may take before it is abandoned and retried.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secs::opt_secs")]
     pub timeout: Option<u64>,
 }
 
@@ -355,7 +363,7 @@ pub struct CosConfig {
     #[serde(default)]
     pub max_retries: Option<usize>,
     /// Seconds one request (or one streamed part) may take before it is abandoned and retried.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secs::opt_secs")]
     pub timeout: Option<u64>,
 }
 
@@ -374,7 +382,7 @@ pub struct LfsConfig {
     #[serde(default)]
     pub metadata: Option<Box<StorageConfig>>,
     /// Seconds a batch request, or a pause within a transfer, may take (default 30).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secs::opt_secs")]
     pub timeout: Option<u64>,
     /// Retries of a transient failure (connection, 429, 5xx), with backoff; default 4.
     #[serde(default)]
@@ -424,7 +432,7 @@ pub struct AuthConfig {
     pub service: Option<String>,
     #[serde(default = "default_issuer")]
     pub issuer: String,
-    #[serde(default = "default_ttl")]
+    #[serde(default = "default_ttl", deserialize_with = "secs::secs")]
     pub token_ttl: u64,
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
@@ -440,7 +448,7 @@ pub struct AuthConfig {
     #[serde(default)]
     pub gitee: Option<GiteeConfig>,
     /// Lifetime of refresh (identity) tokens handed to `docker login`, in seconds; 0 = no expiry.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secs::opt_secs")]
     pub refresh_token_ttl: Option<u64>,
     /// Keyless CI: OIDC issuers whose ID tokens are accepted as passwords.
     #[serde(default)]
@@ -496,13 +504,13 @@ pub struct GiteeConfig {
     #[serde(default)]
     pub service_token: Option<Secret>,
     /// Seconds one call to Gitee may take.
-    #[serde(default = "GiteeConfig::d_timeout")]
+    #[serde(default = "GiteeConfig::d_timeout", deserialize_with = "secs::secs")]
     pub timeout: u64,
     /// Seconds Gitee's answers (credential checks, permissions) are reused.
-    #[serde(default = "GiteeConfig::d_cache_ttl")]
+    #[serde(default = "GiteeConfig::d_cache_ttl", deserialize_with = "secs::secs")]
     pub cache_ttl: u64,
     /// Seconds a browser session lasts.
-    #[serde(default = "GiteeConfig::d_session_ttl")]
+    #[serde(default = "GiteeConfig::d_session_ttl", deserialize_with = "secs::secs")]
     pub session_ttl: u64,
 }
 
@@ -629,7 +637,7 @@ pub struct MirrorConfig {
     #[serde(default)]
     pub password: Option<Secret>,
     /// Seconds a mirrored tag is served before it is checked against the remote again.
-    #[serde(default = "MirrorConfig::d_ttl")]
+    #[serde(default = "MirrorConfig::d_ttl", deserialize_with = "secs::secs")]
     pub tag_ttl: u64,
 }
 
@@ -657,13 +665,13 @@ pub struct NotificationConfig {
     #[serde(default)]
     pub media_types: Option<Vec<String>>,
     /// Seconds one delivery attempt may take.
-    #[serde(default = "NotificationConfig::d_timeout")]
+    #[serde(default = "NotificationConfig::d_timeout", deserialize_with = "secs::secs")]
     pub timeout: u64,
     /// Longest wait between retries, seconds (backoff doubles from 1 s up to this).
-    #[serde(default = "NotificationConfig::d_backoff")]
+    #[serde(default = "NotificationConfig::d_backoff", deserialize_with = "secs::secs")]
     pub max_backoff: u64,
     /// Events older than this many seconds that still could not be delivered are dropped.
-    #[serde(default = "NotificationConfig::d_max_age")]
+    #[serde(default = "NotificationConfig::d_max_age", deserialize_with = "secs::secs")]
     pub max_age: u64,
     /// Most events kept waiting for this endpoint; further ones are dropped and counted.
     #[serde(default = "NotificationConfig::d_queue")]
@@ -692,16 +700,16 @@ pub struct LimitsConfig {
     #[serde(default = "LimitsConfig::d_manifest")]
     pub max_manifest_bytes: u64,
     /// Seconds a request body may stall before the request is dropped.
-    #[serde(default = "LimitsConfig::d_idle")]
+    #[serde(default = "LimitsConfig::d_idle", deserialize_with = "secs::secs")]
     pub body_idle_timeout: u64,
     /// Seconds a client has to send its request headers.
-    #[serde(default = "LimitsConfig::d_header")]
+    #[serde(default = "LimitsConfig::d_header", deserialize_with = "secs::secs")]
     pub header_read_timeout: u64,
     /// Concurrent connections accepted; further ones wait.
     #[serde(default = "LimitsConfig::d_conns")]
     pub max_connections: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
-    #[serde(default = "LimitsConfig::d_grace")]
+    #[serde(default = "LimitsConfig::d_grace", deserialize_with = "secs::secs")]
     pub shutdown_grace: u64,
     /// `/token` requests per second per client address (bursts of twice that); 0: no limit.
     #[serde(default = "LimitsConfig::d_token_rate")]
@@ -802,7 +810,11 @@ pub fn parse_with(text: &str, origin: &str, env: &Env, read_files: bool) -> Resu
     if !errs.is_empty() {
         return Err(errs);
     }
-    serde_yaml_ng::from_value::<Config>(v).map_err(|e| vec![format!("{origin}: {e}")])
+    match serde_yaml_ng::from_value::<Config>(v.clone()) {
+        Ok(c) => Ok(c),
+        // every problem at once, each with its key path and line
+        Err(_) => Err(diagnose::problems(v, text, origin, read_files)),
+    }
 }
 
 fn apply_env(v: &mut Value, env: &Env, errs: &mut Vec<String>) {
@@ -927,9 +939,12 @@ pub fn load_with(path: Option<&Path>, env: &Env, read_files: bool) -> Result<Con
 }
 
 impl Config {
-    /// Where regate keeps its own files by default (keys, admin password): the fs root, or
+    /// Where regate keeps its own files (keys, admin password): `data_dir`, else the fs root, or
     /// `./regate-data` for other backends.
     pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
         match (&self.storage.backend, &self.storage.fs) {
             (Backend::Fs, Some(fs)) => fs.root.clone(),
             // the LFS backend's own files (keys, passwords) go beside its fs metadata store

@@ -42,7 +42,7 @@ pub struct ReplicationConfig {
     #[serde(default)]
     pub deletes: bool,
     /// Seconds: the pull schedule, and the full reconcile of push rules.
-    #[serde(default = "ReplicationConfig::d_interval")]
+    #[serde(default = "ReplicationConfig::d_interval", deserialize_with = "super::secs::secs")]
     pub interval: u64,
     /// Prefix rewrite of repository names on the way (`team/` -> `mirror/team/`).
     #[serde(default)]

@@ -1,6 +1,11 @@
 //! The browser side: `/login` → Gitee → `/login/callback` (state bound to a signed cookie, PKCE),
 //! a signed session cookie, `/logout`, and one plain page at `/` that shows who you are, your CLI
-//! passwords (create, revoke) and the exact `docker login` line. Server-rendered, no script.
+//! passwords (create, revoke) and the exact `docker login` line; `/ui/repos` lists what you may
+//! pull and each repository's tags. Local accounts (htpasswd, the generated admin) sign in with
+//! their username and password on the same pages, with or without Gitee: their session cookie is
+//! a token signed by regate's token key whose only access entry names the session (no registry
+//! access), so it needs no key of its own and every replica accepts it. Server-rendered; the only
+//! script is the copy button's, allowed by its hash.
 
 use super::session::{self, LoginState, Session, LOGIN_COOKIE, SESSION_COOKIE};
 use super::{Gitee, GiteeError};
@@ -13,7 +18,30 @@ use hyper::body::Incoming;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+mod local;
+
+pub use local::local_identity;
+use local::{User, LOCAL_COOKIE};
+
 const LOGIN_TTL: u64 = 600;
+
+/// Copies the text of the element a `data-copy` button names (clipboard API, or selecting it
+/// where that API is missing, e.g. over plain HTTP).
+const COPY_SCRIPT: &str = "document.querySelectorAll('button[data-copy]').forEach(function(b){b.hidden=false;b.addEventListener('click',function(){var e=document.getElementById(b.getAttribute('data-copy'));var t=e.textContent.trim();var ok=function(){b.textContent='Copied';};if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(t).then(ok);}else{var r=document.createRange();r.selectNodeContents(e);var s=window.getSelection();s.removeAllRanges();s.addRange(r);if(document.execCommand('copy')){ok();}}});});";
+
+fn copy_script_hash() -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(COPY_SCRIPT.as_bytes()))
+}
+
+/// A block of text to copy (a secret, a command) with its copy button.
+fn copyable(id: &str, class: &str, text: &str) -> String {
+    format!(
+        "<div class=\"copy\"><pre class=\"{class}\" id=\"{id}\">{}</pre><button type=\"button\" data-copy=\"{id}\" hidden>Copy</button></div>",
+        esc(text)
+    )
+}
 
 pub struct Web<'a> {
     pub gitee: Option<&'a Gitee>,
@@ -82,12 +110,16 @@ pub fn esc(s: &str) -> String {
 fn page(code: StatusCode, title: &str, body: &str) -> Resp {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{t} · regate</title><style>body{{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-code,pre{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}}pre{{padding:.6rem;overflow-x:auto}}table{{border-collapse:collapse;width:100%}}\
-td,th{{border-bottom:1px solid #ddd;padding:.3rem;text-align:left;vertical-align:top}}.secret{{font-size:1.1rem;background:#fff8d6}}\
-header{{display:flex;justify-content:space-between;align-items:baseline}}</style></head><body>{b}</body></html>",
+<title>{t} · regate</title><style>body{{font:15px/1.5 system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;color:#222}}\
+code,pre{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}}pre{{padding:.6rem;white-space:pre-wrap;overflow-wrap:anywhere;margin:.4rem 0}}\
+.wide{{overflow-x:auto}}table{{border-collapse:collapse;width:100%}}\
+td,th{{border-bottom:1px solid #ddd;padding:.3rem;text-align:left;vertical-align:top}}.nowrap{{white-space:nowrap}}\
+.secret{{font-size:1.1rem;background:#fff8d6;word-break:break-all}}.copy{{display:flex;gap:.5rem;align-items:flex-start}}.copy pre{{flex:1;min-width:0}}\
+header{{display:flex;flex-wrap:wrap;gap:.5rem;justify-content:space-between;align-items:baseline}}\
+form.signin label{{display:block;margin:.4rem 0}}input{{max-width:100%}}.error{{color:#a00}}</style></head><body>{b}<script>{s}</script></body></html>",
         t = esc(title),
-        b = body
+        b = body,
+        s = COPY_SCRIPT
     );
     let mut r = Resp::new(http::full(html));
     *r.status_mut() = code;
@@ -96,7 +128,10 @@ header{{display:flex;justify-content:space-between;align-items:baseline}}</style
     http::set(
         &mut r,
         header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        &format!(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            copy_script_hash()
+        ),
     );
     http::set(&mut r, header::REFERRER_POLICY, "no-referrer");
     r
@@ -151,30 +186,26 @@ impl Web<'_> {
         headers: &HeaderMap,
         body: Incoming,
     ) -> (Resp, Option<String>) {
-        let Some(g) = self.gitee else {
-            if path == "/" {
-                return (
-                    page(
-                        StatusCode::OK,
-                        "regate",
-                        "<h1>regate</h1><p>A private container registry. Sign in with <code>docker login</code>.</p>",
+        let q = query_pairs(query);
+        let user = self.user_of(headers);
+        let who = user.as_ref().map(|u| u.s.login.clone());
+        let (mut r, who) = match (method, path) {
+            (&Method::GET, "/login") => match (self.gitee, query_get(&q, "local")) {
+                (Some(g), None) => (self.login(g, query_get(&q, "rd")), None),
+                _ => (self.signin_page(StatusCode::OK, query_get(&q, "rd"), None), None),
+            },
+            (&Method::POST, "/login") => self.signin(body).await,
+            (&Method::GET, "/login/callback") => match self.gitee {
+                Some(g) => self.callback(g, &q, headers).await,
+                None => (
+                    message(
+                        StatusCode::NOT_FOUND,
+                        "Gitee sign-in is not configured",
+                        "This regate has no auth.gitee section: sign in with your regate account.",
                     ),
                     None,
-                );
-            }
-            return (
-                message(
-                    StatusCode::NOT_FOUND,
-                    "Gitee sign-in is not configured",
-                    "This regate has no auth.gitee section; sign in with docker login and a regate account.",
                 ),
-                None,
-            );
-        };
-        let q = query_pairs(query);
-        match (method, path) {
-            (&Method::GET, "/login") => (self.login(g, query_get(&q, "rd")), None),
-            (&Method::GET, "/login/callback") => self.callback(g, &q, headers).await,
+            },
             (&Method::GET | &Method::POST, "/logout") => {
                 let mut r = page(
                     StatusCode::OK,
@@ -182,32 +213,28 @@ impl Web<'_> {
                     "<h1>Signed out</h1><p>Your browser session has ended. CLI passwords keep working until they expire or you revoke them.</p><p><a href=\"/login\">Sign in</a></p>",
                 );
                 add_cookie(&mut r, &session::set_cookie(SESSION_COOKIE, "", "/", 0, self.secure()));
-                (r, session_of(g, headers).map(|s| s.login))
+                add_cookie(&mut r, &session::set_cookie(LOCAL_COOKIE, "", "/", 0, self.secure()));
+                return (r, who);
             }
-            (&Method::GET, "/") => match session_of(g, headers) {
-                Some(s) => (self.home(g, &s, None).await, Some(s.login)),
-                None => (
-                    page(
-                        StatusCode::OK,
-                        "regate",
-                        "<h1>regate</h1><p>A private container registry for this team.</p><p><a href=\"/login\">Sign in with Gitee</a></p>",
-                    ),
-                    None,
-                ),
+            (&Method::GET, "/") => match &user {
+                Some(u) => (self.home(u, None).await, who),
+                None => (self.signin_page(StatusCode::OK, None, None), None),
             },
             (&Method::GET, p) if p == "/ui/repos" || p.starts_with("/ui/repos/") => {
-                let Some(sess) = session_of(g, headers) else {
+                let Some(u) = &user else {
+                    // with Gitee, /login is Gitee's sign-in (its page links the local one)
                     return (redirect(&format!("/login?rd={}", urlenc(p))), None);
                 };
                 let r = if p == "/ui/repos" {
-                    self.repos(&sess).await
+                    self.repos(u).await
                 } else {
-                    self.repo(&sess, p.trim_start_matches("/ui/repos/"), query_get(&q, "last")).await
+                    self.repo(u, p.trim_start_matches("/ui/repos/"), query_get(&q, "last"))
+                        .await
                 };
-                (r, Some(sess.login))
+                (r, who)
             }
             (&Method::POST, "/ui/tokens" | "/ui/tokens/revoke") => {
-                let Some(s) = session_of(g, headers) else {
+                let Some(u) = &user else {
                     return (redirect("/login"), None);
                 };
                 let form = match BodyReader::new(body, Duration::from_secs(30)).read_all(16 * 1024).await {
@@ -215,33 +242,52 @@ impl Web<'_> {
                     Err(_) => {
                         return (
                             message(StatusCode::BAD_REQUEST, "Bad request", "The form could not be read."),
-                            Some(s.login),
+                            who,
                         )
                     }
                 };
-                if !query_get(&form, "csrf").is_some_and(|t| g.signer.check_csrf(&s.sid, t)) {
+                if !self.csrf_ok(u, query_get(&form, "csrf")) {
                     return (
                         message(
                             StatusCode::FORBIDDEN,
                             "Refused",
                             "This form did not come from your regate page; reload the page and try again.",
                         ),
-                        Some(s.login),
+                        who,
                     );
                 }
                 let r = if path == "/ui/tokens" {
-                    self.mint(g, &s, &form).await
+                    self.mint(u, &form).await
                 } else {
-                    self.revoke(&s, &form).await
+                    self.revoke(&u.s, &form).await
                 };
-                (r, Some(s.login))
+                (r, who)
             }
             _ => {
-                let mut r = message(StatusCode::METHOD_NOT_ALLOWED, "Not allowed", "This page does not take that method.");
-                http::set(&mut r, header::ALLOW, if path.starts_with("/ui/") { "POST" } else { "GET" });
+                let mut r = message(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Not allowed",
+                    "This page does not take that method.",
+                );
+                http::set(
+                    &mut r,
+                    header::ALLOW,
+                    if path.starts_with("/ui/") || path == "/login" {
+                        "GET, POST"
+                    } else {
+                        "GET"
+                    },
+                );
                 (r, None)
             }
+        };
+        // a local session lasts the token lifetime from its last page
+        if let Some(u) = user.filter(|u| u.local && r.status().is_success()) {
+            if let Some(c) = self.local_cookie(&u.s.login, &u.s.groups, &u.s.sid) {
+                add_cookie(&mut r, &c);
+            }
         }
+        (r, who)
     }
 
     fn login(&self, g: &Gitee, rd: Option<&str>) -> Resp {
@@ -366,7 +412,8 @@ impl Web<'_> {
         (r, Some(s.login))
     }
 
-    async fn home(&self, g: &Gitee, s: &Session, fresh: Option<(&Record, &str)>) -> Resp {
+    async fn home(&self, u: &User, fresh: Option<(&Record, &str)>) -> Resp {
+        let s = &u.s;
         let mut b = String::new();
         let _ = write!(
             b,
@@ -382,24 +429,36 @@ impl Web<'_> {
         b.push_str("<p><a href=\"/ui/repos\" id=\"repos-link\">Repositories you can pull</a></p>");
         let _ = write!(
             b,
-            "<h2>docker login</h2><pre id=\"docker-login\">docker login {} -u {}</pre>\
-<p>As the password use a CLI password from below, or a Gitee personal access token.</p>",
-            esc(self.host()),
-            esc(&s.login)
+            "<h2>docker login</h2>{}<p>As the password use {}.</p>",
+            copyable(
+                "docker-login",
+                "",
+                &format!("docker login {} -u {}", self.host(), s.login)
+            ),
+            if u.local {
+                "your regate password, or a CLI password from below"
+            } else {
+                "a CLI password from below, or a Gitee personal access token"
+            }
         );
         if let Some((rec, secret)) = fresh {
             let _ = write!(
                 b,
-                "<h2>New CLI password</h2><p>Copy it now; it is not shown again.</p><pre class=\"secret\" id=\"new-password\">{}</pre>\
-<pre>echo '{}' | docker login {} -u {} --password-stdin</pre><p>Expires {}.</p>",
-                esc(secret),
-                esc(secret),
-                esc(self.host()),
-                esc(&s.login),
+                "<h2>New CLI password</h2><p>Copy it now; it is not shown again.</p>{}{}<p>Expires {}.</p>",
+                copyable("new-password", "secret", secret),
+                copyable(
+                    "new-login",
+                    "",
+                    &format!(
+                        "echo '{secret}' | docker login {} -u {} --password-stdin",
+                        self.host(),
+                        s.login
+                    )
+                ),
                 esc(&crate::util::rfc3339(rec.expires))
             );
         }
-        let csrf = g.signer.csrf(&s.sid);
+        let csrf = self.csrf(u);
         b.push_str("<h2>CLI passwords</h2>");
         let now = crate::util::now_secs();
         match self.tokens.creds.stored() {
@@ -414,11 +473,11 @@ impl Web<'_> {
                     if mine.is_empty() {
                         b.push_str("<p id=\"no-passwords\">You have no CLI passwords yet.</p>");
                     } else {
-                        b.push_str("<table id=\"passwords\"><tr><th>ID</th><th>Description</th><th>Repositories</th><th>Actions</th><th>Expires</th><th></th></tr>");
+                        b.push_str("<div class=\"wide\"><table id=\"passwords\"><tr><th>ID</th><th>Description</th><th>Repositories</th><th>Actions</th><th>Expires</th><th></th></tr>");
                         for r in mine {
                             let _ = write!(
                                 b,
-                                "<tr><td><code>{id}</code></td><td>{d}</td><td>{repos}</td><td>{acts}</td><td>{exp}</td>\
+                                "<tr><td><code>{id}</code></td><td>{d}</td><td>{repos}</td><td>{acts}</td><td class=\"nowrap\">{exp}</td>\
 <td><form method=\"post\" action=\"/ui/tokens/revoke\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
 <input type=\"hidden\" name=\"id\" value=\"{id}\"><button>Revoke</button></form></td></tr>",
                                 id = esc(&r.id),
@@ -434,7 +493,7 @@ impl Web<'_> {
                                 csrf = esc(&csrf),
                             );
                         }
-                        b.push_str("</table>");
+                        b.push_str("</table></div>");
                     }
                 }
             },
@@ -454,7 +513,7 @@ impl Web<'_> {
     }
 
     /// The repositories this session may pull (with Gitee's permissions looked up first).
-    async fn pullable(&self, s: &Session) -> Result<(Vec<String>, bool), Resp> {
+    async fn pullable(&self, u: &User) -> Result<(Vec<String>, bool), Resp> {
         let all = match self.registry.repositories().await {
             Ok(a) => a,
             Err(_) => {
@@ -465,7 +524,7 @@ impl Web<'_> {
                 ))
             }
         };
-        let id = identity_of(s);
+        let id = u.identity();
         let policy = self.tokens.policy.get();
         let scopes: Vec<crate::auth::scope::Scope> = all
             .iter()
@@ -484,8 +543,8 @@ impl Web<'_> {
         Ok((names, admin))
     }
 
-    async fn repos(&self, s: &Session) -> Resp {
-        let (names, admin) = match self.pullable(s).await {
+    async fn repos(&self, u: &User) -> Resp {
+        let (names, admin) = match self.pullable(u).await {
             Ok(x) => x,
             Err(r) => return r,
         };
@@ -547,7 +606,7 @@ impl Web<'_> {
         page(StatusCode::OK, "Repositories", &b)
     }
 
-    async fn repo(&self, s: &Session, name: &str, last: Option<&str>) -> Resp {
+    async fn repo(&self, u: &User, name: &str, last: Option<&str>) -> Resp {
         let not_found = || {
             message(
                 StatusCode::NOT_FOUND,
@@ -558,7 +617,7 @@ impl Web<'_> {
         let Some(repo) = crate::registry::names::RepoName::parse(name) else {
             return not_found();
         };
-        let id = identity_of(s);
+        let id = u.identity();
         let policy = self.tokens.policy.get();
         let scope = [crate::auth::scope::Scope::repository(repo.as_str(), &[Action::Pull])];
         let (subject, _) = self.tokens.subject(&id, self.ip, &policy, &scope).await;
@@ -584,7 +643,7 @@ impl Web<'_> {
         if tags.is_empty() {
             b.push_str("<p id=\"no-tags\">No tags.</p>");
         } else {
-            b.push_str("<table id=\"tags\"><tr><th>Tag</th><th>Size</th><th>Platforms</th><th>Pushed</th><th>Digest</th><th>Pull</th></tr>");
+            b.push_str("<div class=\"wide\"><table id=\"tags\"><tr><th>Tag</th><th class=\"nowrap\">Size</th><th>Platforms</th><th>Pushed</th><th>Digest</th><th>Pull</th></tr>");
             for t in &tags {
                 let pushed = t
                     .pushed
@@ -593,7 +652,7 @@ impl Web<'_> {
                     .unwrap_or_default();
                 let _ = write!(
                     b,
-                    "<tr><td>{tag}</td><td>{size}</td><td>{plat}</td><td>{pushed}</td><td><code title=\"{dg}\">{short}</code></td><td><code>docker pull {h}/{n}:{tag}</code></td></tr>",
+                    "<tr><td>{tag}</td><td class=\"nowrap\">{size}</td><td>{plat}</td><td class=\"nowrap\">{pushed}</td><td><code title=\"{dg}\">{short}</code></td><td><code>docker pull {h}/{n}:{tag}</code></td></tr>",
                     tag = esc(&t.tag),
                     size = human(t.size),
                     plat = esc(&t.platforms.join(", ")),
@@ -604,7 +663,7 @@ impl Web<'_> {
                     n = esc(repo.as_str()),
                 );
             }
-            b.push_str("</table>");
+            b.push_str("</table></div>");
         }
         if let (true, Some(t)) = (more, tags.last()) {
             let _ = write!(
@@ -618,7 +677,8 @@ impl Web<'_> {
         page(StatusCode::OK, repo.as_str(), &b)
     }
 
-    async fn mint(&self, g: &Gitee, s: &Session, form: &[(String, String)]) -> Resp {
+    async fn mint(&self, u: &User, form: &[(String, String)]) -> Resp {
+        let s = &u.s;
         let Some(st) = self.tokens.creds.stored() else {
             return message(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -674,7 +734,7 @@ impl Web<'_> {
         {
             Ok((rec, secret)) => {
                 tracing::info!(target: "regate::audit", event = "cli_password", action = "POST", account = %s.login, id = %rec.id, "created in the browser");
-                self.home(g, s, Some((&rec, &secret))).await
+                self.home(u, Some((&rec, &secret))).await
             }
             Err(e) => {
                 tracing::error!(error = %e, "credential storage");
