@@ -205,6 +205,8 @@ enum Denial {
     InvalidToken(VerifyError),
     BadBasic,
     Insufficient,
+    /// Not signed in (an anonymous token) and anonymous access does not reach this far.
+    Anonymous,
     Unavailable,
     Limited(Duration),
 }
@@ -591,6 +593,7 @@ impl App {
                     Denial::InvalidToken(_) => "invalid token",
                     Denial::BadBasic => "bad credentials",
                     Denial::Insufficient => "insufficient scope",
+                    Denial::Anonymous => "not signed in",
                     Denial::Unavailable => "credential check unavailable",
                     Denial::Limited(_) => "rate limited",
                 });
@@ -760,7 +763,7 @@ impl App {
         let principal = match self.authorize_with(h, &need, ip, true).await {
             Ok(p) => p,
             // an anonymous token is no sign-in: ask for one
-            Err(Denial::Insufficient) if matches!(need, Need::Account) => {
+            Err(Denial::Insufficient | Denial::Anonymous) if matches!(need, Need::Account) => {
                 log.denied = Some("no valid credentials");
                 return self.challenge(&need, &mount_from, Denial::Missing);
             }
@@ -870,10 +873,12 @@ impl App {
 
     /// The browser session's identity (Gitee sign-in), if the request carries a valid cookie.
     fn session_identity(&self, headers: &HeaderMap) -> Option<Identity> {
-        let g = self.tokens.creds.gitee()?;
-        let s = crate::gitee::web::session_of(g, headers)?;
-        // a local account of the same name appeared since: the session no longer stands
-        (!self.tokens.creds.is_local(&s.login)).then(|| crate::gitee::web::identity_of(&s))
+        let gitee = self.tokens.creds.gitee().and_then(|g| {
+            let s = crate::gitee::web::session_of(g, headers)?;
+            // a local account of the same name appeared since: the session no longer stands
+            (!self.tokens.creds.is_local(&s.login)).then(|| crate::gitee::web::identity_of(&s))
+        });
+        gitee.or_else(|| crate::gitee::web::local_identity(&self.tokens, headers))
     }
 
     /// Whether a signed-in identity (no token) may do what `need` says: the policy decides,
@@ -951,6 +956,8 @@ impl App {
         };
         if self.principal_allows(&principal, need, ip).await? {
             Ok(principal)
+        } else if matches!(&principal, Principal::Token(c) if c.sub.is_empty()) {
+            Err(Denial::Anonymous)
         } else {
             Err(Denial::Insufficient)
         }
@@ -994,6 +1001,16 @@ impl App {
                     v.push_str(",error=\"insufficient_scope\"");
                 }
                 (Code::Denied, "requested access to the resource is denied".to_owned())
+            }
+            Denial::Anonymous => {
+                if !matches!(need, Need::Authenticated | Need::Account) {
+                    v.push_str(",error=\"insufficient_scope\"");
+                }
+                let host = self.public_url.split("://").nth(1).unwrap_or(&self.public_url);
+                (
+                    Code::Unauthorized,
+                    format!("authentication required: sign in first (docker login {host})"),
+                )
             }
             Denial::Unavailable => {
                 return RegistryError::new(Code::Unavailable, "credential check unavailable; retry").into_response();

@@ -372,7 +372,7 @@ fn auth_request_decides_on_the_path_the_registry_reads() {
     );
 
     // the anonymous token (anyone gets one) opens nothing, however the path is spelled
-    assert_eq!(curl("GET", &format!("{base}/v2/_catalog"), &[bearer(&anon)], None), 403);
+    assert_eq!(curl("GET", &format!("{base}/v2/_catalog"), &[bearer(&anon)], None), 401);
     let manifest = work.path().join("m.json");
     std::fs::write(
         &manifest,

@@ -363,3 +363,21 @@ fn hypers_own_errors_carry_the_security_headers() {
         assert!(last.contains("x-content-type-options: nosniff"), "{name}: {out}");
     }
 }
+
+/// An anonymous caller refused on a repository is told to sign in (401), not that a signed-in
+/// account lacks access.
+#[tokio::test]
+async fn anonymous_callers_are_told_to_sign_in() {
+    let s = Server::start("");
+    let anon = common::token(&s, None, &["repository:admin/x:pull"]).await;
+    let r = client()
+        .get(format!("{}/v2/admin/x/tags/list", s.url))
+        .bearer_auth(&anon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("docker login"), "{body}");
+    assert!(!body.contains("requested access to the resource is denied"), "{body}");
+}
