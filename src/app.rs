@@ -483,6 +483,7 @@ impl App {
                     registry: &self.registry,
                     public_url: &self.public_url,
                     ip,
+                    replicator: self.replicator.as_deref(),
                 };
                 let (r, who) = web
                     .handle(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body)

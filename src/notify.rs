@@ -221,7 +221,11 @@ fn is_event_file(p: &Path) -> bool {
         .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'))
 }
 
-/// The URL without userinfo or query, for logs.
+/// The URL without userinfo or query, for logs and pages.
+pub fn redact_url(url: &str) -> String {
+    redact(url)
+}
+
 fn redact(url: &str) -> String {
     let no_query = url.split('?').next().unwrap_or(url);
     match no_query.split_once("://") {

@@ -238,6 +238,7 @@ auth:
     - {{ name: github, issuer: "{gh}", audience: {AUD}, account: "github:{{repository}}" }}
     - {{ name: k8s, issuer: "https://kubernetes.default.svc", audience: {AUD}, account: "k8s:{{kubernetes.io.namespace}}/{{kubernetes.io.serviceaccount.name}}", jwks_url: "{jwks}" }}
 access:
+  - {{ account: admin, repository: "*", actions: [pull, push, delete], catalog: true }}
   - {{ oidc: gitlab, claims: {{ project_path: "team/*", ref: main }}, repository: "team/*", actions: [pull, push] }}
   - {{ oidc: gitlab, repository: "team/*", actions: [pull] }}
   - {{ oidc: github, claims: {{ repository: "org/*" }}, repository: "org/*", actions: [pull, push] }}
@@ -370,6 +371,20 @@ async fn ci_tokens_sign_in_with_what_their_claims_allow() {
     );
     assert!(logs.contains("project_path=team/app"), "{logs}");
     assert!(!logs.contains(&main), "the ID token itself was logged");
+
+    // an administrator sees the providers and the shape of their rules
+    let (u, p) = s.admin();
+    let cookie = common::web_session(s, &u, &p).await;
+    let (code, page) = common::web_page(s, "/ui/admin", &cookie).await;
+    assert_eq!(code, 200, "{page}");
+    for want in [
+        "gitlab:{project_path}",
+        "ref_protected=true",
+        "project_path=team/* ref=main",
+        "k8s:{kubernetes.io.namespace}",
+    ] {
+        assert!(page.contains(want), "{want} missing: {page}");
+    }
 }
 
 #[tokio::test]

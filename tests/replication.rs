@@ -317,6 +317,15 @@ fn push_rule_to_distribution_whole_images_deletes_outage_and_restart() {
     let logs = s.logs();
     assert!(logs.contains("replicated"), "no audit event per copy");
     assert!(!logs.contains("sync-pw"), "the remote's password was logged");
+    // the administrators' page lists the rule, never its password
+    let (u, p) = s.admin();
+    let page = rt.block_on(async {
+        let cookie = common::web_session(&s, &u, &p).await;
+        common::web_page(&s, "/ui/admin", &cookie).await
+    });
+    assert_eq!(page.0, 200, "{}", page.1);
+    assert!(page.1.contains(">dr<") && page.1.contains(&dh), "{}", page.1);
+    assert!(!page.1.contains("sync-pw"), "the remote's password is on the page");
 }
 
 #[test]

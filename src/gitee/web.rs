@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+mod admin;
 mod local;
 
 pub use local::local_identity;
@@ -49,6 +50,8 @@ pub struct Web<'a> {
     pub registry: &'a crate::registry::Registry,
     pub public_url: &'a str,
     pub ip: std::net::IpAddr,
+    /// Replication rules, for the administrators' page.
+    pub replicator: Option<&'a crate::replicate::Replicator>,
 }
 
 const TAGS_PER_PAGE: usize = 100;
@@ -174,7 +177,13 @@ impl Web<'_> {
     pub fn handles(path: &str) -> bool {
         matches!(
             path,
-            "/" | "/login" | "/login/callback" | "/logout" | "/ui/tokens" | "/ui/tokens/revoke" | "/ui/repos"
+            "/" | "/login"
+                | "/login/callback"
+                | "/logout"
+                | "/ui/tokens"
+                | "/ui/tokens/revoke"
+                | "/ui/repos"
+                | "/ui/admin"
         ) || path.starts_with("/ui/repos/")
     }
 
@@ -233,6 +242,10 @@ impl Web<'_> {
                 };
                 (r, who)
             }
+            (&Method::GET, "/ui/admin") => match &user {
+                Some(u) => (self.admin(u).await, who),
+                None => return (redirect("/login?rd=%2Fui%2Fadmin"), None),
+            },
             (&Method::POST, "/ui/tokens" | "/ui/tokens/revoke") => {
                 let Some(u) = &user else {
                     return (redirect("/login"), None);
@@ -426,7 +439,7 @@ impl Web<'_> {
         if !s.groups.is_empty() {
             let _ = write!(b, "<p>Groups: {}</p>", esc(&s.groups.join(", ")));
         }
-        b.push_str("<p><a href=\"/ui/repos\" id=\"repos-link\">Repositories you can pull</a></p>");
+        b.push_str("<p><a href=\"/ui/repos\" id=\"repos-link\">Repositories you can pull</a> · <a href=\"/ui/admin\" id=\"admin-link\">Administration</a></p>");
         let _ = write!(
             b,
             "<h2>docker login</h2>{}<p>As the password use {}.</p>",

@@ -310,3 +310,40 @@ pub fn skopeo_round_trip(s: &Server) -> Vec<(String, Vec<u8>)> {
     assert!(a == b, "pulled image differs");
     a
 }
+
+/// Signs in on the web page as a local account and returns the session cookie ("name=value").
+pub async fn web_session(s: &Server, user: &str, pass: &str) -> String {
+    let r = client()
+        .post(format!("{}/login", s.url))
+        .form(&[("username", user), ("password", pass)])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_redirection() || r.status().is_success(),
+        "sign-in: {}",
+        r.status()
+    );
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|c| c.split(';').next())
+        .filter(|c| !c.ends_with('='))
+        .map(str::to_owned)
+        .collect();
+    assert!(!cookies.is_empty(), "no session cookie");
+    cookies.join("; ")
+}
+
+/// A page of the web UI with a session cookie: (status, body).
+pub async fn web_page(s: &Server, path: &str, cookie: &str) -> (u16, String) {
+    let r = client()
+        .get(format!("{}{path}", s.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
