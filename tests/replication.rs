@@ -412,3 +412,61 @@ fn pull_rule_copies_from_distribution_and_keeps_it_when_the_remote_is_gone() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("replication cloud failed"), "{err}");
 }
+
+/// A remote behind a proxy that refuses large requests (413): blobs go up in chunks.
+#[test]
+fn push_rule_uploads_in_chunks_when_the_remote_refuses_large_requests() {
+    let work = tempfile::tempdir().unwrap();
+    let ddir = work.path().join("dist");
+    std::fs::create_dir_all(&ddir).unwrap();
+    let dist = Distribution::new(&ddir, None);
+    // nginx in front of it, taking at most 20 MiB per request
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nport = l.local_addr().unwrap().port();
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let conf = work.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {w}/nginx.pid;\nerror_log {w}/logs/error.log warn;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {w}/body;\n  proxy_temp_path {w}/proxy;\n  server {{\n    listen 127.0.0.1:{nport};\n    client_max_body_size 20m;\n    location / {{ proxy_pass http://{d}; proxy_set_header Host $http_host; proxy_request_buffering off; }}\n  }}\n}}\n",
+            w = work.path().display(),
+            d = dist.host()
+        ),
+    )
+    .unwrap();
+    let nginx = if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    drop(l);
+    let _ng = Proc(
+        Command::new(nginx)
+            .arg("-p")
+            .arg(work.path())
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(nport);
+    let s = Server::start(&format!(
+        "replication:\n  - {{ name: small, url: \"http://127.0.0.1:{nport}\", direction: push }}\n"
+    ));
+    let (u, p) = s.admin();
+    let img = work.path().join("img");
+    let d = image(&img, "v1", &["30"], None);
+    push(
+        &img,
+        "v1",
+        &format!("docker://{}/team/big:v1", s.host),
+        &format!("{u}:{p}"),
+    );
+    eventually("the 30 MiB layer through a 20 MiB request limit", 120, || {
+        remote_digest(&format!("docker://127.0.0.1:{nport}/team/big:v1"), None).as_deref() == Some(d.as_str())
+    });
+}

@@ -71,6 +71,9 @@ pub struct Rule {
     seen: moka::sync::Cache<String, String>,
 }
 
+/// Chunk size of uploads to remotes that refuse a blob in one request.
+const CHUNK: usize = 16 << 20;
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -337,7 +340,16 @@ impl Rule {
             tracing::warn!(rule = %self.cfg.name, digest = %d, "blob not stored here; not copied");
             return Ok(());
         };
-        self.remote.put_blob(target, &ds, size, stream).await?;
+        match self.remote.put_blob(target, &ds, size, stream).await {
+            // a remote that takes no large single request (413): in chunks
+            Err(RemoteError::Refused(m)) if m.contains("413") => {
+                let Some((_, stream)) = reg.blob_stream(d).await? else {
+                    return Err(CopyError::Drop(format!("blob {d} vanished here")));
+                };
+                self.remote.put_blob_chunked(target, &ds, stream, CHUNK).await?;
+            }
+            r => r?,
+        }
         self.seen.insert(ds, target.to_owned());
         Ok(())
     }

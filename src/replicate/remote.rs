@@ -397,6 +397,82 @@ impl Remote {
         Self::check(r, "blob PUT").map(|_| ())
     }
 
+    /// Uploads a blob in chunks of `chunk` bytes (PATCH with `Content-Range`, then PUT), for
+    /// remotes that refuse large single requests; memory holds one chunk at a time.
+    pub async fn put_blob_chunked(
+        &self,
+        name: &str,
+        digest: &str,
+        mut body: ByteStream,
+        chunk: usize,
+    ) -> Result<(), RemoteError> {
+        use futures_util::StreamExt;
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/v2/{name}/blobs/uploads/"),
+                &Self::push(name),
+                None,
+                Body::Empty,
+            )
+            .await?;
+        let r = Self::check(r, "upload start")?;
+        let location = |r: &reqwest::Response| {
+            r.headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| RemoteError::Refused("upload without a Location".into()))
+        };
+        let mut loc = location(&r)?;
+        let mut offset: u64 = 0;
+        let mut buf = bytes::BytesMut::with_capacity(chunk);
+        let mut done = false;
+        while !done {
+            buf.clear();
+            while buf.len() < chunk {
+                match body.next().await {
+                    Some(Ok(c)) => buf.extend_from_slice(&c),
+                    Some(Err(e)) => return Err(RemoteError::Failed(format!("reading the blob here: {e}"))),
+                    None => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let data = buf.split().freeze();
+            let end = offset + data.len() as u64 - 1;
+            let auth = self.authorization(&Self::push(name)).await?;
+            let mut rb = self
+                .client
+                .patch(self.url(&loc))
+                .header("content-type", "application/octet-stream")
+                .header("content-range", format!("{offset}-{end}"))
+                .header("content-length", data.len());
+            if let Some(a) = auth {
+                rb = rb.header("authorization", a);
+            }
+            let r = rb.body(data.clone()).send().await.map_err(failed)?;
+            let r = Self::check(r, "upload chunk")?;
+            loc = location(&r)?;
+            offset = end + 1;
+        }
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = self
+            .send(
+                Method::PUT,
+                &format!("{loc}{sep}digest={digest}"),
+                &Self::push(name),
+                None,
+                Body::Empty,
+            )
+            .await?;
+        Self::check(r, "upload finish").map(|_| ())
+    }
+
     pub async fn get_blob(&self, name: &str, digest: &str) -> Result<ByteStream, RemoteError> {
         let r = self
             .send(
