@@ -217,6 +217,14 @@ fn nginx_as_tls_edge_in_front_of_regate() {
     );
     let (u, p) = s.admin();
     round_trip(&format!("127.0.0.1:{nport}"), &format!("{u}:{p}"), "admin/edge");
+    // a client's own Forwarded header stops at nginx: regate reads the address nginx appended
+    let code = curl(
+        "GET",
+        &format!("https://127.0.0.1:{nport}/v2/"),
+        &["Forwarded: for=10.9.9.9".to_owned()],
+        None,
+    );
+    assert_eq!(code, 401, "the client's Forwarded header reached regate");
     assert!(s
         .data()
         .join("docker/registry/v2/repositories/admin/edge/_manifests")
