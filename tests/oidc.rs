@@ -342,6 +342,33 @@ async fn ci_tokens_sign_in_with_what_their_claims_allow() {
     let (_, b) = token(s, "k8s", &other_ns, "repository:ci/app:pull", "").await;
     assert!(granted(&b, "ci/app").is_empty());
 
+    // Basic credentials straight on /v2/ are checked against the same rules
+    let v2 = |user: &'static str, tok: String, path: &'static str| {
+        let url = format!("{}{path}", s.url);
+        async move {
+            client()
+                .get(url)
+                .basic_auth(user, Some(tok))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(v2("gitlab", main.clone(), "/v2/").await, 200);
+    assert_eq!(
+        v2("gitlab", main.clone(), "/v2/team/app/tags/list").await,
+        404,
+        "allowed, nothing pushed yet"
+    );
+    assert_eq!(v2("gitlab", main.clone(), "/v2/other/app/tags/list").await, 401);
+    assert_eq!(
+        v2("github", main.clone(), "/v2/").await,
+        401,
+        "a GitLab token is no GitHub sign-in"
+    );
+
     // nothing issued outlives the ID token, and no refresh token is handed out
     let short = gitlab_claims(&gl, "team/app", "main", true, 90);
     let id_exp = short["exp"].as_u64().unwrap();
