@@ -47,7 +47,8 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_frame_size(1 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
     b
 }
 
