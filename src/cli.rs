@@ -1,7 +1,6 @@
 //! The command line: `serve`, `check-config`, `gc`. Every failure ends in one human sentence and
 //! exit code 2 (bad configuration or arguments) or 1 (anything else); never a panic.
 
-use crate::app::App;
 use crate::auth::credentials::Credentials;
 use crate::auth::endpoint::TokenService;
 use crate::auth::policy::{Glob, Policy, Rule, StaticRule};
@@ -10,6 +9,7 @@ use crate::auth::scope::Action;
 use crate::auth::stored::{Grant, Kind, StoredCreds, ROBOT_PREFIX};
 use crate::auth::token::TokenKeys;
 use crate::config::{self, Backend, Config};
+use crate::gateway::App;
 use crate::registry::{self, Registry};
 use crate::server::{self, tls, ServeOptions};
 use crate::storage::{self, Storage};
@@ -615,7 +615,7 @@ fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Con
                 continue;
             }
             app.tokens.policy.set(build_policy(&new));
-            app.net.set(crate::app::NetLists::from_config(&new.network));
+            app.net.set(crate::gateway::NetLists::from_config(&new.network));
             let differs = |a: String, b: String| a != b;
             let mut restart = Vec::new();
             if differs(
@@ -822,7 +822,7 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         service,
         registry,
         tokens,
-        crate::app::NetLists::from_config(&cfg.network),
+        crate::gateway::NetLists::from_config(&cfg.network),
         cfg.tls.as_ref().map(|t| t.hsts_max_age),
     );
     let rate = f64::from(cfg.limits.token_requests_per_second);

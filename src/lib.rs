@@ -4,10 +4,10 @@
 //! [`registry`]; storage backends in [`storage`]; authentication and the token service in [`auth`].
 
 pub mod api;
-pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod gc;
 pub mod gitee;
 pub mod http;

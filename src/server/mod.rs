@@ -4,7 +4,7 @@
 mod guard;
 pub mod tls;
 
-use crate::app::App;
+use crate::gateway::App;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

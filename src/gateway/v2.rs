@@ -1,0 +1,197 @@
+//! `/v2/`: the registry API, authorised, then served by the embedded registry or forwarded to
+//! the upstream one.
+
+use super::authorize::{allowed_methods, need_for, Denial, Need, Perms, Principal};
+use super::{App, Log};
+use crate::auth::scope::Scope;
+use crate::http::{self, query_pairs, Resp};
+use crate::registry::error::{Code, RegistryError};
+use crate::registry::names::RepoName;
+use crate::registry::{self as reg, Route, RouteError};
+use ::http::{header, Request, StatusCode};
+use hyper::body::Incoming;
+use std::net::IpAddr;
+
+impl App {
+    pub(super) async fn v2(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
+        let rest = req.uri().path().strip_prefix("/v2").unwrap_or("");
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        let route = match reg::classify(rest) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = match e {
+                    RouteError::NotFound => RegistryError::new(Code::NotFound, "no such API endpoint"),
+                    RouteError::NameInvalid => RegistryError::new(Code::NameInvalid, "invalid repository name"),
+                    RouteError::DigestInvalid => RegistryError::new(Code::DigestInvalid, "invalid digest"),
+                    RouteError::ReferenceInvalid => RegistryError::new(Code::TagInvalid, "invalid tag"),
+                    RouteError::UploadInvalid => RegistryError::new(Code::BlobUploadUnknown, "no such upload"),
+                };
+                return err.into_response();
+            }
+        };
+        log.route = route.kind();
+        log.repo = route.repo().map(|r| r.to_string());
+        let method = req.method().clone();
+        let allow = allowed_methods(&route);
+        let Some(need) = need_for(&route, &method) else {
+            let mut r = RegistryError::new(Code::Unsupported, format!("{method} is not allowed on this endpoint"))
+                .into_response();
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            http::set(&mut r, header::ALLOW, allow);
+            return r;
+        };
+        let query = query_pairs(req.uri().query());
+        // a cross-repository mount also asks to read the source repository
+        let mount_from: Vec<RepoName> = match &route {
+            Route::UploadStart(_) => http::query_get(&query, "from")
+                .filter(|_| http::query_get(&query, "mount").is_some())
+                .and_then(RepoName::parse)
+                .into_iter()
+                .collect(),
+            _ => vec![],
+        };
+        let principal = match self.authorize(req.headers(), &need, ip).await {
+            Ok(p) => p,
+            Err(d) => {
+                if !matches!(d, Denial::Missing) {
+                    crate::metrics::Metrics::add(&self.metrics.auth_failures, 1);
+                }
+                log.denied = Some(match d {
+                    Denial::Missing => "no credentials",
+                    Denial::InvalidToken(_) => "invalid token",
+                    Denial::BadBasic => "bad credentials",
+                    Denial::Insufficient => "insufficient scope",
+                    Denial::Anonymous => "not signed in",
+                    Denial::Unavailable => "credential check unavailable",
+                    Denial::Limited(_) => "rate limited",
+                });
+                return self.challenge(&need, &mount_from, d);
+            }
+        };
+        log.account = Some(match &principal {
+            Principal::Token(c) if c.sub.is_empty() => "anonymous".to_owned(),
+            Principal::Token(c) => c.sub.clone(),
+            Principal::Basic(i) => i.account.clone(),
+        });
+        if let Some(up) = &self.upstream {
+            return self.forward(up, req, &principal, &need, ip).await;
+        }
+        let policy = self.tokens.policy.get();
+        let perms = Perms {
+            principal: &principal,
+            policy: &policy,
+            ip,
+        };
+        let (parts, body) = req.into_parts();
+        let r = reg::Request {
+            method: &parts.method,
+            headers: &parts.headers,
+            query: &query,
+            body,
+            perms: &perms,
+        };
+        match self.registry.handle(route, r).await {
+            Ok(out) => {
+                let notifier = self.notifier.get();
+                if let (Some(ev), Some(n)) = (&out.event, notifier.as_ref()) {
+                    n.publish(
+                        ev.clone(),
+                        crate::notify::Context {
+                            actor: log.account.clone().unwrap_or_default(),
+                            addr: ip.to_string(),
+                            method: parts.method.to_string(),
+                            user_agent: parts
+                                .headers
+                                .get(header::USER_AGENT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned(),
+                            host: self.public_url.split("://").nth(1).unwrap_or("").to_owned(),
+                        },
+                    )
+                    .await;
+                }
+                if let (Some(ev), Some(r)) = (&out.event, &self.replicator) {
+                    r.publish(ev).await;
+                }
+                if let Some(ev) = &out.event {
+                    self.metrics.event(ev.action);
+                    log.digest = Some(ev.digest.to_string());
+                    if ev.action != "pull" {
+                        tracing::info!(
+                            target: "regate::audit",
+                            event = ev.action,
+                            %ip,
+                            account = log.account.as_deref().unwrap_or("-"),
+                            repo = %ev.repo,
+                            digest = %ev.digest,
+                            tag = ev.tag.as_deref().unwrap_or("-"),
+                            "registry"
+                        );
+                    }
+                }
+                out.resp
+            }
+            Err(e) => {
+                let mut r = e.into_response();
+                if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+                    // deletes disabled: everything but DELETE
+                    let without_delete = allow.replace(", DELETE", "");
+                    http::set(&mut r, header::ALLOW, &without_delete);
+                }
+                r
+            }
+        }
+    }
+
+    /// Upstream mode: hands the authorised request to the upstream registry. A Bearer token the
+    /// client sent is passed on (the upstream may trust regate as its token server); a caller
+    /// who used Basic credentials gets a regate token minted for exactly the authorised scope.
+    async fn forward(
+        &self,
+        up: &crate::proxy::Upstream,
+        req: Request<Incoming>,
+        principal: &Principal,
+        need: &Need,
+        ip: IpAddr,
+    ) -> Resp {
+        let authorization = match principal {
+            Principal::Token(_) => req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            Principal::Basic(id) => {
+                let scopes = match need {
+                    Need::Authenticated | Need::Account => vec![],
+                    Need::Catalog => vec![Scope::catalog()],
+                    Need::Repo(n, a) => vec![Scope::repository(n.as_str(), a)],
+                };
+                self.tokens
+                    .keys
+                    .issue_until(
+                        &id.account,
+                        &id.groups,
+                        id.limit.is_some(),
+                        &scopes,
+                        crate::util::now_secs(),
+                        id.oidc.as_ref().map_or(u64::MAX, |l| l.expires),
+                    )
+                    .ok()
+                    .map(|t| format!("Bearer {t}"))
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/v2/");
+        up.forward(crate::proxy::Forward {
+            method: &parts.method,
+            path_and_query: pq,
+            headers: &parts.headers,
+            body,
+            client_ip: ip,
+            public_url: &self.public_url,
+            authorization,
+        })
+        .await
+    }
+}
