@@ -3,7 +3,7 @@
 //! manifest has not arrived yet keeps its layers). With `delete_untagged`, manifests that no
 //! tag, kept index or kept subject reaches are dropped first.
 
-use crate::registry::names::{Digest, RepoName};
+use crate::registry::names::{Algorithm, Digest, Hasher, RepoName};
 use crate::registry::Manifest;
 use crate::storage::{layout, Storage};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +29,13 @@ pub struct Report {
     pub tags: Vec<(RepoName, String)>,
     /// The store keeps blobs in Git LFS, which has no delete API: dropped blobs free no space.
     pub lfs: bool,
+}
+
+impl Report {
+    /// Whether the run freed (or, dry, would free) nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.manifests.is_empty() && self.uploads.is_empty() && self.tags.is_empty()
+    }
 }
 
 impl fmt::Display for Report {
@@ -128,20 +135,51 @@ async fn repositories(store: &Storage) -> io::Result<Vec<RepoName>> {
     Ok(out)
 }
 
-async fn digests_in(store: &Storage, dir: &str) -> io::Result<Vec<Digest>> {
-    Ok(store
-        .list(dir)
-        .await?
-        .into_iter()
-        .filter_map(|e| Digest::parse(&format!("sha256:{}", e.name)))
-        .collect())
+/// The digests named by the entries of `dir(algorithm)`, for every algorithm.
+async fn digests_in(store: &Storage, dir: impl Fn(Algorithm) -> String) -> io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for a in Algorithm::ALL {
+        for e in store.list(&dir(a)).await? {
+            out.extend(Digest::from_hex(a, &e.name));
+        }
+    }
+    Ok(out)
+}
+
+/// Every stored blob (`blobs/<algorithm>/<2>/<hex>/`), of every algorithm.
+async fn stored_blobs(store: &Storage) -> io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for a in Algorithm::ALL {
+        let root = layout::blobs_dir(a);
+        for prefix in store.list(&root).await? {
+            for e in store.list(&format!("{root}/{}", prefix.name)).await? {
+                out.extend(Digest::from_hex(a, &e.name));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The manifests of `repo`: revisions that have a `link`. A revision directory without one
+/// is what a delete left behind (distribution's, or an older regate's): not a manifest, and
+/// removed unless `dry_run` when nothing else is in it.
+async fn revisions(store: &Storage, repo: &RepoName, dry_run: bool) -> io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for d in digests_in(store, |a| layout::revisions_dir(repo, a)).await? {
+        if store.stat(&layout::revision_link(repo, &d)).await?.is_some() {
+            out.push(d);
+        } else if !dry_run {
+            store.prune(&layout::revision_dir(repo, &d)).await?;
+        }
+    }
+    Ok(out)
 }
 
 async fn load(store: &Storage, d: &Digest) -> io::Result<Option<Manifest>> {
     let Some(b) = store.read(&layout::blob_data(d), 64 << 20).await? else {
         return Ok(None);
     };
-    Ok(Manifest::parse(b, None).ok())
+    Ok(Manifest::parse_as(b, None, d.algorithm()).ok())
 }
 
 /// Deletes the tags of `repo` that the first matching retention rule does not keep. Returns
@@ -189,34 +227,27 @@ pub struct Corrupt {
 /// (`actual: None` when the blob could not be read at all), and how many were checked.
 pub async fn scrub(store: &Storage) -> io::Result<(Vec<Corrupt>, usize)> {
     use futures_util::StreamExt;
-    use sha2::Digest as _;
     let mut bad = Vec::new();
     let mut n = 0;
-    let blobs_root = format!("{}/blobs/sha256", layout::ROOT);
-    for prefix in store.list(&blobs_root).await? {
-        for e in store.list(&format!("{blobs_root}/{}", prefix.name)).await? {
-            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
-                continue;
-            };
-            let Some((_, mut s)) = store.get(&layout::blob_data(&d), None).await? else {
-                continue;
-            };
-            n += 1;
-            let mut h = sha2::Sha256::new();
-            let mut failed = false;
-            while let Some(c) = s.next().await {
-                match c {
-                    Ok(c) => h.update(&c),
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
+    for d in stored_blobs(store).await? {
+        let Some((_, mut s)) = store.get(&layout::blob_data(&d), None).await? else {
+            continue;
+        };
+        n += 1;
+        let mut h = Hasher::new(d.algorithm());
+        let mut failed = false;
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(c) => h.update(&c),
+                Err(_) => {
+                    failed = true;
+                    break;
                 }
             }
-            let actual = (!failed).then(|| Digest::from_sha256(h.finalize().into()));
-            if actual.as_ref() != Some(&d) {
-                bad.push(Corrupt { digest: d, actual });
-            }
+        }
+        let actual = (!failed).then(|| h.finish());
+        if actual.as_ref() != Some(&d) {
+            bad.push(Corrupt { digest: d, actual });
         }
     }
     Ok((bad, n))
@@ -274,7 +305,7 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
     let mut marked: BTreeSet<Digest> = BTreeSet::new();
     for repo in repositories(store).await? {
         let retained = apply_retention(store, &repo, &opts, &mut report).await?;
-        let revisions = digests_in(store, &layout::revisions_dir(&repo)).await?;
+        let revisions = revisions(store, &repo, opts.dry_run).await?;
         let mut manifests: BTreeMap<Digest, Manifest> = BTreeMap::new();
         for d in &revisions {
             if let Some(m) = load(store, d).await? {
@@ -324,8 +355,10 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                 if !opts.dry_run {
                     if let Some(s) = manifests.get(d).and_then(|m| m.subject.clone()) {
                         store.delete(&layout::referrer_link(&repo, &s, d)).await?;
+                        store.prune(&layout::referrer_dir(&repo, &s, d)).await?;
                     }
                     store.delete(&link).await?;
+                    store.prune(&layout::revision_dir(&repo, d)).await?;
                 }
             }
             keep
@@ -344,34 +377,29 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
             .extend(purge_repo_uploads(store, &repo, opts.upload_max_age, opts.dry_run).await?);
     }
     // sweep
-    let blobs_root = format!("{}/blobs/sha256", layout::ROOT);
-    for prefix in store.list(&blobs_root).await? {
-        for e in store.list(&format!("{blobs_root}/{}", prefix.name)).await? {
-            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
-                continue;
-            };
-            if marked.contains(&d) {
-                continue;
-            }
-            let Some(meta) = store.stat(&layout::blob_data(&d)).await? else {
-                continue;
-            };
-            if !older_than(meta.modified, opts.grace) {
-                continue;
-            }
-            report.blobs.push((d.clone(), meta.size));
-            if !opts.dry_run {
-                store.delete_all(&layout::blob_dir(&d)).await?;
-            }
+    for d in stored_blobs(store).await? {
+        if marked.contains(&d) {
+            continue;
+        }
+        let Some(meta) = store.stat(&layout::blob_data(&d)).await? else {
+            continue;
+        };
+        if !older_than(meta.modified, opts.grace) {
+            continue;
+        }
+        report.blobs.push((d.clone(), meta.size));
+        if !opts.dry_run {
+            store.delete_all(&layout::blob_dir(&d)).await?;
         }
     }
     if !opts.dry_run && !report.blobs.is_empty() {
         // layer links to freed blobs would only answer BLOB_UNKNOWN; drop them
         let freed: BTreeSet<&Digest> = report.blobs.iter().map(|(d, _)| d).collect();
         for repo in repositories(store).await? {
-            for d in digests_in(store, &layout::layers_dir(&repo)).await? {
+            for d in digests_in(store, |a| layout::layers_dir(&repo, a)).await? {
                 if freed.contains(&d) {
                     store.delete(&layout::layer_link(&repo, &d)).await?;
+                    store.prune(&layout::layer_dir(&repo, &d)).await?;
                 }
             }
         }

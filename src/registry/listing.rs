@@ -2,7 +2,7 @@
 
 use super::error::{Code, RegistryError};
 use super::manifests::OCI_INDEX;
-use super::names::{Digest, RepoName};
+use super::names::{Algorithm, Digest, RepoName};
 use super::{Permissions, Registry};
 use crate::http::{self, query_get, Resp};
 use crate::storage::layout;
@@ -134,11 +134,14 @@ impl Registry {
         query: &[(String, String)],
     ) -> Result<Resp, RegistryError> {
         let filter = query_get(query, "artifactType").filter(|s| !s.is_empty());
+        let mut found = Vec::new();
+        for a in Algorithm::ALL {
+            for e in self.store.list(&layout::referrers_dir(name, subject, a)).await? {
+                found.extend(Digest::from_hex(a, &e.name));
+            }
+        }
         let mut manifests = Vec::new();
-        for e in self.store.list(&layout::referrers_dir(name, subject)).await? {
-            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
-                continue;
-            };
+        for d in found {
             // a referrer deleted since (revision gone) is no longer listed
             if self.store.stat(&layout::revision_link(name, &d)).await?.is_none() {
                 continue;

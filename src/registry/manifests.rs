@@ -1,7 +1,7 @@
 //! Manifests: PUT with validation, GET/HEAD with `Accept` negotiation, DELETE by tag or digest.
 
 use super::error::{Code, RegistryError};
-use super::names::{Digest, Reference, RepoName, Tag};
+use super::names::{Algorithm, Digest, Reference, RepoName, Tag};
 use super::{body_error, digest_header, Event, Outcome, Registry};
 use crate::http::{self, BodyReader, Resp};
 use crate::storage::layout;
@@ -70,6 +70,11 @@ impl Manifest {
     /// Parses stored or uploaded bytes. `content_type` is the PUT's Content-Type, used when the
     /// body does not name its media type.
     pub fn parse(bytes: Bytes, content_type: Option<&str>) -> Result<Self, RegistryError> {
+        Self::parse_as(bytes, content_type, Algorithm::Sha256)
+    }
+
+    /// [`Self::parse`] for a manifest addressed by a digest under algorithm `algo`.
+    pub fn parse_as(bytes: Bytes, content_type: Option<&str>, algo: Algorithm) -> Result<Self, RegistryError> {
         let invalid = |m: String| RegistryError::new(Code::ManifestInvalid, m);
         let raw: RawManifest =
             serde_json::from_slice(&bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
@@ -152,7 +157,7 @@ impl Manifest {
                 .flatten()
         });
         Ok(Manifest {
-            digest: Digest::sha256_of(&bytes),
+            digest: Digest::of(algo, &bytes),
             bytes,
             media_type,
             artifact_type,
@@ -177,7 +182,7 @@ impl Registry {
         else {
             return Ok(None);
         };
-        let m = Arc::new(Manifest::parse(bytes, None)?);
+        let m = Arc::new(Manifest::parse_as(bytes, None, d.algorithm())?);
         self.manifests.insert(d.clone(), m.clone());
         Ok(Some(m))
     }
@@ -265,7 +270,13 @@ impl Registry {
             e => body_error(e),
         })?;
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let m = Manifest::parse(bytes, ct)?;
+        // pushed by digest, the manifest is addressed under that digest's algorithm; by tag,
+        // under the canonical sha256
+        let algo = match r {
+            Reference::Digest(want) => want.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let m = Manifest::parse_as(bytes, ct, algo)?;
         if let Reference::Digest(want) = r {
             if want.algorithm() != m.digest.algorithm() || want != &m.digest {
                 return Err(RegistryError::new(
@@ -372,9 +383,13 @@ impl Registry {
                 if let Some(m) = self.load_manifest(d).await? {
                     if let Some(s) = &m.subject {
                         self.store.delete(&layout::referrer_link(name, s, d)).await?;
+                        self.store.prune(&layout::referrer_dir(name, s, d)).await?;
                     }
                 }
+                // the revision's directory goes with its link: an empty one left behind would
+                // look like a manifest to tools that list directories (as distribution's delete)
                 self.store.delete(&layout::revision_link(name, d)).await?;
+                self.store.prune(&layout::revision_dir(name, d)).await?;
                 (d.clone(), None)
             }
         };

@@ -171,10 +171,7 @@ impl FsStore {
                 if fsync {
                     f.sync_data()?;
                 }
-                if let Some(dir) = dest.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                std::fs::rename(&tmp, &dest)?;
+                rename_into_place(&tmp, &dest)?;
                 if fsync {
                     if let Some(dir) = dest.parent() {
                         std::fs::File::open(dir)?.sync_all()?;
@@ -287,6 +284,23 @@ impl FsStore {
         }
     }
 
+    /// Removes the directory `prefix` when it is empty (what a delete leaves behind); a
+    /// directory that is not empty, or gone, is left as it is.
+    pub async fn prune(&self, prefix: &str) -> io::Result<()> {
+        match tokio::fs::remove_dir(self.path(prefix)).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::DirectoryNotEmpty
+                    || e.raw_os_error() == Some(libc::ENOTEMPTY)
+                    || e.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn delete_all(&self, prefix: &str) -> io::Result<()> {
         match tokio::fs::remove_dir_all(self.path(prefix)).await {
             Ok(()) => Ok(()),
@@ -344,6 +358,22 @@ impl FsStore {
             ));
         }
         Ok(())
+    }
+}
+
+/// Renames `tmp` to `dest`, creating `dest`'s directory. A prune of that (empty) directory
+/// racing with this (a delete of the same revision, or the collector) is survived by creating
+/// it again.
+fn rename_into_place(tmp: &Path, dest: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::rename(tmp, dest) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 && tmp.exists() => tries += 1,
+            r => return r,
+        }
     }
 }
 

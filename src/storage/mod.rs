@@ -200,6 +200,16 @@ impl Storage {
         }
     }
 
+    /// Removes the directory `prefix` if nothing is left in it (fs; object stores have no
+    /// directories), so a delete leaves no empty directories behind, as distribution's does not.
+    pub async fn prune(&self, prefix: &str) -> io::Result<()> {
+        match self {
+            Storage::Fs(s) => s.prune(prefix).await,
+            Storage::Lfs(s) => s.prune(prefix).await,
+            Storage::Memory(_) | Storage::Object(_) => Ok(()),
+        }
+    }
+
     /// Immediate children of `prefix/`, sorted by name; empty when the prefix does not exist.
     pub async fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
         match self {
