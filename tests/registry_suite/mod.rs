@@ -1831,8 +1831,12 @@ async fn malformed_names_digests_and_tags_are_400_before_auth() {
         (Method::GET, "/v2/a/blobs/latest".into(), "DIGEST_INVALID"),
         (Method::DELETE, "/v2/a/blobs/sha256:0".into(), "DIGEST_INVALID"),
         (Method::GET, "/v2/a/referrers/latest".into(), "DIGEST_INVALID"),
-        (Method::GET, "/v2/a/manifests/-bad".into(), "TAG_INVALID"),
-        (Method::GET, "/v2/a/manifests/.bad".into(), "TAG_INVALID"),
+        (Method::PUT, "/v2/a/manifests/-bad".into(), "TAG_INVALID"),
+        (
+            Method::PUT,
+            "/v2/a/manifests/.INVALID_MANIFEST_NAME".into(),
+            "TAG_INVALID",
+        ),
         (Method::PUT, format!("/v2/a/manifests/{long_tag}"), "TAG_INVALID"),
         (Method::DELETE, "/v2/a/manifests/b%40d".into(), "TAG_INVALID"),
     ];
@@ -1848,6 +1852,23 @@ async fn malformed_names_digests_and_tags_are_400_before_auth() {
             assert_eq!(st, 400, "{m} {path}");
         } else {
             expect_err(resp, 400, code).await;
+        }
+    }
+    // a read of a reference that is no valid tag (nor digest) finds no manifest: 404, as the
+    // spec's conformance suite and every registry answer (a PUT of one stays 400, above)
+    for m in [Method::GET, Method::HEAD] {
+        for reference in [".INVALID_MANIFEST_NAME", "-bad", &long_tag] {
+            let path = format!("/v2/a/manifests/{reference}");
+            for resp in [
+                r.anon(m.clone(), &path).send().await.unwrap(),
+                r.req(m.clone(), &path).send().await.unwrap(),
+            ] {
+                if m == Method::HEAD {
+                    assert_eq!(resp.status(), 404, "{m} {path}");
+                } else {
+                    expect_err(resp, 404, "MANIFEST_UNKNOWN").await;
+                }
+            }
         }
     }
     // the longest valid name and tag are fine (401: they reach the auth step)
