@@ -135,6 +135,16 @@ impl RegistryError {
 
     /// Storage failures: logged with their cause, answered without it.
     pub fn storage(e: std::io::Error) -> Self {
+        if crate::storage::is_full(&e) {
+            // answered as a full LFS quota is (507 DENIED), and shown by /readyz and /metrics
+            tracing::warn!(error = %e, "storage is full");
+            crate::storage::note_full(true);
+            return Self::new(
+                Code::Denied,
+                "the registry's storage is full; nothing of this request was kept: retry once its operator has freed space",
+            )
+            .with_status(StatusCode::INSUFFICIENT_STORAGE);
+        }
         tracing::error!(error = %e, "storage error");
         if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<crate::storage::Refused>()) {
             let code = match r.status {
