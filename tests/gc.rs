@@ -220,3 +220,59 @@ async fn scheduled_gc_with_nothing_to_do_reports_nothing() {
     assert_eq!(get_status(&s, &format!("blobs/{}", b1[1])).await.0, 404);
     assert_pullable(&s, "v2").await;
 }
+
+fn sha512(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(b)))
+}
+
+#[tokio::test]
+async fn gc_keeps_and_frees_sha512_content() {
+    let s = Server::start("");
+    let (u, p) = s.admin();
+    let post = |d: String, data: Vec<u8>| {
+        let req = client()
+            .post(format!("{}/v2/{REPO}/blobs/uploads/?digest={d}", s.url))
+            .basic_auth(&u, Some(&p))
+            .body(data);
+        async move { assert_eq!(req.send().await.unwrap().status(), 201) }
+    };
+    let cfg = b"{\"algorithm\":\"sha512\"}".to_vec();
+    let layer = b"a sha256 layer under a sha512 manifest".to_vec();
+    let orphan = b"a sha512 blob nothing references".to_vec();
+    post(sha512(&cfg), cfg.clone()).await;
+    post(digest(&layer), layer.clone()).await;
+    post(sha512(&orphan), orphan.clone()).await;
+    let m = serde_json::to_vec(
+        &json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+        "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":sha512(&cfg),"size":cfg.len()},
+        "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":digest(&layer),"size":layer.len()}]}),
+    )
+    .unwrap();
+    let md = sha512(&m);
+    let r = client()
+        .put(format!("{}/v2/{REPO}/manifests/{md}", s.url))
+        .basic_auth(&u, Some(&p))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(m.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let out = gc(&s, &["--grace", "0s"]);
+    assert!(out.contains(&format!("deleted blob {}", sha512(&orphan))), "{out}");
+    assert!(out.contains("1 blobs"), "only the orphan goes:\n{out}");
+    for d in [md.clone(), sha512(&cfg), digest(&layer)] {
+        assert_eq!(get_status(&s, &format!("blobs/{d}")).await.0, 200, "{d}");
+    }
+    assert_eq!(get_status(&s, &format!("manifests/{md}")).await, (200, m));
+
+    delete_manifest(&s, &md).await;
+    let out = gc(&s, &["--grace", "0s"]);
+    for d in [md, sha512(&cfg), digest(&layer)] {
+        assert!(out.contains(&format!("deleted blob {d}")), "{d}:\n{out}");
+        assert_eq!(get_status(&s, &format!("blobs/{d}")).await.0, 404, "{d}");
+    }
+    assert!(gc(&s, &["--grace", "0s"]).contains(NOTHING));
+}
