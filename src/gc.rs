@@ -4,7 +4,7 @@
 //! tag, kept index or kept subject reaches are dropped first.
 
 use crate::registry::names::{Algorithm, Digest, Hasher, RepoName};
-use crate::registry::Manifest;
+use crate::registry::{Manifest, SWEEP_TTL};
 use crate::storage::{layout, Storage};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -182,6 +182,102 @@ async fn load(store: &Storage, d: &Digest) -> io::Result<Option<Manifest>> {
     Ok(Manifest::parse_as(b, None, d.algorithm()).ok())
 }
 
+/// Of the manifests `deleted` from `repo` as untagged, those that a tag names now, or that are
+/// children of a manifest a tag names now and that `keep` did not hold (pushed meanwhile).
+async fn needed_again(
+    store: &Storage,
+    repo: &RepoName,
+    keep: &BTreeSet<Digest>,
+    deleted: &BTreeSet<Digest>,
+    manifests: &BTreeMap<Digest, Manifest>,
+) -> io::Result<BTreeSet<Digest>> {
+    let mut need = BTreeSet::new();
+    if deleted.is_empty() {
+        return Ok(need);
+    }
+    let mut stack = Vec::new();
+    for e in store.list(&layout::tags_dir(repo)).await? {
+        let key = format!("{}/{}/current/link", layout::tags_dir(repo), e.name);
+        if let Some(b) = store.read(&key, 1024).await? {
+            stack.extend(Digest::parse(String::from_utf8_lossy(&b).trim()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    while let Some(d) = stack.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        if deleted.contains(&d) {
+            need.insert(d.clone());
+        } else if keep.contains(&d) {
+            // kept with its children already
+            continue;
+        }
+        let children = match manifests.get(&d) {
+            Some(m) => m.children.clone(),
+            None => load(store, &d).await?.map(|m| m.children).unwrap_or_default(),
+        };
+        stack.extend(children);
+    }
+    Ok(need)
+}
+
+/// Deletes the candidate blobs, safely against pushes running meanwhile. A manifest pushed
+/// after the mark phase may reference a candidate (a client that found the blob still there),
+/// so each candidate first gets a sweep marker; then the manifests that appeared since marking
+/// are read, and their blobs are spared; the rest are deleted. A manifest PUT checks its blobs
+/// again after publishing its revision and fails (undoing it) when one is marked or gone, so
+/// either this run sees the manifest, or the push fails: never a manifest without its blobs.
+/// Markers are only trusted for [`SWEEP_TTL`]; a sweep that took half of it stops deleting.
+async fn sweep(
+    store: &Storage,
+    candidates: Vec<Digest>,
+    kept: &BTreeSet<(RepoName, Digest)>,
+    opts: &Options,
+    report: &mut Report,
+) -> io::Result<()> {
+    let now = SystemTime::now();
+    let stamp = bytes::Bytes::from(crate::util::rfc3339(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    ));
+    let started = std::time::Instant::now();
+    for d in &candidates {
+        store.put(&layout::blob_sweep_marker(d), stamp.clone()).await?;
+    }
+    // manifests pushed since the mark phase
+    let mut spared: BTreeSet<Digest> = BTreeSet::new();
+    for repo in repositories(store).await? {
+        for d in revisions(store, &repo, true).await? {
+            if kept.contains(&(repo.clone(), d.clone())) {
+                continue;
+            }
+            if let Some(m) = load(store, &d).await? {
+                spared.extend(m.blobs);
+            }
+            spared.insert(d);
+        }
+    }
+    for d in candidates {
+        let marker = layout::blob_sweep_marker(&d);
+        if spared.contains(&d) || started.elapsed() > SWEEP_TTL / 2 {
+            store.delete(&marker).await?;
+            continue;
+        }
+        // referenced again (a HEAD or a manifest check refreshes its time) since it was chosen
+        let meta = store.stat(&layout::blob_data(&d)).await?;
+        match meta {
+            Some(m) if older_than(m.modified, opts.grace) => {
+                report.blobs.push((d.clone(), m.size));
+                store.delete_all(&layout::blob_dir(&d)).await?;
+            }
+            _ => store.delete(&marker).await?,
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the tags of `repo` that the first matching retention rule does not keep. Returns
 /// whether a rule applied (its repositories then also lose untagged manifests).
 async fn apply_retention(store: &Storage, repo: &RepoName, opts: &Options, report: &mut Report) -> io::Result<bool> {
@@ -263,9 +359,30 @@ async fn purge_repo_uploads(
 ) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for e in store.list(&layout::uploads_dir(repo)).await? {
-        let key = format!("{}/{}/startedat", layout::uploads_dir(repo), e.name);
-        let old = store.stat(&key).await?.map(|m| older_than(m.modified, max_age));
-        if old != Some(false) {
+        let dir = format!("{}/{}", layout::uploads_dir(repo), e.name);
+        let old = match store.stat(&format!("{dir}/startedat")).await? {
+            Some(m) => older_than(m.modified, max_age),
+            // no start time: an upload being created this instant (its directory appears just
+            // before `startedat`), or one whose record was lost; its newest file decides
+            None => {
+                let mut newest: Option<SystemTime> = None;
+                let mut files = 0;
+                for f in store.list(&dir).await? {
+                    if let Some(m) = store.stat(&format!("{dir}/{}", f.name)).await? {
+                        files += 1;
+                        newest = newest.max(m.modified);
+                    }
+                }
+                if files == 0 {
+                    if !dry_run {
+                        store.prune(&dir).await?;
+                    }
+                    continue;
+                }
+                older_than(newest, max_age)
+            }
+        };
+        if old {
             out.push(format!("{repo}/{}", e.name));
             if !dry_run {
                 store
@@ -303,6 +420,8 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
             .extend(l.purge_staging(opts.upload_max_age, opts.dry_run).await?);
     }
     let mut marked: BTreeSet<Digest> = BTreeSet::new();
+    // the revisions this run keeps: any other found later was pushed while it ran
+    let mut kept: BTreeSet<(RepoName, Digest)> = BTreeSet::new();
     for repo in repositories(store).await? {
         let retained = apply_retention(store, &repo, &opts, &mut report).await?;
         let revisions = revisions(store, &repo, opts.dry_run).await?;
@@ -312,6 +431,7 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                 manifests.insert(d.clone(), m);
             }
         }
+        let mut young = BTreeSet::new();
         let keep: BTreeSet<Digest> = if opts.delete_untagged || retained {
             // roots: tagged manifests; then index children and referrers of kept subjects
             let mut keep = BTreeSet::new();
@@ -342,6 +462,7 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                     break;
                 }
             }
+            let mut deleted = BTreeSet::new();
             for d in &revisions {
                 if keep.contains(d) {
                     continue;
@@ -349,6 +470,8 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                 let link = layout::revision_link(&repo, d);
                 let meta = store.stat(&link).await?;
                 if !older_than(meta.and_then(|m| m.modified), opts.grace) {
+                    // too young to go: it stays, and so do its blobs
+                    young.insert(d.clone());
                     continue;
                 }
                 report.manifests.push((repo.clone(), d.clone()));
@@ -359,17 +482,32 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                     }
                     store.delete(&link).await?;
                     store.prune(&layout::revision_dir(&repo, d)).await?;
+                    deleted.insert(d.clone());
                 }
+            }
+            // a push by tag running meanwhile may have named one of them (its tag written after
+            // the tags were listed): put those back, with the children they need
+            for d in needed_again(store, &repo, &keep, &deleted, &manifests).await? {
+                let link = bytes::Bytes::from(d.to_string());
+                store.put(&layout::revision_link(&repo, &d), link.clone()).await?;
+                if let Some(s) = manifests.get(&d).and_then(|m| m.subject.clone()) {
+                    store.put(&layout::referrer_link(&repo, &s, &d), link).await?;
+                }
+                report.manifests.retain(|(r, x)| !(r == &repo && x == &d));
+                young.insert(d);
             }
             keep
         } else {
             revisions.iter().cloned().collect()
         };
         for (d, m) in &manifests {
-            if keep.contains(d) {
+            if keep.contains(d) || young.contains(d) {
                 marked.insert(d.clone());
                 marked.extend(m.blobs.iter().cloned());
             }
+        }
+        for d in revisions.iter().filter(|d| keep.contains(*d) || young.contains(*d)) {
+            kept.insert((repo.clone(), d.clone()));
         }
         // abandoned uploads: a week old, as distribution's purge does
         report
@@ -377,6 +515,7 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
             .extend(purge_repo_uploads(store, &repo, opts.upload_max_age, opts.dry_run).await?);
     }
     // sweep
+    let mut candidates = Vec::new();
     for d in stored_blobs(store).await? {
         if marked.contains(&d) {
             continue;
@@ -387,18 +526,29 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
         if !older_than(meta.modified, opts.grace) {
             continue;
         }
-        report.blobs.push((d.clone(), meta.size));
-        if !opts.dry_run {
-            store.delete_all(&layout::blob_dir(&d)).await?;
+        if opts.dry_run {
+            report.blobs.push((d, meta.size));
+        } else {
+            candidates.push(d);
         }
+    }
+    if !candidates.is_empty() {
+        sweep(store, candidates, &kept, &opts, &mut report).await?;
     }
     if !opts.dry_run && !report.blobs.is_empty() {
         // layer links to freed blobs would only answer BLOB_UNKNOWN; drop them
         let freed: BTreeSet<&Digest> = report.blobs.iter().map(|(d, _)| d).collect();
         for repo in repositories(store).await? {
             for d in digests_in(store, |a| layout::layers_dir(&repo, a)).await? {
-                if freed.contains(&d) {
-                    store.delete(&layout::layer_link(&repo, &d)).await?;
+                if !freed.contains(&d) || store.stat(&layout::blob_data(&d)).await?.is_some() {
+                    continue;
+                }
+                let link = layout::layer_link(&repo, &d);
+                store.delete(&link).await?;
+                if store.stat(&layout::blob_data(&d)).await?.is_some() {
+                    // pushed again meanwhile, and linked by that upload: keep its link
+                    store.put(&link, bytes::Bytes::from(d.to_string())).await?;
+                } else {
                     store.prune(&layout::layer_dir(&repo, &d)).await?;
                 }
             }

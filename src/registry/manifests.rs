@@ -315,14 +315,24 @@ impl Registry {
         if self.store.stat(&data).await?.is_none() {
             self.store.put(&data, m.bytes.clone()).await?;
         }
-        self.link(&layout::revision_link(name, &d), &d).await?;
-        if let Some(s) = &m.subject {
-            self.link(&layout::referrer_link(name, s, &d), &d).await?;
-        }
+        let existed = self.store.stat(&layout::revision_link(name, &d)).await?.is_some();
+        self.publish_revision(name, &m, existed).await?;
         let tag = match r {
             Reference::Tag(t) => {
+                let before = self.read_link(&layout::tag_current(name, t)).await?;
                 self.link(&layout::tag_index(name, t, &d), &d).await?;
                 self.link(&layout::tag_current(name, t), &d).await?;
+                // a collector deleting untagged manifests may have taken the revision between
+                // its write and the tag's (it listed the one, then the tags before the other)
+                if self.store.stat(&layout::revision_link(name, &d)).await?.is_none() {
+                    if let Err(e) = self.publish_revision(name, &m, false).await {
+                        match before {
+                            Some(p) => self.link(&layout::tag_current(name, t), &p).await?,
+                            None => self.store.delete_all(&layout::tag_dir(name, t)).await?,
+                        }
+                        return Err(e);
+                    }
+                }
                 Some(t.to_string())
             }
             Reference::Digest(_) => None,
@@ -351,6 +361,66 @@ impl Registry {
             resp,
             event: Some(event),
         })
+    }
+
+    /// Links `m` into repository `name` (its revision, and its subject's referrer link) and
+    /// checks its blobs again now that it is published: a garbage collector that chose one of
+    /// them before the revision appeared either sees the revision and spares them, or this
+    /// push fails and the links go again (unless the revision `existed` before), so no
+    /// manifest is ever left without its blobs (see `gc::sweep`).
+    async fn publish_revision(&self, name: &RepoName, m: &Manifest, existed: bool) -> Result<(), RegistryError> {
+        let d = &m.digest;
+        let revision = layout::revision_link(name, d);
+        self.link(&revision, d).await?;
+        if let Some(s) = &m.subject {
+            self.link(&layout::referrer_link(name, s, d), d).await?;
+        }
+        let going = self.going(m, name).await?;
+        if going.is_empty() {
+            return Ok(());
+        }
+        if !existed {
+            if let Some(s) = &m.subject {
+                self.store.delete(&layout::referrer_link(name, s, d)).await?;
+                self.store.prune(&layout::referrer_dir(name, s, d)).await?;
+            }
+            self.store.delete(&revision).await?;
+            self.store.prune(&layout::revision_dir(name, d)).await?;
+        }
+        Err(RegistryError::new(
+            Code::ManifestBlobUnknown,
+            format!(
+                "manifest references {} that garbage collection is removing; push them again",
+                going.join(", ")
+            ),
+        )
+        .detail(serde_json::json!({ "missing": going })))
+    }
+
+    /// The blobs (and child manifests) of `m`, and its own bytes, that are gone or that a
+    /// garbage collector is sweeping.
+    async fn going(&self, m: &Manifest, name: &RepoName) -> Result<Vec<String>, RegistryError> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for b in m.blobs.iter().chain([&m.digest]).filter(|b| seen.insert(*b)) {
+            let gone = self.store.stat(&layout::blob_data(b)).await?.is_none();
+            let marked = match self.store.stat(&layout::blob_sweep_marker(b)).await? {
+                Some(meta) => meta
+                    .modified
+                    .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                    .is_none_or(|age| age < super::SWEEP_TTL),
+                None => false,
+            };
+            if gone || marked {
+                out.push(b.to_string());
+            }
+        }
+        for c in &m.children {
+            if self.store.stat(&layout::revision_link(name, c)).await?.is_none() {
+                out.push(c.to_string());
+            }
+        }
+        Ok(out)
     }
 
     pub(super) async fn delete_manifest(&self, name: &RepoName, r: &Reference) -> Result<Outcome, RegistryError> {

@@ -19,6 +19,12 @@ pub fn blobs_dir(a: Algorithm) -> String {
     format!("{ROOT}/blobs/{}", a.as_str())
 }
 
+/// Present while garbage collection is about to delete the blob (see `gc::sweep`): a manifest
+/// push that finds it fails rather than reference a blob that is going.
+pub fn blob_sweep_marker(d: &Digest) -> String {
+    format!("{}/regate-sweeping", blob_dir(d))
+}
+
 pub fn blob_dir(d: &Digest) -> String {
     format!("{ROOT}/blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex())
 }
