@@ -270,6 +270,8 @@ async fn sweep(
         match meta {
             Some(m) if older_than(m.modified, opts.grace) => {
                 report.blobs.push((d.clone(), m.size));
+                // the bytes before the marker: a push that finds no marker then finds no blob
+                store.delete(&layout::blob_data(&d)).await?;
                 store.delete_all(&layout::blob_dir(&d)).await?;
             }
             _ => store.delete(&marker).await?,
@@ -506,8 +508,12 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                 marked.extend(m.blobs.iter().cloned());
             }
         }
+        // only what was read: a revision whose bytes were missing a moment ago (being pushed
+        // again) is read again before the sweep
         for d in revisions.iter().filter(|d| keep.contains(*d) || young.contains(*d)) {
-            kept.insert((repo.clone(), d.clone()));
+            if manifests.contains_key(d) {
+                kept.insert((repo.clone(), d.clone()));
+            }
         }
         // abandoned uploads: a week old, as distribution's purge does
         report

@@ -403,7 +403,9 @@ impl Registry {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for b in m.blobs.iter().chain([&m.digest]).filter(|b| seen.insert(*b)) {
-            let gone = self.store.stat(&layout::blob_data(b)).await?.is_none();
+            // the marker first: a collector deletes the blob with its marker, so a marker
+            // found absent is either not written yet (the collector will see this revision)
+            // or gone with the blob, which the second look then misses
             let marked = match self.store.stat(&layout::blob_sweep_marker(b)).await? {
                 Some(meta) => meta
                     .modified
@@ -411,7 +413,8 @@ impl Registry {
                     .is_none_or(|age| age < super::SWEEP_TTL),
                 None => false,
             };
-            if gone || marked {
+            let gone = marked || self.store.stat(&layout::blob_data(b)).await?.is_none();
+            if gone {
                 out.push(b.to_string());
             }
         }
