@@ -6,6 +6,8 @@
 //! with `storage_yaml` (the config section for a server in a temp dir), `stored_keys` (what is in
 //! the store under a prefix) and `leftovers` (temporary objects or unfinished multipart uploads).
 
+mod under_fire;
+
 use crate::backend;
 use crate::common::{client, digest, token, Server};
 use base64::Engine as _;
