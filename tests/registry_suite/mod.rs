@@ -2276,3 +2276,65 @@ async fn sha512_manifests_indexes_and_referrers() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn referrers_are_paginated_with_link() {
+    let repo = "ref/pages";
+    let r = Reg::start(&[repo]).await;
+    let img = r.image(repo, "subject").await;
+    let (subj, subj_b) = r.push_manifest(repo, "v1", &img).await;
+    let empty = r.push_blob(repo, b"{}").await;
+    let mut all = Vec::new();
+    let mut sboms = Vec::new();
+    for i in 0..5 {
+        let at = if i % 2 == 0 {
+            "application/vnd.example.sbom.v1"
+        } else {
+            "application/vnd.example.sig.v1"
+        };
+        let m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": at,
+            "config": {"mediaType": OCI_EMPTY, "digest": empty, "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subj, "size": subj_b.len()},
+            "annotations": {"n": i.to_string()}
+        });
+        let b = serde_json::to_vec(&m).unwrap();
+        let d = digest(&b);
+        assert_eq!(r.put_manifest(repo, &d, OCI_MANIFEST, &b).await.status(), 201);
+        if i % 2 == 0 {
+            sboms.push(d.clone());
+        }
+        all.push(d);
+    }
+    all.sort();
+    sboms.sort();
+    // follows Link from `first`; returns the digests of every page and the page sizes
+    let walk = |first: String, filtered: bool| {
+        let r = &r;
+        async move {
+            let (mut got, mut sizes, mut next) = (Vec::new(), Vec::new(), Some(first));
+            while let Some(path) = next {
+                let resp = r.get(&path).await;
+                assert_eq!(resp.status(), 200);
+                assert_eq!(h(&resp, "content-type"), OCI_INDEX);
+                assert_eq!(resp.headers().get("oci-filters-applied").is_some(), filtered, "{path}");
+                next = link_next(&resp);
+                let v: Value = resp.json().await.unwrap();
+                let page = v["manifests"].as_array().unwrap();
+                sizes.push(page.len());
+                got.extend(page.iter().map(|m| m["digest"].as_str().unwrap().to_owned()));
+            }
+            (got, sizes)
+        }
+    };
+    let path = format!("/v2/{repo}/referrers/{subj}");
+    assert_eq!(walk(path.clone(), false).await, (all.clone(), vec![5]));
+    assert_eq!(walk(format!("{path}?n=2"), false).await, (all.clone(), vec![2, 2, 1]));
+    assert_eq!(walk(format!("{path}?n=5"), false).await, (all.clone(), vec![5]));
+    // the filter carries over to the next page
+    let (got, sizes) = walk(format!("{path}?artifactType=application/vnd.example.sbom.v1&n=2"), true).await;
+    assert_eq!((got, sizes), (sboms, vec![2, 1]));
+}
