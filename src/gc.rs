@@ -3,8 +3,8 @@
 //! manifest has not arrived yet keeps its layers). With `delete_untagged`, manifests that no
 //! tag, kept index or kept subject reaches are dropped first.
 
-use crate::registry::names::{Digest, RepoName};
-use crate::registry::Manifest;
+use crate::registry::names::{Algorithm, Digest, Hasher, RepoName};
+use crate::registry::{Manifest, SWEEP_TTL};
 use crate::storage::{layout, Storage};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -29,6 +29,13 @@ pub struct Report {
     pub tags: Vec<(RepoName, String)>,
     /// The store keeps blobs in Git LFS, which has no delete API: dropped blobs free no space.
     pub lfs: bool,
+}
+
+impl Report {
+    /// Whether the run freed (or, dry, would free) nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.manifests.is_empty() && self.uploads.is_empty() && self.tags.is_empty()
+    }
 }
 
 impl fmt::Display for Report {
@@ -128,20 +135,149 @@ async fn repositories(store: &Storage) -> io::Result<Vec<RepoName>> {
     Ok(out)
 }
 
-async fn digests_in(store: &Storage, dir: &str) -> io::Result<Vec<Digest>> {
-    Ok(store
-        .list(dir)
-        .await?
-        .into_iter()
-        .filter_map(|e| Digest::parse(&format!("sha256:{}", e.name)))
-        .collect())
+/// The digests named by the entries of `dir(algorithm)`, for every algorithm.
+async fn digests_in(store: &Storage, dir: impl Fn(Algorithm) -> String) -> io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for a in Algorithm::ALL {
+        for e in store.list(&dir(a)).await? {
+            out.extend(Digest::from_hex(a, &e.name));
+        }
+    }
+    Ok(out)
+}
+
+/// Every stored blob (`blobs/<algorithm>/<2>/<hex>/`), of every algorithm.
+async fn stored_blobs(store: &Storage) -> io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for a in Algorithm::ALL {
+        let root = layout::blobs_dir(a);
+        for prefix in store.list(&root).await? {
+            for e in store.list(&format!("{root}/{}", prefix.name)).await? {
+                out.extend(Digest::from_hex(a, &e.name));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The manifests of `repo`: revisions that have a `link`. A revision directory without one
+/// is what a delete left behind (distribution's, or an older regate's): not a manifest, and
+/// removed unless `dry_run` when nothing else is in it.
+async fn revisions(store: &Storage, repo: &RepoName, dry_run: bool) -> io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for d in digests_in(store, |a| layout::revisions_dir(repo, a)).await? {
+        if store.stat(&layout::revision_link(repo, &d)).await?.is_some() {
+            out.push(d);
+        } else if !dry_run {
+            store.prune(&layout::revision_dir(repo, &d)).await?;
+        }
+    }
+    Ok(out)
 }
 
 async fn load(store: &Storage, d: &Digest) -> io::Result<Option<Manifest>> {
     let Some(b) = store.read(&layout::blob_data(d), 64 << 20).await? else {
         return Ok(None);
     };
-    Ok(Manifest::parse(b, None).ok())
+    Ok(Manifest::parse_as(b, None, d.algorithm()).ok())
+}
+
+/// Of the manifests `deleted` from `repo` as untagged, those that a tag names now, or that are
+/// children of a manifest a tag names now and that `keep` did not hold (pushed meanwhile).
+async fn needed_again(
+    store: &Storage,
+    repo: &RepoName,
+    keep: &BTreeSet<Digest>,
+    deleted: &BTreeSet<Digest>,
+    manifests: &BTreeMap<Digest, Manifest>,
+) -> io::Result<BTreeSet<Digest>> {
+    let mut need = BTreeSet::new();
+    if deleted.is_empty() {
+        return Ok(need);
+    }
+    let mut stack = Vec::new();
+    for e in store.list(&layout::tags_dir(repo)).await? {
+        let key = format!("{}/{}/current/link", layout::tags_dir(repo), e.name);
+        if let Some(b) = store.read(&key, 1024).await? {
+            stack.extend(Digest::parse(String::from_utf8_lossy(&b).trim()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    while let Some(d) = stack.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        if deleted.contains(&d) {
+            need.insert(d.clone());
+        } else if keep.contains(&d) {
+            // kept with its children already
+            continue;
+        }
+        let children = match manifests.get(&d) {
+            Some(m) => m.children.clone(),
+            None => load(store, &d).await?.map(|m| m.children).unwrap_or_default(),
+        };
+        stack.extend(children);
+    }
+    Ok(need)
+}
+
+/// Deletes the candidate blobs, safely against pushes running meanwhile. A manifest pushed
+/// after the mark phase may reference a candidate (a client that found the blob still there),
+/// so each candidate first gets a sweep marker; then the manifests that appeared since marking
+/// are read, and their blobs are spared; the rest are deleted. A manifest PUT checks its blobs
+/// again after publishing its revision and fails (undoing it) when one is marked or gone, so
+/// either this run sees the manifest, or the push fails: never a manifest without its blobs.
+/// Markers are only trusted for [`SWEEP_TTL`]; a sweep that took half of it stops deleting.
+async fn sweep(
+    store: &Storage,
+    candidates: Vec<Digest>,
+    kept: &BTreeSet<(RepoName, Digest)>,
+    opts: &Options,
+    report: &mut Report,
+) -> io::Result<()> {
+    let now = SystemTime::now();
+    let stamp = bytes::Bytes::from(crate::util::rfc3339(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    ));
+    let started = std::time::Instant::now();
+    for d in &candidates {
+        store.put(&layout::blob_sweep_marker(d), stamp.clone()).await?;
+    }
+    // manifests pushed since the mark phase
+    let mut spared: BTreeSet<Digest> = BTreeSet::new();
+    for repo in repositories(store).await? {
+        for d in revisions(store, &repo, true).await? {
+            if kept.contains(&(repo.clone(), d.clone())) {
+                continue;
+            }
+            if let Some(m) = load(store, &d).await? {
+                spared.extend(m.blobs);
+            }
+            spared.insert(d);
+        }
+    }
+    for d in candidates {
+        let marker = layout::blob_sweep_marker(&d);
+        if spared.contains(&d) || started.elapsed() > SWEEP_TTL / 2 {
+            store.delete(&marker).await?;
+            continue;
+        }
+        // referenced again (a HEAD or a manifest check refreshes its time) since it was chosen
+        let meta = store.stat(&layout::blob_data(&d)).await?;
+        match meta {
+            Some(m) if older_than(m.modified, opts.grace) => {
+                report.blobs.push((d.clone(), m.size));
+                // the bytes before the marker: a push that finds no marker then finds no blob
+                store.delete(&layout::blob_data(&d)).await?;
+                store.delete_all(&layout::blob_dir(&d)).await?;
+            }
+            _ => store.delete(&marker).await?,
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the tags of `repo` that the first matching retention rule does not keep. Returns
@@ -189,34 +325,27 @@ pub struct Corrupt {
 /// (`actual: None` when the blob could not be read at all), and how many were checked.
 pub async fn scrub(store: &Storage) -> io::Result<(Vec<Corrupt>, usize)> {
     use futures_util::StreamExt;
-    use sha2::Digest as _;
     let mut bad = Vec::new();
     let mut n = 0;
-    let blobs_root = format!("{}/blobs/sha256", layout::ROOT);
-    for prefix in store.list(&blobs_root).await? {
-        for e in store.list(&format!("{blobs_root}/{}", prefix.name)).await? {
-            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
-                continue;
-            };
-            let Some((_, mut s)) = store.get(&layout::blob_data(&d), None).await? else {
-                continue;
-            };
-            n += 1;
-            let mut h = sha2::Sha256::new();
-            let mut failed = false;
-            while let Some(c) = s.next().await {
-                match c {
-                    Ok(c) => h.update(&c),
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
+    for d in stored_blobs(store).await? {
+        let Some((_, mut s)) = store.get(&layout::blob_data(&d), None).await? else {
+            continue;
+        };
+        n += 1;
+        let mut h = Hasher::new(d.algorithm());
+        let mut failed = false;
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(c) => h.update(&c),
+                Err(_) => {
+                    failed = true;
+                    break;
                 }
             }
-            let actual = (!failed).then(|| Digest::from_sha256(h.finalize().into()));
-            if actual.as_ref() != Some(&d) {
-                bad.push(Corrupt { digest: d, actual });
-            }
+        }
+        let actual = (!failed).then(|| h.finish());
+        if actual.as_ref() != Some(&d) {
+            bad.push(Corrupt { digest: d, actual });
         }
     }
     Ok((bad, n))
@@ -232,9 +361,30 @@ async fn purge_repo_uploads(
 ) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for e in store.list(&layout::uploads_dir(repo)).await? {
-        let key = format!("{}/{}/startedat", layout::uploads_dir(repo), e.name);
-        let old = store.stat(&key).await?.map(|m| older_than(m.modified, max_age));
-        if old != Some(false) {
+        let dir = format!("{}/{}", layout::uploads_dir(repo), e.name);
+        let old = match store.stat(&format!("{dir}/startedat")).await? {
+            Some(m) => older_than(m.modified, max_age),
+            // no start time: an upload being created this instant (its directory appears just
+            // before `startedat`), or one whose record was lost; its newest file decides
+            None => {
+                let mut newest: Option<SystemTime> = None;
+                let mut files = 0;
+                for f in store.list(&dir).await? {
+                    if let Some(m) = store.stat(&format!("{dir}/{}", f.name)).await? {
+                        files += 1;
+                        newest = newest.max(m.modified);
+                    }
+                }
+                if files == 0 {
+                    if !dry_run {
+                        store.prune(&dir).await?;
+                    }
+                    continue;
+                }
+                older_than(newest, max_age)
+            }
+        };
+        if old {
             out.push(format!("{repo}/{}", e.name));
             if !dry_run {
                 store
@@ -272,15 +422,18 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
             .extend(l.purge_staging(opts.upload_max_age, opts.dry_run).await?);
     }
     let mut marked: BTreeSet<Digest> = BTreeSet::new();
+    // the revisions this run keeps: any other found later was pushed while it ran
+    let mut kept: BTreeSet<(RepoName, Digest)> = BTreeSet::new();
     for repo in repositories(store).await? {
         let retained = apply_retention(store, &repo, &opts, &mut report).await?;
-        let revisions = digests_in(store, &layout::revisions_dir(&repo)).await?;
+        let revisions = revisions(store, &repo, opts.dry_run).await?;
         let mut manifests: BTreeMap<Digest, Manifest> = BTreeMap::new();
         for d in &revisions {
             if let Some(m) = load(store, d).await? {
                 manifests.insert(d.clone(), m);
             }
         }
+        let mut young = BTreeSet::new();
         let keep: BTreeSet<Digest> = if opts.delete_untagged || retained {
             // roots: tagged manifests; then index children and referrers of kept subjects
             let mut keep = BTreeSet::new();
@@ -311,6 +464,7 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                     break;
                 }
             }
+            let mut deleted = BTreeSet::new();
             for d in &revisions {
                 if keep.contains(d) {
                     continue;
@@ -318,24 +472,47 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
                 let link = layout::revision_link(&repo, d);
                 let meta = store.stat(&link).await?;
                 if !older_than(meta.and_then(|m| m.modified), opts.grace) {
+                    // too young to go: it stays, and so do its blobs
+                    young.insert(d.clone());
                     continue;
                 }
                 report.manifests.push((repo.clone(), d.clone()));
                 if !opts.dry_run {
                     if let Some(s) = manifests.get(d).and_then(|m| m.subject.clone()) {
                         store.delete(&layout::referrer_link(&repo, &s, d)).await?;
+                        store.prune(&layout::referrer_dir(&repo, &s, d)).await?;
                     }
                     store.delete(&link).await?;
+                    store.prune(&layout::revision_dir(&repo, d)).await?;
+                    deleted.insert(d.clone());
                 }
+            }
+            // a push by tag running meanwhile may have named one of them (its tag written after
+            // the tags were listed): put those back, with the children they need
+            for d in needed_again(store, &repo, &keep, &deleted, &manifests).await? {
+                let link = bytes::Bytes::from(d.to_string());
+                store.put(&layout::revision_link(&repo, &d), link.clone()).await?;
+                if let Some(s) = manifests.get(&d).and_then(|m| m.subject.clone()) {
+                    store.put(&layout::referrer_link(&repo, &s, &d), link).await?;
+                }
+                report.manifests.retain(|(r, x)| !(r == &repo && x == &d));
+                young.insert(d);
             }
             keep
         } else {
             revisions.iter().cloned().collect()
         };
         for (d, m) in &manifests {
-            if keep.contains(d) {
+            if keep.contains(d) || young.contains(d) {
                 marked.insert(d.clone());
                 marked.extend(m.blobs.iter().cloned());
+            }
+        }
+        // only what was read: a revision whose bytes were missing a moment ago (being pushed
+        // again) is read again before the sweep
+        for d in revisions.iter().filter(|d| keep.contains(*d) || young.contains(*d)) {
+            if manifests.contains_key(d) {
+                kept.insert((repo.clone(), d.clone()));
             }
         }
         // abandoned uploads: a week old, as distribution's purge does
@@ -344,34 +521,41 @@ pub async fn run(store: &Storage, opts: Options) -> io::Result<Report> {
             .extend(purge_repo_uploads(store, &repo, opts.upload_max_age, opts.dry_run).await?);
     }
     // sweep
-    let blobs_root = format!("{}/blobs/sha256", layout::ROOT);
-    for prefix in store.list(&blobs_root).await? {
-        for e in store.list(&format!("{blobs_root}/{}", prefix.name)).await? {
-            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
-                continue;
-            };
-            if marked.contains(&d) {
-                continue;
-            }
-            let Some(meta) = store.stat(&layout::blob_data(&d)).await? else {
-                continue;
-            };
-            if !older_than(meta.modified, opts.grace) {
-                continue;
-            }
-            report.blobs.push((d.clone(), meta.size));
-            if !opts.dry_run {
-                store.delete_all(&layout::blob_dir(&d)).await?;
-            }
+    let mut candidates = Vec::new();
+    for d in stored_blobs(store).await? {
+        if marked.contains(&d) {
+            continue;
         }
+        let Some(meta) = store.stat(&layout::blob_data(&d)).await? else {
+            continue;
+        };
+        if !older_than(meta.modified, opts.grace) {
+            continue;
+        }
+        if opts.dry_run {
+            report.blobs.push((d, meta.size));
+        } else {
+            candidates.push(d);
+        }
+    }
+    if !candidates.is_empty() {
+        sweep(store, candidates, &kept, &opts, &mut report).await?;
     }
     if !opts.dry_run && !report.blobs.is_empty() {
         // layer links to freed blobs would only answer BLOB_UNKNOWN; drop them
         let freed: BTreeSet<&Digest> = report.blobs.iter().map(|(d, _)| d).collect();
         for repo in repositories(store).await? {
-            for d in digests_in(store, &layout::layers_dir(&repo)).await? {
-                if freed.contains(&d) {
-                    store.delete(&layout::layer_link(&repo, &d)).await?;
+            for d in digests_in(store, |a| layout::layers_dir(&repo, a)).await? {
+                if !freed.contains(&d) || store.stat(&layout::blob_data(&d)).await?.is_some() {
+                    continue;
+                }
+                let link = layout::layer_link(&repo, &d);
+                store.delete(&link).await?;
+                if store.stat(&layout::blob_data(&d)).await?.is_some() {
+                    // pushed again meanwhile, and linked by that upload: keep its link
+                    store.put(&link, bytes::Bytes::from(d.to_string())).await?;
+                } else {
+                    store.prune(&layout::layer_dir(&repo, &d)).await?;
                 }
             }
         }

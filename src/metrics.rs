@@ -180,6 +180,12 @@ impl Metrics {
             let _ = writeln!(o, "# TYPE {name} counter");
             let _ = writeln!(o, "{name} {}", c.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            o,
+            "# HELP regate_storage_full 1 while the storage is full, as the last write refused for lack of space or the last /readyz found it."
+        );
+        let _ = writeln!(o, "# TYPE regate_storage_full gauge");
+        let _ = writeln!(o, "regate_storage_full {}", u8::from(crate::storage::last_seen_full()));
         o
     }
 }

@@ -233,6 +233,8 @@ fn hostile_requests_refused() {
     ] {
         let r = raw(h, format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
         assert!(r.starts_with("HTTP/1.1 400"), "{p}: {r}");
+        // a code from the distribution spec's table
+        assert!(r.contains("NAME_INVALID"), "{p}: {r}");
     }
     // huge headers: 431
     let big = format!(

@@ -130,6 +130,111 @@ pub fn libtrust_kid(spki_der: &[u8]) -> String {
     out
 }
 
+/// A private key in any of the PEM forms people generate, as PKCS#8 PEM (the form the signing
+/// libraries take): PKCS#8 (`BEGIN PRIVATE KEY`: `openssl genpkey`), SEC1 (`BEGIN EC PRIVATE
+/// KEY`: `openssl ecparam -genkey`, whose `EC PARAMETERS` block before it is skipped) or PKCS#1
+/// (`BEGIN RSA PRIVATE KEY`: `openssl genrsa`). An EC key must be on P-256.
+pub fn signing_key_pkcs8(pem: &str) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("no PEM private key found (PKCS#8, SEC1 or PKCS#1): {e}"))?;
+    let pkcs8 = match &key {
+        PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+        PrivateKeyDer::Pkcs1(k) => pkcs8_wrap(&der::RSA_ALGORITHM, k.secret_pkcs1_der()),
+        PrivateKeyDer::Sec1(k) => {
+            let sec1 = k.secret_sec1_der();
+            match der::sec1_curve(sec1) {
+                Some(c) if c != der::OID_P256 => return Err("only EC P-256 keys are supported".into()),
+                _ => {}
+            }
+            pkcs8_wrap(&der::P256_ALGORITHM, sec1)
+        }
+        _ => return Err("unsupported private key format".into()),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    Ok(out)
+}
+
+/// PrivateKeyInfo (RFC 5208): `SEQUENCE { INTEGER 0, algorithm, OCTET STRING key }`.
+fn pkcs8_wrap(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend_from_slice(algorithm);
+    body.extend(der::tlv(0x04, key));
+    der::tlv(0x30, &body)
+}
+
+/// The little DER that wrapping a key in PKCS#8 takes.
+mod der {
+    /// `SEQUENCE { OID rsaEncryption, NULL }`
+    pub const RSA_ALGORITHM: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    /// `SEQUENCE { OID id-ecPublicKey, OID prime256v1 }`
+    pub const P256_ALGORITHM: [u8; 21] = [
+        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+        0x03, 0x01, 0x07,
+    ];
+    /// The content of the prime256v1 OID.
+    pub const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+    pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = content.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// Splits one TLV off `input`: (tag, content, rest).
+    fn read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let k = usize::from(first & 0x7f);
+            if k == 0 || k > 4 || rest.len() < k {
+                return None;
+            }
+            let (l, r) = rest.split_at(k);
+            rest = r;
+            l.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b))
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (content, rest) = rest.split_at(len);
+        Some((tag, content, rest))
+    }
+
+    /// The curve OID in a SEC1 `ECPrivateKey`'s `[0] parameters`, when it names one.
+    pub fn sec1_curve(sec1: &[u8]) -> Option<&[u8]> {
+        let (_, mut body, _) = read(sec1).filter(|(t, _, _)| *t == 0x30)?;
+        while !body.is_empty() {
+            let (tag, content, rest) = read(body)?;
+            if tag == 0xa0 {
+                let (t, oid, _) = read(content)?;
+                return (t == 0x06).then_some(oid);
+            }
+            body = rest;
+        }
+        None
+    }
+}
+
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
@@ -171,9 +276,11 @@ impl TokenKeys {
             }
             Err(e) => return Err(format!("cannot read auth.signing_key {}: {e}", key_path.display())),
         };
+        let key_pem =
+            signing_key_pkcs8(&key_pem).map_err(|e| format!("auth.signing_key {}: {e}", key_path.display()))?;
         let kp = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| {
             format!(
-                "auth.signing_key {} is not a PKCS#8 EC P-256 or RSA private key: {e}",
+                "auth.signing_key {} is not an EC P-256 or RSA private key: {e}",
                 key_path.display()
             )
         })?;
@@ -507,6 +614,97 @@ mod tests {
         let k2 = keys(d.path());
         assert_eq!(k2.kid(), k.kid());
         assert!(k2.verify(&t, now).is_ok());
+    }
+
+    /// Keys as `openssl` writes them load, tokens signed with them verify against the public key
+    /// that openssl derives from the same file, and the certificate generated holds that key.
+    #[test]
+    fn signing_keys_from_openssl_in_every_form() {
+        let openssl = |args: &[&str]| {
+            let o = std::process::Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8(o.stdout).unwrap()
+        };
+        let d = tempfile::tempdir().unwrap();
+        let path = |n: &str| d.path().join(n).display().to_string();
+        let cases: [(&str, &[&str], &str, Algorithm); 4] = [
+            (
+                "sec1.pem",
+                &["ecparam", "-name", "prime256v1", "-genkey", "-out", "OUT"],
+                "BEGIN EC PRIVATE KEY",
+                Algorithm::ES256,
+            ),
+            // OpenSSL 3's genrsa writes PKCS#8 unless asked for the traditional form
+            (
+                "pkcs1.pem",
+                &["genrsa", "-traditional", "-out", "OUT", "2048"],
+                "BEGIN RSA PRIVATE KEY",
+                Algorithm::RS256,
+            ),
+            (
+                "pkcs8-ec.pem",
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-out",
+                    "OUT",
+                ],
+                "BEGIN PRIVATE KEY",
+                Algorithm::ES256,
+            ),
+            (
+                "pkcs8-rsa.pem",
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                    "OUT",
+                ],
+                "BEGIN PRIVATE KEY",
+                Algorithm::RS256,
+            ),
+        ];
+        for (name, gen, marker, alg) in cases {
+            let key = path(name);
+            let args: Vec<&str> = gen.iter().map(|a| if *a == "OUT" { key.as_str() } else { a }).collect();
+            openssl(&args);
+            let pem = std::fs::read_to_string(&key).unwrap();
+            assert!(pem.contains(marker), "{name}: {pem}");
+            let cert = path(&format!("{name}.crt"));
+            let k = TokenKeys::load_or_generate(key.as_ref(), cert.as_ref(), &[], "regate", "reg.test", 300)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(k.algorithm(), alg, "{name}");
+            let now = 1_800_000_000;
+            let t = k
+                .issue("alice", &[], false, &[Scope::repository("a/b", &[Action::Pull])], now)
+                .unwrap();
+            assert_eq!(k.verify(&t, now).unwrap().sub, "alice");
+            // independently: openssl's public key of the file verifies the token, and the
+            // generated certificate carries the same key
+            let public = openssl(&["pkey", "-in", &key, "-pubout"]);
+            assert_eq!(openssl(&["x509", "-in", &cert, "-pubkey", "-noout"]), public, "{name}");
+            let dk = decoding_key(alg, &public).unwrap();
+            let mut v = Validation::new(alg);
+            v.validate_exp = false;
+            v.set_audience(&["reg.test"]);
+            let c = jsonwebtoken::decode::<Claims>(&t, &dk, &v).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.claims.sub, "alice");
+        }
+        // an EC key on another curve is refused with a reason
+        let other = path("p384.pem");
+        openssl(&["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", &other]);
+        let e = TokenKeys::load_or_generate(other.as_ref(), path("p384.crt").as_ref(), &[], "r", "a", 300).unwrap_err();
+        assert!(e.contains("P-256"), "{e}");
     }
 
     #[test]

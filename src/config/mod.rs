@@ -1196,9 +1196,11 @@ impl Config {
             if self.auth.signing_key.as_ref().is_some_and(|p| p.exists()) {
                 let k = self.signing_key_path();
                 if let Ok(pem) = std::fs::read_to_string(&k) {
-                    if rcgen::KeyPair::from_pem(&pem).is_err() {
+                    let key = crate::auth::token::signing_key_pkcs8(&pem)
+                        .and_then(|p| rcgen::KeyPair::from_pem(&p).map_err(|e| e.to_string()));
+                    if let Err(why) = key {
                         e.push(format!(
-                            "auth.signing_key: {} is not a PKCS#8 EC P-256 or RSA private key",
+                            "auth.signing_key: {} is not an EC P-256 or RSA private key (PEM: PKCS#8, SEC1 or PKCS#1): {why}",
                             k.display()
                         ));
                     }

@@ -41,6 +41,16 @@ impl App {
         }
         let path = req.uri().path();
         if !path.starts_with('/') || path.contains("//") || path.split('/').any(|s| s == ".." || s == ".") {
+            // under /v2/ the name part is what is malformed: the spec's NAME_INVALID
+            if path.starts_with("/v2/") {
+                return Some(
+                    crate::registry::error::RegistryError::new(
+                        crate::registry::error::Code::NameInvalid,
+                        "invalid repository name: empty, '.' or '..' path segments",
+                    )
+                    .into_response(),
+                );
+            }
             return bad("malformed path");
         }
         // hop-by-hop headers named in Connection, and identity headers, go no further

@@ -296,6 +296,13 @@ impl App {
                 }
                 match self.registry.store().ready().await {
                     Ok(()) => http::json(StatusCode::OK, &serde_json::json!({"status":"ready"})),
+                    Err(e) if crate::storage::is_full(&e) => {
+                        tracing::warn!(error = %e, "storage is full");
+                        http::json(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &serde_json::json!({"status":"unavailable","reason":"storage is full"}),
+                        )
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "storage not ready");
                         http::json(

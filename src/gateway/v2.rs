@@ -8,7 +8,7 @@ use crate::http::{self, query_pairs, Resp};
 use crate::registry::error::{Code, RegistryError};
 use crate::registry::names::RepoName;
 use crate::registry::{self as reg, Route, RouteError};
-use ::http::{header, Request, StatusCode};
+use ::http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use std::net::IpAddr;
 
@@ -23,6 +23,13 @@ impl App {
                     RouteError::NotFound => RegistryError::new(Code::NotFound, "no such API endpoint"),
                     RouteError::NameInvalid => RegistryError::new(Code::NameInvalid, "invalid repository name"),
                     RouteError::DigestInvalid => RegistryError::new(Code::DigestInvalid, "invalid digest"),
+                    // no manifest can have such a name: a read answers as for any unknown one
+                    RouteError::ReferenceInvalid if matches!(*req.method(), Method::GET | Method::HEAD) => {
+                        RegistryError::new(
+                            Code::ManifestUnknown,
+                            "no manifest has this reference: it is not a valid tag",
+                        )
+                    }
                     RouteError::ReferenceInvalid => RegistryError::new(Code::TagInvalid, "invalid tag"),
                     RouteError::UploadInvalid => RegistryError::new(Code::BlobUploadUnknown, "no such upload"),
                 };

@@ -129,6 +129,7 @@ impl Registry {
         // Only the repository's link goes; the bytes are freed by garbage collection once no
         // repository or manifest references them.
         self.store.delete(&layout::layer_link(name, d)).await?;
+        self.store.prune(&layout::layer_dir(name, d)).await?;
         let mut r = http::status(StatusCode::ACCEPTED);
         digest_header(&mut r, d);
         Ok(r)

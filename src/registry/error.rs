@@ -20,8 +20,9 @@ pub enum Code {
     Denied,
     Unsupported,
     TooManyRequests,
-    /// Not in the spec's table; used for a `Range` the upload cannot accept (416).
+    /// A `Range` the upload cannot accept: 416 with the spec's `BLOB_UPLOAD_INVALID`.
     RangeInvalid,
+    /// No such API endpoint: 404 with the spec's `UNSUPPORTED`.
     NotFound,
     ManifestTooLarge,
     TagInvalid,
@@ -46,8 +47,8 @@ impl Code {
             Code::Denied => "DENIED",
             Code::Unsupported => "UNSUPPORTED",
             Code::TooManyRequests => "TOOMANYREQUESTS",
-            Code::RangeInvalid => "RANGE_INVALID",
-            Code::NotFound => "NOT_FOUND",
+            Code::RangeInvalid => "BLOB_UPLOAD_INVALID",
+            Code::NotFound => "UNSUPPORTED",
             Code::ManifestTooLarge => "SIZE_INVALID",
             Code::TagInvalid => "TAG_INVALID",
             Code::Unavailable => "UNAVAILABLE",
@@ -135,6 +136,16 @@ impl RegistryError {
 
     /// Storage failures: logged with their cause, answered without it.
     pub fn storage(e: std::io::Error) -> Self {
+        if crate::storage::is_full(&e) {
+            // answered as a full LFS quota is (507 DENIED), and shown by /readyz and /metrics
+            tracing::warn!(error = %e, "storage is full");
+            crate::storage::note_full(true);
+            return Self::new(
+                Code::Denied,
+                "the registry's storage is full; nothing of this request was kept: retry once its operator has freed space",
+            )
+            .with_status(StatusCode::INSUFFICIENT_STORAGE);
+        }
         tracing::error!(error = %e, "storage error");
         if let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<crate::storage::Refused>()) {
             let code = match r.status {

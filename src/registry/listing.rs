@@ -2,7 +2,7 @@
 
 use super::error::{Code, RegistryError};
 use super::manifests::OCI_INDEX;
-use super::names::{Digest, RepoName};
+use super::names::{Algorithm, Digest, RepoName};
 use super::{Permissions, Registry};
 use crate::http::{self, query_get, Resp};
 use crate::storage::layout;
@@ -134,11 +134,28 @@ impl Registry {
         query: &[(String, String)],
     ) -> Result<Resp, RegistryError> {
         let filter = query_get(query, "artifactType").filter(|s| !s.is_empty());
+        // in pages of `n` (at most MAX_PAGE) by digest, after `last`, as tags and the catalog
+        let limit = page_size(query)?.unwrap_or(MAX_PAGE);
+        let last = query_get(query, "last").filter(|l| !l.is_empty());
+        let mut found = Vec::new();
+        for a in Algorithm::ALL {
+            for e in self.store.list(&layout::referrers_dir(name, subject, a)).await? {
+                found.extend(Digest::from_hex(a, &e.name));
+            }
+        }
+        found.sort_by_key(|d| d.to_string());
+        found.retain(|d| last.is_none_or(|l| d.to_string().as_str() > l));
         let mut manifests = Vec::new();
-        for e in self.store.list(&layout::referrers_dir(name, subject)).await? {
-            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
+        let mut more = false;
+        for d in found {
+            if manifests.len() == limit {
+                // one more match tells whether another page follows
+                if self.referrer_matches(name, &d, filter).await? {
+                    more = true;
+                    break;
+                }
                 continue;
-            };
+            }
             // a referrer deleted since (revision gone) is no longer listed
             if self.store.stat(&layout::revision_link(name, &d)).await?.is_none() {
                 continue;
@@ -164,6 +181,11 @@ impl Registry {
             }
             manifests.push(desc);
         }
+        let next = manifests
+            .last()
+            .and_then(|m| m["digest"].as_str())
+            .map(str::to_owned)
+            .filter(|_| more);
         let mut r = http::json(
             StatusCode::OK,
             &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests }),
@@ -172,7 +194,27 @@ impl Registry {
         if filter.is_some() {
             http::set(&mut r, HeaderName::from_static("oci-filters-applied"), "artifactType");
         }
+        if let Some(last) = next {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("n", &limit.to_string()).append_pair("last", &last);
+            if let Some(f) = filter {
+                q.append_pair("artifactType", f);
+            }
+            let path = format!("/v2/{name}/referrers/{subject}?{}", q.finish());
+            http::set(&mut r, header::LINK, &format!("<{path}>; rel=\"next\""));
+        }
         Ok(r)
+    }
+
+    /// Whether `d` is a live referrer in `name` of the artifact type asked for.
+    async fn referrer_matches(&self, name: &RepoName, d: &Digest, filter: Option<&str>) -> Result<bool, RegistryError> {
+        if self.store.stat(&layout::revision_link(name, d)).await?.is_none() {
+            return Ok(false);
+        }
+        let Some(m) = self.load_manifest(d).await? else {
+            return Ok(false);
+        };
+        Ok(filter.is_none_or(|f| m.artifact_type.as_deref() == Some(f)))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Manifests: PUT with validation, GET/HEAD with `Accept` negotiation, DELETE by tag or digest.
 
 use super::error::{Code, RegistryError};
-use super::names::{Digest, Reference, RepoName, Tag};
+use super::names::{Algorithm, Digest, Reference, RepoName, Tag};
 use super::{body_error, digest_header, Event, Outcome, Registry};
 use crate::http::{self, BodyReader, Resp};
 use crate::storage::layout;
@@ -70,6 +70,11 @@ impl Manifest {
     /// Parses stored or uploaded bytes. `content_type` is the PUT's Content-Type, used when the
     /// body does not name its media type.
     pub fn parse(bytes: Bytes, content_type: Option<&str>) -> Result<Self, RegistryError> {
+        Self::parse_as(bytes, content_type, Algorithm::Sha256)
+    }
+
+    /// [`Self::parse`] for a manifest addressed by a digest under algorithm `algo`.
+    pub fn parse_as(bytes: Bytes, content_type: Option<&str>, algo: Algorithm) -> Result<Self, RegistryError> {
         let invalid = |m: String| RegistryError::new(Code::ManifestInvalid, m);
         let raw: RawManifest =
             serde_json::from_slice(&bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
@@ -152,7 +157,7 @@ impl Manifest {
                 .flatten()
         });
         Ok(Manifest {
-            digest: Digest::sha256_of(&bytes),
+            digest: Digest::of(algo, &bytes),
             bytes,
             media_type,
             artifact_type,
@@ -177,7 +182,7 @@ impl Registry {
         else {
             return Ok(None);
         };
-        let m = Arc::new(Manifest::parse(bytes, None)?);
+        let m = Arc::new(Manifest::parse_as(bytes, None, d.algorithm())?);
         self.manifests.insert(d.clone(), m.clone());
         Ok(Some(m))
     }
@@ -293,7 +298,13 @@ impl Registry {
         bytes: bytes::Bytes,
         ct: Option<&str>,
     ) -> Result<(Digest, Arc<Manifest>, Event), RegistryError> {
-        let m = Manifest::parse(bytes, ct)?;
+        // pushed by digest, the manifest is addressed under that digest's algorithm; by tag,
+        // under the canonical sha256
+        let algo = match r {
+            Reference::Digest(want) => want.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let m = Manifest::parse_as(bytes, ct, algo)?;
         if let Reference::Digest(want) = r {
             if want.algorithm() != m.digest.algorithm() || want != &m.digest {
                 return Err(RegistryError::new(
@@ -332,14 +343,24 @@ impl Registry {
         if self.store.stat(&data).await?.is_none() {
             self.store.put(&data, m.bytes.clone()).await?;
         }
-        self.link(&layout::revision_link(name, &d), &d).await?;
-        if let Some(s) = &m.subject {
-            self.link(&layout::referrer_link(name, s, &d), &d).await?;
-        }
+        let existed = self.store.stat(&layout::revision_link(name, &d)).await?.is_some();
+        self.publish_revision(name, &m, existed).await?;
         let tag = match r {
             Reference::Tag(t) => {
+                let before = self.read_link(&layout::tag_current(name, t)).await?;
                 self.link(&layout::tag_index(name, t, &d), &d).await?;
                 self.link(&layout::tag_current(name, t), &d).await?;
+                // a collector deleting untagged manifests may have taken the revision between
+                // its write and the tag's (it listed the one, then the tags before the other)
+                if self.store.stat(&layout::revision_link(name, &d)).await?.is_none() {
+                    if let Err(e) = self.publish_revision(name, &m, false).await {
+                        match before {
+                            Some(p) => self.link(&layout::tag_current(name, t), &p).await?,
+                            None => self.store.delete_all(&layout::tag_dir(name, t)).await?,
+                        }
+                        return Err(e);
+                    }
+                }
                 Some(t.to_string())
             }
             Reference::Digest(_) => None,
@@ -353,6 +374,69 @@ impl Registry {
             tag,
         };
         Ok((d, Arc::new(m), event))
+    }
+
+    /// Links `m` into repository `name` (its revision, and its subject's referrer link) and
+    /// checks its blobs again now that it is published: a garbage collector that chose one of
+    /// them before the revision appeared either sees the revision and spares them, or this
+    /// push fails and the links go again (unless the revision `existed` before), so no
+    /// manifest is ever left without its blobs (see `gc::sweep`).
+    async fn publish_revision(&self, name: &RepoName, m: &Manifest, existed: bool) -> Result<(), RegistryError> {
+        let d = &m.digest;
+        let revision = layout::revision_link(name, d);
+        self.link(&revision, d).await?;
+        if let Some(s) = &m.subject {
+            self.link(&layout::referrer_link(name, s, d), d).await?;
+        }
+        let going = self.going(m, name).await?;
+        if going.is_empty() {
+            return Ok(());
+        }
+        if !existed {
+            if let Some(s) = &m.subject {
+                self.store.delete(&layout::referrer_link(name, s, d)).await?;
+                self.store.prune(&layout::referrer_dir(name, s, d)).await?;
+            }
+            self.store.delete(&revision).await?;
+            self.store.prune(&layout::revision_dir(name, d)).await?;
+        }
+        Err(RegistryError::new(
+            Code::ManifestBlobUnknown,
+            format!(
+                "manifest references {} that garbage collection is removing; push them again",
+                going.join(", ")
+            ),
+        )
+        .detail(serde_json::json!({ "missing": going })))
+    }
+
+    /// The blobs (and child manifests) of `m`, and its own bytes, that are gone or that a
+    /// garbage collector is sweeping.
+    async fn going(&self, m: &Manifest, name: &RepoName) -> Result<Vec<String>, RegistryError> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for b in m.blobs.iter().chain([&m.digest]).filter(|b| seen.insert(*b)) {
+            // the marker first: a collector deletes the blob with its marker, so a marker
+            // found absent is either not written yet (the collector will see this revision)
+            // or gone with the blob, which the second look then misses
+            let marked = match self.store.stat(&layout::blob_sweep_marker(b)).await? {
+                Some(meta) => meta
+                    .modified
+                    .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                    .is_none_or(|age| age < super::SWEEP_TTL),
+                None => false,
+            };
+            let gone = marked || self.store.stat(&layout::blob_data(b)).await?.is_none();
+            if gone {
+                out.push(b.to_string());
+            }
+        }
+        for c in &m.children {
+            if self.store.stat(&layout::revision_link(name, c)).await?.is_none() {
+                out.push(c.to_string());
+            }
+        }
+        Ok(out)
     }
 
     pub(super) async fn delete_manifest(&self, name: &RepoName, r: &Reference) -> Result<Outcome, RegistryError> {
@@ -385,9 +469,13 @@ impl Registry {
                 if let Some(m) = self.load_manifest(d).await? {
                     if let Some(s) = &m.subject {
                         self.store.delete(&layout::referrer_link(name, s, d)).await?;
+                        self.store.prune(&layout::referrer_dir(name, s, d)).await?;
                     }
                 }
+                // the revision's directory goes with its link: an empty one left behind would
+                // look like a manifest to tools that list directories (as distribution's delete)
                 self.store.delete(&layout::revision_link(name, d)).await?;
+                self.store.prune(&layout::revision_dir(name, d)).await?;
                 (d.clone(), None)
             }
         };

@@ -9,7 +9,6 @@ use crate::mirror::{Mirror, MirrorError};
 use crate::storage::layout;
 use ::http::{header, HeaderValue, StatusCode};
 use futures_util::StreamExt;
-use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -74,7 +73,11 @@ impl Registry {
                 return Err(unavailable(e));
             }
         };
-        let man = Manifest::parse(bytes, ct.as_deref())?;
+        let algo = match r {
+            Reference::Digest(want) => want.algorithm(),
+            Reference::Tag(_) => super::names::Algorithm::Sha256,
+        };
+        let man = Manifest::parse_as(bytes, ct.as_deref(), algo)?;
         if let Reference::Digest(want) = r {
             if want != &man.digest {
                 return Err(RegistryError::new(
@@ -130,7 +133,7 @@ impl Registry {
         let store = self.store.clone();
         let (name2, d2) = (name.clone(), d.clone());
         tokio::spawn(async move {
-            let mut h = Sha256::new();
+            let mut h = super::names::Hasher::new(d2.algorithm());
             let mut client_gone = false;
             while let Some(c) = stream.next().await {
                 let c = match c {
@@ -153,7 +156,7 @@ impl Registry {
                     client_gone = true;
                 }
             }
-            if Digest::from_sha256(h.finalize().into()) != d2 {
+            if h.finish() != d2 {
                 tracing::warn!(digest = %d2, "mirror: remote blob does not match its digest; not cached");
                 let _ = tx
                     .send(Err(std::io::Error::other("mirrored blob does not match its digest")))

@@ -34,6 +34,11 @@ const REFRESH_AFTER: Duration = Duration::from_secs(600);
 
 pub const API_VERSION_HEADER: &str = "Docker-Distribution-Api-Version";
 
+/// How long a garbage collector's sweep marker on a blob is believed: a marker older than this
+/// was left by a collector that died, and no longer stops pushes (the collector stops deleting
+/// after half of it).
+pub const SWEEP_TTL: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// DELETE of manifests, tags and blobs allowed.

@@ -104,6 +104,17 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm regate stores content under, canonical (sha256) first.
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sha256" => Some(Algorithm::Sha256),
+            "sha512" => Some(Algorithm::Sha512),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",
@@ -128,11 +139,7 @@ pub struct Digest {
 impl Digest {
     pub fn parse(s: &str) -> Option<Self> {
         let (a, hex) = s.split_once(':')?;
-        let algo = match a {
-            "sha256" => Algorithm::Sha256,
-            "sha512" => Algorithm::Sha512,
-            _ => return None,
-        };
+        let algo = Algorithm::parse(a)?;
         let ok = hex.len() == algo.hex_len() && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
         ok.then(|| Self {
             algo,
@@ -149,6 +156,16 @@ impl Digest {
             hex: hex::encode(raw),
         }
     }
+    /// The digest of `bytes` under algorithm `a`.
+    pub fn of(a: Algorithm, bytes: &[u8]) -> Self {
+        let mut h = Hasher::new(a);
+        h.update(bytes);
+        h.finish()
+    }
+    /// `algorithm:<hex>` for a name found in storage (a directory named by the hex part).
+    pub fn from_hex(a: Algorithm, hex: &str) -> Option<Self> {
+        Self::parse(&format!("{}:{hex}", a.as_str()))
+    }
     pub fn algorithm(&self) -> Algorithm {
         self.algo
     }
@@ -160,6 +177,40 @@ impl Digest {
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.algo.as_str(), self.hex)
+    }
+}
+
+/// A running hash under one of the [`Algorithm`]s, for content streamed in pieces.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn new(a: Algorithm) -> Self {
+        use sha2::Digest as _;
+        match a {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+    pub fn finish(self) -> Digest {
+        use sha2::Digest as _;
+        match self {
+            Hasher::Sha256(h) => Digest::from_sha256(h.finalize().into()),
+            Hasher::Sha512(h) => Digest {
+                algo: Algorithm::Sha512,
+                hex: hex::encode(h.finalize()),
+            },
+        }
     }
 }
 
@@ -276,6 +327,15 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert!(Reference::parse("sha256:zz").is_none());
+        // sha512 of "abc" (FIPS 180-2, appendix C.1)
+        assert_eq!(
+            Digest::of(Algorithm::Sha512, b"abc").to_string(),
+            "sha512:ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a\
+             2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+        );
+        assert_eq!(Digest::of(Algorithm::Sha256, b""), Digest::sha256_of(b""));
+        assert!(Digest::from_hex(Algorithm::Sha512, &"0".repeat(128)).is_some());
+        assert!(Digest::from_hex(Algorithm::Sha512, &"0".repeat(64)).is_none());
         assert!(matches!(Reference::parse("v1"), Some(Reference::Tag(_))));
     }
 

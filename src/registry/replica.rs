@@ -10,7 +10,6 @@ use super::{Event, Registry};
 use crate::storage::{layout, ByteStream};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
 impl Registry {
@@ -31,12 +30,14 @@ impl Registry {
     /// The manifests in this repository whose subject is `subject`.
     pub async fn referrer_digests(&self, name: &RepoName, subject: &Digest) -> Result<Vec<Digest>, RegistryError> {
         let mut out = Vec::new();
-        for e in self.store.list(&layout::referrers_dir(name, subject)).await? {
-            let Some(d) = Digest::parse(&format!("sha256:{}", e.name)) else {
-                continue;
-            };
-            if self.store.stat(&layout::revision_link(name, &d)).await?.is_some() {
-                out.push(d);
+        for a in super::names::Algorithm::ALL {
+            for e in self.store.list(&layout::referrers_dir(name, subject, a)).await? {
+                let Some(d) = Digest::from_hex(a, &e.name) else {
+                    continue;
+                };
+                if self.store.stat(&layout::revision_link(name, &d)).await?.is_some() {
+                    out.push(d);
+                }
             }
         }
         Ok(out)
@@ -59,15 +60,9 @@ impl Registry {
     /// Writes a blob copied from elsewhere into `name`: streamed, hashed on the way, visible
     /// only once it matches `d`.
     pub async fn import_blob(&self, name: &RepoName, d: &Digest, mut body: ByteStream) -> Result<u64, RegistryError> {
-        if d.algorithm().as_str() != "sha256" {
-            return Err(RegistryError::new(
-                Code::Unsupported,
-                format!("replicating {} content is not supported", d.algorithm().as_str()),
-            ));
-        }
         if !self.blob_stored(d).await? {
             let mut w = self.store.writer(&layout::blob_data(d)).await?;
-            let mut h = Sha256::new();
+            let mut h = super::names::Hasher::new(d.algorithm());
             while let Some(c) = body.next().await {
                 let c: Bytes = match c {
                     Ok(c) => c,
@@ -82,7 +77,7 @@ impl Registry {
                     return Err(e.into());
                 }
             }
-            if Digest::from_sha256(h.finalize().into()) != *d {
+            if h.finish() != *d {
                 w.abort().await;
                 return Err(RegistryError::new(
                     Code::DigestInvalid,

@@ -12,7 +12,7 @@
 
 use super::error::{Code, RegistryError};
 use super::hashstate::ResumableSha256;
-use super::names::{Digest, RepoName, UploadId};
+use super::names::{Algorithm, Digest, Hasher, RepoName, UploadId};
 use super::{body_error, digest_header, Event, Outcome, Permissions, Registry};
 use crate::http::{self, query_get, BodyReader, Resp};
 use crate::storage::fs::FsAppender;
@@ -224,7 +224,7 @@ impl Registry {
         body: &mut BodyReader,
     ) -> Result<u64, RegistryError> {
         let mut w = self.store.writer(&layout::blob_data(d)).await?;
-        let mut h = Sha256::new();
+        let mut h = Hasher::new(d.algorithm());
         if let Err(e) = pump(&mut w, first, body, |c| h.update(c)).await {
             w.abort().await;
             return Err(e);
@@ -234,8 +234,8 @@ impl Registry {
         Ok(size)
     }
 
-    async fn verify_and_commit(&self, w: BlobWriter, h: Sha256, d: &Digest) -> Result<(), RegistryError> {
-        let got = Digest::from_sha256(h.finalize().into());
+    async fn verify_and_commit(&self, w: BlobWriter, h: Hasher, d: &Digest) -> Result<(), RegistryError> {
+        let got = h.finish();
         if &got != d {
             w.abort().await;
             return Err(digest_mismatch(d, &got));
@@ -283,7 +283,9 @@ impl Registry {
     async fn assemble(&self, name: &RepoName, id: &UploadId, parts: &[Part], d: &Digest) -> Result<u64, RegistryError> {
         let total = end_of(parts);
         let dest = layout::blob_data(d);
-        if let [p] = parts {
+        // the recorded hash is a sha256: a shortcut only for a blob named by one
+        let sha256 = d.algorithm() == Algorithm::Sha256;
+        if let ([p], true) = (parts, sha256) {
             if let Some(hex) = &p.sha256 {
                 if hex != d.hex() {
                     let got = Digest::parse(&format!("sha256:{hex}"));
@@ -301,7 +303,7 @@ impl Registry {
             }
         }
         let mut w = self.store.writer(&dest).await?;
-        let mut h = Sha256::new();
+        let mut h = Hasher::new(d.algorithm());
         for p in parts {
             let key = layout::upload_part(name, id, p.offset);
             let Some((_, mut s)) = self.store.get(&key, None).await? else {
@@ -522,13 +524,15 @@ impl Registry {
         d: &Digest,
     ) -> Result<(), RegistryError> {
         let data = layout::upload_data(name, id);
-        let got = match sha256 {
+        // the running hash is a sha256; a blob named by another algorithm is hashed again,
+        // streaming from the file
+        let got = match sha256.filter(|_| d.algorithm() == Algorithm::Sha256) {
             Some(h) => Digest::from_sha256(h.finalize()),
             None => {
                 let Some((_, mut s)) = self.store.get(&data, None).await? else {
                     return Err(unknown_upload(name, id));
                 };
-                let mut h = Sha256::new();
+                let mut h = Hasher::new(d.algorithm());
                 let mut n = 0u64;
                 while let Some(c) = s.next().await {
                     let c = c?;
@@ -540,7 +544,7 @@ impl Registry {
                         "{n} bytes on disk, {len} recorded"
                     ))));
                 }
-                Digest::from_sha256(h.finalize().into())
+                h.finish()
             }
         };
         if &got != d {
@@ -727,15 +731,18 @@ fn end_of(parts: &[Part]) -> u64 {
     parts.last().map(|p| p.offset + p.size).unwrap_or(0)
 }
 
+/// The digest an upload is to be checked against: sha256 or sha512, well formed. Another
+/// algorithm is `DIGEST_INVALID`, naming the ones supported.
 fn parse_upload_digest(s: &str) -> Result<Digest, RegistryError> {
-    let d = Digest::parse(s).ok_or_else(|| RegistryError::new(Code::DigestInvalid, format!("invalid digest {s:?}")))?;
-    if d.algorithm() != super::names::Algorithm::Sha256 {
-        return Err(RegistryError::new(
-            Code::DigestInvalid,
-            "only sha256 digests can be uploaded",
-        ));
-    }
-    Ok(d)
+    Digest::parse(s).ok_or_else(|| {
+        let known = s.split_once(':').is_some_and(|(a, _)| Algorithm::parse(a).is_some());
+        let why = if known {
+            format!("invalid digest {s:?}")
+        } else {
+            format!("invalid digest {s:?}: the supported algorithms are sha256 and sha512")
+        };
+        RegistryError::new(Code::DigestInvalid, why)
+    })
 }
 
 fn digest_mismatch(want: &Digest, got: &Digest) -> RegistryError {

@@ -171,10 +171,7 @@ impl FsStore {
                 if fsync {
                     f.sync_data()?;
                 }
-                if let Some(dir) = dest.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                std::fs::rename(&tmp, &dest)?;
+                rename_into_place(&tmp, &dest)?;
                 if fsync {
                     if let Some(dir) = dest.parent() {
                         std::fs::File::open(dir)?.sync_all()?;
@@ -287,6 +284,23 @@ impl FsStore {
         }
     }
 
+    /// Removes the directory `prefix` when it is empty (what a delete leaves behind); a
+    /// directory that is not empty, or gone, is left as it is.
+    pub async fn prune(&self, prefix: &str) -> io::Result<()> {
+        match tokio::fs::remove_dir(self.path(prefix)).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::DirectoryNotEmpty
+                    || e.raw_os_error() == Some(libc::ENOTEMPTY)
+                    || e.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn delete_all(&self, prefix: &str) -> io::Result<()> {
         match tokio::fs::remove_dir_all(self.path(prefix)).await {
             Ok(()) => Ok(()),
@@ -335,6 +349,8 @@ impl FsStore {
         .map_err(io::Error::other)?
     }
 
+    /// The root is there, writable, and has room: at least [`FULL_BELOW`] bytes and an inode
+    /// free for unprivileged writers (`StorageFull` otherwise).
     pub async fn ready(&self) -> io::Result<()> {
         let m = tokio::fs::metadata(&self.tmp).await?;
         if m.permissions().readonly() {
@@ -343,7 +359,54 @@ impl FsStore {
                 "storage root is read-only",
             ));
         }
+        let (free, inodes) = free_space(&self.tmp)?;
+        let full = free < FULL_BELOW || inodes == Some(0);
+        super::note_full(full);
+        if full {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("storage is full: {free} bytes free"),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Less room than this on the root's filesystem counts as full.
+pub const FULL_BELOW: u64 = 1 << 20;
+
+/// Bytes and inodes (`None` where the filesystem does not count them) free for unprivileged
+/// writers on the filesystem holding `path`.
+// the statvfs fields are u64 on 64-bit Linux, narrower elsewhere
+#[allow(clippy::useless_conversion)]
+fn free_space(path: &Path) -> io::Result<(u64, Option<u64>)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct, which the call fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call, and `st` is a valid, writable
+    // statvfs; the call reports errors through its return value and errno.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    let inodes = (st.f_files > 0).then_some(u64::from(st.f_favail));
+    Ok((free, inodes))
+}
+
+/// Renames `tmp` to `dest`, creating `dest`'s directory. A prune of that (empty) directory
+/// racing with this (a delete of the same revision, or the collector) is survived by creating
+/// it again.
+fn rename_into_place(tmp: &Path, dest: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::rename(tmp, dest) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 && tmp.exists() => tries += 1,
+            r => return r,
+        }
     }
 }
 
@@ -597,7 +660,23 @@ impl FsAppender {
         if self.feed.write(data).await {
             Ok(())
         } else {
-            Err(io::Error::other("appender thread stopped"))
+            Err(self.stopped().await)
+        }
+    }
+
+    /// Why the writer thread stopped early (a full disk must be told as such); the file comes
+    /// back for [`Self::abort`] to cut.
+    async fn stopped(&mut self) -> io::Error {
+        self.feed.tx = None;
+        let Some(thread) = self.thread.take() else {
+            return io::Error::other("appender thread stopped");
+        };
+        match thread.await {
+            Ok((file, r)) => {
+                self.file = Some(file);
+                r.err().unwrap_or_else(|| io::Error::other("appender thread stopped"))
+            }
+            Err(e) => io::Error::other(e),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Storage keys, in distribution's layout (`docker/registry/v2/...`), built only from typed names.
 
-use crate::registry::names::{Digest, RepoName, Tag, UploadId};
+use crate::registry::names::{Algorithm, Digest, RepoName, Tag, UploadId};
 
 pub const ROOT: &str = "docker/registry/v2";
 pub const REPOS: &str = "docker/registry/v2/repositories";
@@ -12,6 +12,17 @@ pub fn blob_data(d: &Digest) -> String {
         &d.hex()[..2],
         d.hex()
     )
+}
+
+/// Every blob stored under one digest algorithm: `blobs/<algorithm>/<2 hex>/<hex>/data`.
+pub fn blobs_dir(a: Algorithm) -> String {
+    format!("{ROOT}/blobs/{}", a.as_str())
+}
+
+/// Present while garbage collection is about to delete the blob (see `gc::sweep`): a manifest
+/// push that finds it fails rather than reference a blob that is going.
+pub fn blob_sweep_marker(d: &Digest) -> String {
+    format!("{}/regate-sweeping", blob_dir(d))
 }
 
 pub fn blob_dir(d: &Digest) -> String {
@@ -26,8 +37,12 @@ pub fn layer_link(name: &RepoName, d: &Digest) -> String {
     format!("{REPOS}/{name}/_layers/{}/{}/link", d.algorithm().as_str(), d.hex())
 }
 
-pub fn layers_dir(name: &RepoName) -> String {
-    format!("{REPOS}/{name}/_layers/sha256")
+pub fn layer_dir(name: &RepoName, d: &Digest) -> String {
+    format!("{REPOS}/{name}/_layers/{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+pub fn layers_dir(name: &RepoName, a: Algorithm) -> String {
+    format!("{REPOS}/{name}/_layers/{}", a.as_str())
 }
 
 pub fn revision_link(name: &RepoName, d: &Digest) -> String {
@@ -38,8 +53,18 @@ pub fn revision_link(name: &RepoName, d: &Digest) -> String {
     )
 }
 
-pub fn revisions_dir(name: &RepoName) -> String {
-    format!("{REPOS}/{name}/_manifests/revisions/sha256")
+/// The directory of one revision: its `link` and nothing else. A revision directory without a
+/// `link` (which distribution's delete leaves behind) is not a manifest of the repository.
+pub fn revision_dir(name: &RepoName, d: &Digest) -> String {
+    format!(
+        "{REPOS}/{name}/_manifests/revisions/{}/{}",
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+pub fn revisions_dir(name: &RepoName, a: Algorithm) -> String {
+    format!("{REPOS}/{name}/_manifests/revisions/{}", a.as_str())
 }
 
 pub fn tags_dir(name: &RepoName) -> String {
@@ -74,11 +99,24 @@ pub fn referrer_link(name: &RepoName, subject: &Digest, referrer: &Digest) -> St
     )
 }
 
-pub fn referrers_dir(name: &RepoName, subject: &Digest) -> String {
+/// The directory holding [`referrer_link`] for one (subject, referrer) pair.
+pub fn referrer_dir(name: &RepoName, subject: &Digest, referrer: &Digest) -> String {
     format!(
-        "{REPOS}/{name}/_referrers/{}/{}/sha256",
+        "{REPOS}/{name}/_referrers/{}/{}/{}/{}",
         subject.algorithm().as_str(),
-        subject.hex()
+        subject.hex(),
+        referrer.algorithm().as_str(),
+        referrer.hex()
+    )
+}
+
+/// The referrers of `subject` whose digests use algorithm `a`.
+pub fn referrers_dir(name: &RepoName, subject: &Digest, a: Algorithm) -> String {
+    format!(
+        "{REPOS}/{name}/_referrers/{}/{}/{}",
+        subject.algorithm().as_str(),
+        subject.hex(),
+        a.as_str()
     )
 }
 

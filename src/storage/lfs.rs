@@ -313,6 +313,10 @@ impl LfsStore {
         Box::pin(self.inner.meta.delete_all(prefix)).await
     }
 
+    pub async fn prune(&self, prefix: &str) -> io::Result<()> {
+        Box::pin(self.inner.meta.prune(prefix)).await
+    }
+
     pub async fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
         Box::pin(self.inner.meta.list(prefix)).await
     }

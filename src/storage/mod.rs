@@ -70,6 +70,28 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// Whether a storage error means the disk (or the user's quota on it) is full: `ENOSPC`,
+/// `EDQUOT`, or the readiness check finding no room.
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<io::Error>())
+            .is_some_and(is_full)
+}
+
+/// Whether the storage was last found full: set by a write refused for lack of space, and set
+/// or cleared by every readiness check (`/readyz`). Process-wide, for `/metrics`.
+static LAST_SEEN_FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn last_seen_full() -> bool {
+    LAST_SEEN_FULL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub fn note_full(full: bool) {
+    LAST_SEEN_FULL.store(full, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether a storage error means "try again later" rather than a fault of this server.
 pub fn is_unavailable(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::TimedOut || e.get_ref().is_some_and(|i| i.is::<Unavailable>())
@@ -197,6 +219,16 @@ impl Storage {
             }
             Storage::Object(s) => s.delete_all(prefix).await,
             Storage::Lfs(s) => s.delete_all(prefix).await,
+        }
+    }
+
+    /// Removes the directory `prefix` if nothing is left in it (fs; object stores have no
+    /// directories), so a delete leaves no empty directories behind, as distribution's does not.
+    pub async fn prune(&self, prefix: &str) -> io::Result<()> {
+        match self {
+            Storage::Fs(s) => s.prune(prefix).await,
+            Storage::Lfs(s) => s.prune(prefix).await,
+            Storage::Memory(_) | Storage::Object(_) => Ok(()),
         }
     }
 

@@ -6,6 +6,8 @@
 //! with `storage_yaml` (the config section for a server in a temp dir), `stored_keys` (what is in
 //! the store under a prefix) and `leftovers` (temporary objects or unfinished multipart uploads).
 
+mod under_fire;
+
 use crate::backend;
 use crate::common::{client, digest, token, Server};
 use base64::Engine as _;
@@ -1831,8 +1833,12 @@ async fn malformed_names_digests_and_tags_are_400_before_auth() {
         (Method::GET, "/v2/a/blobs/latest".into(), "DIGEST_INVALID"),
         (Method::DELETE, "/v2/a/blobs/sha256:0".into(), "DIGEST_INVALID"),
         (Method::GET, "/v2/a/referrers/latest".into(), "DIGEST_INVALID"),
-        (Method::GET, "/v2/a/manifests/-bad".into(), "TAG_INVALID"),
-        (Method::GET, "/v2/a/manifests/.bad".into(), "TAG_INVALID"),
+        (Method::PUT, "/v2/a/manifests/-bad".into(), "TAG_INVALID"),
+        (
+            Method::PUT,
+            "/v2/a/manifests/.INVALID_MANIFEST_NAME".into(),
+            "TAG_INVALID",
+        ),
         (Method::PUT, format!("/v2/a/manifests/{long_tag}"), "TAG_INVALID"),
         (Method::DELETE, "/v2/a/manifests/b%40d".into(), "TAG_INVALID"),
     ];
@@ -1850,6 +1856,23 @@ async fn malformed_names_digests_and_tags_are_400_before_auth() {
             expect_err(resp, 400, code).await;
         }
     }
+    // a read of a reference that is no valid tag (nor digest) finds no manifest: 404, as the
+    // spec's conformance suite and every registry answer (a PUT of one stays 400, above)
+    for m in [Method::GET, Method::HEAD] {
+        for reference in [".INVALID_MANIFEST_NAME", "-bad", &long_tag] {
+            let path = format!("/v2/a/manifests/{reference}");
+            for resp in [
+                r.anon(m.clone(), &path).send().await.unwrap(),
+                r.req(m.clone(), &path).send().await.unwrap(),
+            ] {
+                if m == Method::HEAD {
+                    assert_eq!(resp.status(), 404, "{m} {path}");
+                } else {
+                    expect_err(resp, 404, "MANIFEST_UNKNOWN").await;
+                }
+            }
+        }
+    }
     // the longest valid name and tag are fine (401: they reach the auth step)
     let max_name = format!("{}/b", vec!["a"; 126].join("/"));
     assert_eq!(max_name.len(), 253);
@@ -1860,7 +1883,7 @@ async fn malformed_names_digests_and_tags_are_400_before_auth() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     // an unknown API path
-    expect_err(r.anon(Method::GET, "/v2/a").send().await.unwrap(), 404, "NOT_FOUND").await;
+    expect_err(r.anon(Method::GET, "/v2/a").send().await.unwrap(), 404, "UNSUPPORTED").await;
 }
 
 #[tokio::test]
@@ -1970,4 +1993,348 @@ async fn unsupported_methods_are_405() {
             expect_err(resp, 405, "UNSUPPORTED").await;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sha512: content addressed by the other registered algorithm, as the spec's conformance suite
+// pushes it (blobs by every upload flavour, manifests by digest)
+
+fn sha512(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(b)))
+}
+
+/// Asserts the blob answers GET and HEAD with its bytes, length and digest.
+async fn assert_blob(r: &Reg, repo: &str, d: &str, data: &[u8]) {
+    let resp = r.head(&format!("/v2/{repo}/blobs/{d}")).await;
+    assert_eq!(resp.status(), 200, "HEAD {d}");
+    assert_eq!(h(&resp, "content-length"), data.len().to_string());
+    assert_eq!(h(&resp, "docker-content-digest"), d);
+    let resp = r.get(&format!("/v2/{repo}/blobs/{d}")).await;
+    assert_eq!(resp.status(), 200, "GET {d}");
+    assert_eq!(h(&resp, "docker-content-digest"), d);
+    assert!(resp.bytes().await.unwrap() == data, "bytes of {d}");
+}
+
+#[tokio::test]
+async fn sha512_blobs_by_every_upload_flavour() {
+    let repo = "algo/blobs";
+    let r = Reg::start(&[repo, "algo/other"]).await;
+    let created = |resp: &Response, d: &str| {
+        assert_eq!(resp.status(), 201);
+        assert!(
+            h(resp, "location").ends_with(&format!("/v2/{repo}/blobs/{d}")),
+            "{}",
+            h(resp, "location")
+        );
+        assert_eq!(h(resp, "docker-content-digest"), d);
+    };
+
+    // single POST
+    let mono = pattern(70_000, 11);
+    let d = sha512(&mono);
+    let resp = r
+        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={d}"))
+        .body(mono.clone())
+        .send()
+        .await
+        .unwrap();
+    created(&resp, &d);
+    assert_blob(&r, repo, &d, &mono).await;
+
+    // POST then PUT with the body
+    let data = pattern(5000, 12);
+    let d = sha512(&data);
+    let loc = r.start_upload(repo).await;
+    let resp = r
+        .req(Method::PUT, &with_query(&loc, &format!("digest={d}")))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    created(&resp, &d);
+    assert_blob(&r, repo, &d, &data).await;
+
+    // chunked: one chunk, several chunks, and a final chunk on the PUT
+    let big = pattern(2 * MIB + 777, 13);
+    for cuts in [vec![big.len()], vec![1000, MIB + 3, big.len()], vec![MIB]] {
+        let d = sha512(&big);
+        let mut loc = r.start_upload(repo).await;
+        let mut at = 0;
+        for &end in &cuts {
+            let resp = r
+                .req(Method::PATCH, &loc)
+                .header("content-range", format!("{at}-{}", end - 1))
+                .body(big[at..end].to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            loc = upload_headers(&resp, repo, end as u64);
+            at = end;
+        }
+        let rest = big[at..].to_vec();
+        let mut put = r.req(Method::PUT, &with_query(&loc, &format!("digest={d}")));
+        if !rest.is_empty() {
+            put = put.header("content-range", format!("{at}-{}", big.len() - 1));
+        }
+        let resp = put.body(rest).send().await.unwrap();
+        created(&resp, &d);
+        assert_blob(&r, repo, &d, &big).await;
+        // the same bytes under sha256 are another blob, pushed on their own
+        assert_eq!(
+            r.head(&format!("/v2/{repo}/blobs/{}", digest(&big))).await.status(),
+            404
+        );
+    }
+
+    // the wrong bytes for a sha512 digest: refused while streaming, never visible
+    let wrong = sha512(b"not these bytes");
+    let loc = r.start_upload(repo).await;
+    let resp = r.req(Method::PATCH, &loc).body(pattern(3000, 14)).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let loc = upload_headers(&resp, repo, 3000);
+    let resp = r
+        .req(Method::PUT, &with_query(&loc, &format!("digest={wrong}")))
+        .send()
+        .await
+        .unwrap();
+    expect_err(resp, 400, "DIGEST_INVALID").await;
+    let resp = r
+        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={wrong}"))
+        .body(pattern(3000, 15))
+        .send()
+        .await
+        .unwrap();
+    expect_err(resp, 400, "DIGEST_INVALID").await;
+    assert_eq!(r.head(&format!("/v2/{repo}/blobs/{wrong}")).await.status(), 404);
+
+    // algorithms regate does not know: DIGEST_INVALID, on uploads and in paths
+    for bad in [
+        format!("md5:{}", "0".repeat(32)),
+        format!("sha384:{}", "0".repeat(96)),
+        format!("blake3:{}", "0".repeat(64)),
+    ] {
+        let resp = r
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={bad}"))
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap();
+        expect_err(resp, 400, "DIGEST_INVALID").await;
+        expect_err(r.get(&format!("/v2/{repo}/blobs/{bad}")).await, 400, "DIGEST_INVALID").await;
+    }
+
+    // a sha512 blob mounts into another repository
+    let d = sha512(&mono);
+    let resp = r
+        .req(
+            Method::POST,
+            &format!("/v2/algo/other/blobs/uploads/?mount={d}&from={repo}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_blob(&r, "algo/other", &d, &mono).await;
+    // and is deleted from one repository only
+    let resp = r
+        .req(Method::DELETE, &format!("/v2/algo/other/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(r.head(&format!("/v2/algo/other/blobs/{d}")).await.status(), 404);
+    assert_blob(&r, repo, &d, &mono).await;
+
+    // stored where distribution keeps them
+    let keys = backend::stored_keys(&r.s, "docker/registry/v2/blobs/sha512");
+    let hex = d.strip_prefix("sha512:").unwrap();
+    let want = format!("docker/registry/v2/blobs/sha512/{}/{hex}/data", &hex[..2]);
+    assert!(keys.iter().any(|k| k.ends_with(&want)), "{want} not in {keys:?}");
+    assert!(backend::leftovers(&r.s).is_empty(), "{:?}", backend::leftovers(&r.s));
+}
+
+#[tokio::test]
+async fn sha512_manifests_indexes_and_referrers() {
+    let repo = "algo/manifests";
+    let reg = Reg::start(&[repo]).await;
+    let r = &reg;
+    let push512 = |data: Vec<u8>| {
+        let d = sha512(&data);
+        let req = r
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={d}"))
+            .body(data);
+        async move {
+            assert_eq!(req.send().await.unwrap().status(), 201);
+            d
+        }
+    };
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = pattern(10_000, 21);
+    let (cd, ld) = (push512(cfg.clone()).await, push512(layer.clone()).await);
+    let img = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": cd, "size": cfg.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": ld, "size": layer.len()}]
+    });
+    let put = |m: &Value| {
+        let b = serde_json::to_vec(m).unwrap();
+        let d = sha512(&b);
+        let mt = m["mediaType"].as_str().unwrap().to_owned();
+        async move {
+            let resp = r.put_manifest(repo, &d, &mt, &b).await;
+            assert_eq!(resp.status(), 201, "{}", h(&resp, "content-type"));
+            assert!(h(&resp, "location").ends_with(&format!("/v2/{repo}/manifests/{d}")));
+            assert_eq!(h(&resp, "docker-content-digest"), d);
+            (d, b)
+        }
+    };
+    let (md, mb) = put(&img).await;
+    for head in [false, true] {
+        let resp = if head {
+            r.head(&format!("/v2/{repo}/manifests/{md}")).await
+        } else {
+            r.get(&format!("/v2/{repo}/manifests/{md}")).await
+        };
+        assert_eq!(resp.status(), 200);
+        assert_eq!(h(&resp, "docker-content-digest"), md);
+        assert_eq!(h(&resp, "content-type"), OCI_MANIFEST);
+        assert_eq!(h(&resp, "content-length"), mb.len().to_string());
+        if !head {
+            assert!(resp.bytes().await.unwrap() == mb);
+        }
+    }
+    // a manifest is a blob too, under its digest
+    assert_blob(r, repo, &md, &mb).await;
+    // bytes that do not match the sha512 named
+    let wrong = sha512(b"another manifest");
+    let resp = r.put_manifest(repo, &wrong, OCI_MANIFEST, &mb).await;
+    expect_err(resp, 400, "DIGEST_INVALID").await;
+    expect_err(
+        r.get(&format!("/v2/{repo}/manifests/{wrong}")).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    // the same bytes by sha256 are not known until pushed so
+    assert_eq!(
+        r.get(&format!("/v2/{repo}/manifests/{}", digest(&mb))).await.status(),
+        404
+    );
+
+    // an index of it, and an artifact referring to it, both by sha512
+    let idx = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": md, "size": mb.len()}]
+    });
+    let (xd, _) = put(&idx).await;
+    assert_eq!(r.get(&format!("/v2/{repo}/manifests/{xd}")).await.status(), 200);
+    let empty = push512(b"{}".to_vec()).await;
+    let art = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom.v1",
+        "config": {"mediaType": OCI_EMPTY, "digest": empty, "size": 2},
+        "layers": [{"mediaType": OCI_LAYER, "digest": ld, "size": layer.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": md, "size": mb.len()}
+    });
+    let b = serde_json::to_vec(&art).unwrap();
+    let ad = sha512(&b);
+    let resp = r.put_manifest(repo, &ad, OCI_MANIFEST, &b).await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(h(&resp, "oci-subject"), md);
+    let v: Value = r.get(&format!("/v2/{repo}/referrers/{md}")).await.json().await.unwrap();
+    let list = v["manifests"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["digest"], ad);
+    assert_eq!(list[0]["artifactType"], "application/vnd.example.sbom.v1");
+
+    // deleted by sha512 digest: gone, and gone from its subject's referrers
+    let resp = r
+        .req(Method::DELETE, &format!("/v2/{repo}/manifests/{ad}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    expect_err(
+        r.get(&format!("/v2/{repo}/manifests/{ad}")).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    let v: Value = r.get(&format!("/v2/{repo}/referrers/{md}")).await.json().await.unwrap();
+    assert_eq!(v["manifests"], json!([]), "{v}");
+    assert_eq!(r.get(&format!("/v2/{repo}/manifests/{md}")).await.status(), 200);
+    // a manifest addressed by a digest of an unknown algorithm
+    expect_err(
+        r.get(&format!("/v2/{repo}/manifests/sha384:{}", "0".repeat(96))).await,
+        400,
+        "DIGEST_INVALID",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn referrers_are_paginated_with_link() {
+    let repo = "ref/pages";
+    let r = Reg::start(&[repo]).await;
+    let img = r.image(repo, "subject").await;
+    let (subj, subj_b) = r.push_manifest(repo, "v1", &img).await;
+    let empty = r.push_blob(repo, b"{}").await;
+    let mut all = Vec::new();
+    let mut sboms = Vec::new();
+    for i in 0..5 {
+        let at = if i % 2 == 0 {
+            "application/vnd.example.sbom.v1"
+        } else {
+            "application/vnd.example.sig.v1"
+        };
+        let m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": at,
+            "config": {"mediaType": OCI_EMPTY, "digest": empty, "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subj, "size": subj_b.len()},
+            "annotations": {"n": i.to_string()}
+        });
+        let b = serde_json::to_vec(&m).unwrap();
+        let d = digest(&b);
+        assert_eq!(r.put_manifest(repo, &d, OCI_MANIFEST, &b).await.status(), 201);
+        if i % 2 == 0 {
+            sboms.push(d.clone());
+        }
+        all.push(d);
+    }
+    all.sort();
+    sboms.sort();
+    // follows Link from `first`; returns the digests of every page and the page sizes
+    let walk = |first: String, filtered: bool| {
+        let r = &r;
+        async move {
+            let (mut got, mut sizes, mut next) = (Vec::new(), Vec::new(), Some(first));
+            while let Some(path) = next {
+                let resp = r.get(&path).await;
+                assert_eq!(resp.status(), 200);
+                assert_eq!(h(&resp, "content-type"), OCI_INDEX);
+                assert_eq!(resp.headers().get("oci-filters-applied").is_some(), filtered, "{path}");
+                next = link_next(&resp);
+                let v: Value = resp.json().await.unwrap();
+                let page = v["manifests"].as_array().unwrap();
+                sizes.push(page.len());
+                got.extend(page.iter().map(|m| m["digest"].as_str().unwrap().to_owned()));
+            }
+            (got, sizes)
+        }
+    };
+    let path = format!("/v2/{repo}/referrers/{subj}");
+    assert_eq!(walk(path.clone(), false).await, (all.clone(), vec![5]));
+    assert_eq!(walk(format!("{path}?n=2"), false).await, (all.clone(), vec![2, 2, 1]));
+    assert_eq!(walk(format!("{path}?n=5"), false).await, (all.clone(), vec![5]));
+    // the filter carries over to the next page
+    let (got, sizes) = walk(format!("{path}?artifactType=application/vnd.example.sbom.v1&n=2"), true).await;
+    assert_eq!((got, sizes), (sboms, vec![2, 1]));
 }
