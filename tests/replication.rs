@@ -470,3 +470,36 @@ fn push_rule_uploads_in_chunks_when_the_remote_refuses_large_requests() {
         remote_digest(&format!("docker://127.0.0.1:{nport}/team/big:v1"), None).as_deref() == Some(d.as_str())
     });
 }
+
+/// The reconcile repairs what the event queue never saw: images pushed before the rule existed.
+#[test]
+fn reconcile_copies_what_the_queue_never_saw() {
+    let work = tempfile::tempdir().unwrap();
+    let ddir = work.path().join("dist");
+    std::fs::create_dir_all(&ddir).unwrap();
+    let dist = Distribution::new(&ddir, None);
+    let s = Server::start("");
+    let (u, p) = s.admin();
+    let img = work.path().join("img");
+    let d = image(&img, "v1", &["0.5"], None);
+    push(
+        &img,
+        "v1",
+        &format!("docker://{}/team/old:v1", s.host),
+        &format!("{u}:{p}"),
+    );
+    // the rule arrives later: no event for that push was ever queued
+    let dir = s.into_dir();
+    let cfg = dir.path().join("regate.yaml");
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml.push_str(&format!(
+        "replication:\n  - {{ name: late, url: \"http://{}\", direction: push, interval: 1 }}\n",
+        dist.host()
+    ));
+    std::fs::write(&cfg, yaml).unwrap();
+    let _s = Server::start_with_config(dir, &cfg);
+    let dh = dist.host();
+    eventually("the reconcile to copy the older image", 60, || {
+        remote_digest(&format!("docker://{dh}/team/old:v1"), None).as_deref() == Some(d.as_str())
+    });
+}
