@@ -884,6 +884,9 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         }
         _ => {}
     }
+    // the signal handlers are in place before anyone is told we listen: a SIGTERM right after
+    // the line below is a clean shutdown, never the default action
+    let signals = shutdown_signal();
     println!("regate listening on {public_url} ({local})");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -955,32 +958,38 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         });
     }
     let shutdown = async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop_tx.send(true);
     };
     server::run(listener, app, opts, shutdown).await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT now; the future resolves when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut t), Ok(mut i)) => {
-                tokio::select! {
-                    _ = t.recv() => {},
-                    _ = i.recv() => {},
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        async move {
+            match handlers {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {},
+                        _ = i.recv() => {},
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
