@@ -847,6 +847,16 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
             .map_err(|e| Failure::Other(format!("cannot start notifications (spool {}): {e}", spool.display())))?;
         app.notifier.set(Some(n));
     }
+    app.trust = crate::trust::Trust::new(
+        &cfg.policy,
+        cfg.scanner.as_ref(),
+        app.registry.store().clone(),
+        &public_url,
+    )
+    .map_err(|m| Failure::Config(vec![m]))?;
+    if let Some(t) = &app.trust {
+        t.start();
+    }
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = cfg.tls.as_ref().and_then(|t| t.http_redirect_listen) {

@@ -22,4 +22,5 @@ pub mod registry;
 pub mod replicate;
 pub mod server;
 pub mod storage;
+pub mod trust;
 pub mod util;

@@ -14,6 +14,8 @@ use serde_yaml_ng::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub mod trust;
+
 /// A secret string: never printed by `Debug` or `Display`.
 #[derive(Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(transparent)]
@@ -47,6 +49,7 @@ const SECRET_KEYS: &[&str] = &[
     "secret_id",
     "secret",
     "password",
+    "authorization",
 ];
 
 /// Environment variables that are not config paths.
@@ -114,6 +117,11 @@ pub struct Config {
     /// Tag retention per repository pattern, applied by `regate gc` and scheduled runs.
     #[serde(default)]
     pub retention: Vec<RetentionRule>,
+    /// Trusted images: signature and scan rules per repository glob (first match applies).
+    #[serde(default)]
+    pub policy: Vec<trust::TrustRule>,
+    #[serde(default)]
+    pub scanner: Option<trust::ScannerConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1048,6 +1056,7 @@ impl Config {
         }
         e.extend(self.check_oidc());
         e.extend(replication::ReplicationConfig::check(&self.replication, files));
+        e.extend(trust::validate(&self.policy, self.scanner.as_ref(), files));
         if let Some(h) = &self.network.client_address_header {
             if ::http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
                 e.push(format!(

@@ -44,6 +44,8 @@ pub struct App {
     pub upstream: Option<crate::proxy::Upstream>,
     /// Replication rules: push rules get every registry event.
     pub replicator: Option<Arc<crate::replicate::Replicator>>,
+    /// `policy:` (trusted images), checked on manifest reads.
+    pub trust: Option<Arc<crate::trust::Trust>>,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
 }
 
@@ -68,6 +70,7 @@ enum Endpoint {
     V2,
     Token,
     Api,
+    Scans,
     Web,
     NginxAuth,
     Jwks,
@@ -83,6 +86,7 @@ impl Endpoint {
             p if p == "/v2" || p.starts_with("/v2/") => Endpoint::V2,
             "/token" => Endpoint::Token,
             p if p == "/api/v1/tokens" || p.starts_with("/api/v1/tokens/") => Endpoint::Api,
+            p if p.starts_with("/api/v1/scans/") => Endpoint::Scans,
             p if crate::gitee::web::Web::handles(p) => Endpoint::Web,
             "/nginx/auth" => Endpoint::NginxAuth,
             "/.well-known/jwks.json" => Endpoint::Jwks,
@@ -120,6 +124,7 @@ impl App {
             notifier: crate::live::Live::new(None),
             upstream: None,
             replicator: None,
+            trust: None,
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(Duration::from_secs(600))
@@ -242,6 +247,10 @@ impl App {
                         account = log.account.as_deref().unwrap_or("-"), "api");
                 }
                 r
+            }
+            Endpoint::Scans => {
+                log.route = "api";
+                self.scan_report(req, ip).await
             }
             Endpoint::Web => {
                 log.route = "web";

@@ -3,7 +3,7 @@
 
 use super::authorize::{allowed_methods, need_for, Denial, Need, Perms, Principal};
 use super::{App, Log};
-use crate::auth::scope::Scope;
+use crate::auth::scope::{Action, Scope};
 use crate::http::{self, query_pairs, Resp};
 use crate::registry::error::{Code, RegistryError};
 use crate::registry::names::RepoName;
@@ -89,6 +89,13 @@ impl App {
             policy: &policy,
             ip,
         };
+        // trusted images (policy:): a manifest read is checked once it resolved to a digest
+        let gate = self.trust.as_ref().and_then(|t| {
+            t.gate(&route, &method, |n| match &principal {
+                Principal::Token(c) => c.allows("repository", n.as_str(), Action::Push) || t.is_scanner_token(&c.jti),
+                Principal::Basic(id) => policy.actions(&id.subject(ip), n.as_str()).contains(&Action::Push),
+            })
+        });
         let (parts, body) = req.into_parts();
         let r = reg::Request {
             method: &parts.method,
@@ -98,7 +105,17 @@ impl App {
             perms: &perms,
         };
         match self.registry.handle(route, r).await {
-            Ok(out) => {
+            Ok(mut out) => {
+                if let Some(t) = &self.trust {
+                    let mint = |n: &RepoName| {
+                        let scope = Scope::repository(n.as_str(), &[Action::Pull]);
+                        self.tokens
+                            .keys
+                            .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
+                            .ok()
+                    };
+                    t.after(gate, &self.registry, &mut out, &mint).await;
+                }
                 let notifier = self.notifier.get();
                 if let (Some(ev), Some(n)) = (&out.event, notifier.as_ref()) {
                     n.publish(
@@ -148,6 +165,22 @@ impl App {
                 }
                 r
             }
+        }
+    }
+
+    /// `GET /api/v1/scans/<repository>/<digest>`: the stored scan report, to callers who may pull.
+    pub(super) async fn scan_report(&self, req: Request<Incoming>, ip: IpAddr) -> Resp {
+        let (Some(t), Some((repo, d))) = (&self.trust, crate::trust::Trust::api_target(req.uri().path())) else {
+            return RegistryError::new(
+                Code::NotFound,
+                "no scan reports here (no policy:, or not /api/v1/scans/<repository>/<digest>)",
+            )
+            .into_response();
+        };
+        let need = Need::Repo(repo.clone(), vec![Action::Pull]);
+        match self.authorize(req.headers(), &need, ip).await {
+            Ok(_) => t.api_report(&self.registry, &repo, &d).await,
+            Err(e) => self.challenge(&need, &[], e),
         }
     }
 

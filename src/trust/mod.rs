@@ -1,0 +1,511 @@
+//! Trusted images: a per-repository policy enforced on manifest GET/HEAD after authorisation.
+//!
+//! A rule may require a signature (cosign, stored under the `sha256-<hex>.sig` tag or as an
+//! OCI 1.1 referrer) from one of its keys, and may block images with scan findings at or above a
+//! severity (reports from a Harbor Pluggable Scanner API adapter, see [`scanner`]). Reads by a
+//! caller who may push to the repository, by the scanner itself, and of signature artifacts are
+//! never gated. Verdicts are cached per repository and digest, dropped when a signature for the
+//! digest arrives (tag or referrer) and on any delete.
+
+pub mod cosign;
+pub mod scanner;
+
+use crate::auth::policy::Glob;
+use crate::config::trust::{parse_date, ScannerConfig, Severity, TrustRule, Unscanned};
+use crate::http::{self, Resp};
+use crate::registry::error::{Code, RegistryError};
+use crate::registry::names::{Digest, Reference, RepoName, Tag};
+use crate::registry::{Event, Manifest, Outcome, Registry, Route};
+use crate::storage::{layout, Storage};
+use ::http::{HeaderName, Method, StatusCode};
+use base64::Engine as _;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TRUST_HEADER: &str = "x-regate-trust";
+/// Candidate signatures examined per image at most (tag + referrers).
+const MAX_CANDIDATES: usize = 64;
+const MAX_SIG_LAYER: u64 = 64 << 10;
+/// Layer media types of signature and attestation artifacts: a manifest made only of these is
+/// not a runnable image and is never gated.
+const SIGNATURE_LAYERS: &[&str] = &[
+    cosign::SIMPLE_SIGNING,
+    "application/jose+json",
+    "application/cose",
+    "application/vnd.dsse.envelope.v1+json",
+    "application/vnd.dev.sigstore.bundle.v0.3+json",
+    "application/vnd.dev.sigstore.bundle+json;version=0.3",
+];
+
+struct Rule {
+    glob: Glob,
+    keys: Vec<cosign::Key>,
+    signature: bool,
+    enforce: bool,
+    block: Option<Severity>,
+    /// CVE id and the last day (days since the epoch) it is allowed, if limited.
+    allow: Vec<(String, Option<i64>)>,
+    unscanned: Unscanned,
+}
+
+#[derive(Debug, Clone)]
+enum Verdict {
+    Signed(String),
+    Unsigned(String),
+}
+
+pub struct Trust {
+    rules: Vec<Rule>,
+    verdicts: moka::sync::Cache<(RepoName, Digest), Arc<Verdict>>,
+    scanner: Option<Arc<scanner::Scanner>>,
+    /// `jti`s of the pull tokens minted for the scanner: its reads are never gated.
+    scanner_tokens: moka::sync::Cache<String, ()>,
+}
+
+/// A manifest read that the policy covers, decided before the registry answers.
+pub struct Gate {
+    rule: usize,
+    repo: RepoName,
+    exempt: bool,
+}
+
+/// Mints a short-lived pull-only token for one repository (the scanner's credential).
+pub type Mint<'a> = &'a (dyn Fn(&RepoName) -> Option<String> + Sync);
+
+#[derive(Deserialize)]
+struct Layers {
+    #[serde(default)]
+    layers: Vec<Layer>,
+}
+
+#[derive(Deserialize)]
+struct Layer {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    annotations: std::collections::HashMap<String, String>,
+}
+
+fn layers(m: &Manifest) -> Vec<Layer> {
+    serde_json::from_slice::<Layers>(&m.bytes)
+        .map(|l| l.layers)
+        .unwrap_or_default()
+}
+
+fn is_signature_artifact(m: &Manifest) -> bool {
+    let l = layers(m);
+    !l.is_empty() && l.iter().all(|l| SIGNATURE_LAYERS.contains(&l.media_type.as_str()))
+}
+
+fn today() -> i64 {
+    (crate::util::now_secs() / 86_400) as i64
+}
+
+impl Trust {
+    /// `None` when there is no policy.
+    pub fn new(
+        policy: &[TrustRule],
+        scanner: Option<&ScannerConfig>,
+        store: Arc<Storage>,
+        public_url: &str,
+    ) -> Result<Option<Arc<Trust>>, String> {
+        if policy.is_empty() {
+            return Ok(None);
+        }
+        let mut rules = Vec::new();
+        for r in policy {
+            let sig = r.require_signature.clone().unwrap_or_default();
+            let keys = sig
+                .cosign
+                .iter()
+                .map(|p| cosign::Key::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !sig.notation.is_empty() {
+                tracing::warn!(
+                    repository = %r.repository,
+                    "notation trust roots are not verified yet; only cosign signatures count"
+                );
+            }
+            rules.push(Rule {
+                glob: Glob::new(&r.repository),
+                keys,
+                signature: r.require_signature.is_some(),
+                enforce: r.enforce,
+                block: r.block_severity,
+                allow: r
+                    .allow_cves
+                    .iter()
+                    .map(|c| (c.id().to_owned(), c.until().and_then(parse_date)))
+                    .collect(),
+                unscanned: r.unscanned,
+            });
+        }
+        let scanner = match scanner {
+            Some(c) => Some(Arc::new(scanner::Scanner::new(c, store, public_url)?)),
+            None => None,
+        };
+        Ok(Some(Arc::new(Trust {
+            rules,
+            verdicts: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            scanner,
+            scanner_tokens: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        })))
+    }
+
+    /// Background start-up work: asks the scanner adapter for its metadata.
+    pub fn start(self: &Arc<Self>) {
+        if let Some(s) = &self.scanner {
+            let s = s.clone();
+            tokio::spawn(async move { s.probe().await });
+        }
+    }
+
+    fn rule_for(&self, repo: &RepoName) -> Option<usize> {
+        self.rules.iter().position(|r| r.glob.matches(repo.as_str(), ""))
+    }
+
+    /// A manifest GET/HEAD in a repository some rule covers. `exempt`: the caller may push to
+    /// the repository (signers read what they sign) or is the scanner.
+    pub fn gate(&self, route: &Route, method: &Method, exempt: impl FnOnce(&RepoName) -> bool) -> Option<Gate> {
+        match (route, method) {
+            (Route::Manifest(repo, _), &Method::GET | &Method::HEAD) => {
+                let rule = self.rule_for(repo)?;
+                Some(Gate {
+                    rule,
+                    repo: repo.clone(),
+                    exempt: exempt(repo),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a bearer token is one minted for the scanner.
+    pub fn is_scanner_token(&self, jti: &str) -> bool {
+        self.scanner_tokens.contains_key(jti)
+    }
+
+    fn mint_for_scanner(&self, repo: &RepoName, mint: Mint<'_>) -> Option<String> {
+        let token = mint(repo)?;
+        let claims = token.split('.').nth(1)?;
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+        self.scanner_tokens.insert(v["jti"].as_str()?.to_owned(), ());
+        Some(token)
+    }
+
+    /// After the registry answered: watch pushes and deletes (signatures arriving or going,
+    /// scans on push), then decide a gated read.
+    pub async fn after(&self, gate: Option<Gate>, reg: &Registry, out: &mut Outcome, mint: Mint<'_>) {
+        if let Some(ev) = &out.event {
+            match ev.action {
+                "push" => self.pushed(reg, ev, mint).await,
+                "delete" => self.verdicts.invalidate_all(),
+                _ => {}
+            }
+        }
+        let Some(g) = gate else { return };
+        if g.exempt || out.resp.status() != StatusCode::OK {
+            return;
+        }
+        let Some(d) = out
+            .resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Digest::parse)
+        else {
+            return;
+        };
+        let m = match reg.load_manifest(&d).await {
+            Ok(Some(m)) => m,
+            _ => {
+                deny(
+                    out,
+                    &g.repo,
+                    &d,
+                    "the manifest could not be read for verification",
+                    true,
+                );
+                return;
+            }
+        };
+        if is_signature_artifact(&m) {
+            return;
+        }
+        let rule = &self.rules[g.rule];
+        let mut problems: Vec<(&'static str, String)> = Vec::new();
+        if rule.signature {
+            if let Verdict::Unsigned(why) = &*self.signature(reg, &g.repo, &m, rule).await {
+                problems.push(("unsigned", why.clone()));
+            }
+        }
+        if let Some(block) = rule.block {
+            if let Err(p) = self.scanned(&g.repo, &m, rule, block, mint).await {
+                problems.push(p);
+            }
+        }
+        if problems.is_empty() {
+            http::set(&mut out.resp, HeaderName::from_static(TRUST_HEADER), "verified");
+            return;
+        }
+        let why = problems.iter().map(|p| p.1.as_str()).collect::<Vec<_>>().join("; ");
+        tracing::info!(target: "regate::audit", event = "untrusted", repo = %g.repo, digest = %d,
+            enforce = rule.enforce, reason = %why, "trust");
+        if rule.enforce {
+            deny(out, &g.repo, &d, &why, false);
+        } else {
+            http::set(&mut out.resp, HeaderName::from_static(TRUST_HEADER), problems[0].0);
+        }
+    }
+
+    async fn pushed(&self, reg: &Registry, ev: &Event, mint: Mint<'_>) {
+        // a `.sig` tag names the digest it signs; a referrer names it as its subject
+        if let Some(t) = ev.tag.as_deref() {
+            if let Some(hex) = t.strip_prefix("sha256-").and_then(|t| t.strip_suffix(".sig")) {
+                if let Some(d) = Digest::parse(&format!("sha256:{hex}")) {
+                    self.verdicts.invalidate(&(ev.repo.clone(), d));
+                }
+            }
+        }
+        let m = match reg.load_manifest(&ev.digest).await {
+            Ok(Some(m)) => m,
+            _ => return,
+        };
+        if let Some(s) = &m.subject {
+            self.verdicts.invalidate(&(ev.repo.clone(), s.clone()));
+        }
+        let Some(sc) = &self.scanner else { return };
+        let wants_scan = self.rule_for(&ev.repo).is_some_and(|i| self.rules[i].block.is_some());
+        if sc.scan_on_push && wants_scan && m.children.is_empty() && !is_signature_artifact(&m) {
+            if let Some(tok) = self.mint_for_scanner(&ev.repo, mint) {
+                sc.request(&ev.repo, &m.digest, &m.media_type, tok);
+            }
+        }
+    }
+
+    async fn signature(&self, reg: &Registry, repo: &RepoName, m: &Manifest, rule: &Rule) -> Arc<Verdict> {
+        let k = (repo.clone(), m.digest.clone());
+        if let Some(v) = self.verdicts.get(&k) {
+            return v;
+        }
+        let v = Arc::new(self.verify(reg, repo, &m.digest, rule).await);
+        if let Verdict::Signed(by) = &*v {
+            // an index signs its platform manifests: clients fetch those next, by digest
+            for c in &m.children {
+                self.verdicts.insert(
+                    (repo.clone(), c.clone()),
+                    Arc::new(Verdict::Signed(format!("{by} (index {})", m.digest))),
+                );
+            }
+        }
+        self.verdicts.insert(k, v.clone());
+        v
+    }
+
+    async fn verify(&self, reg: &Registry, repo: &RepoName, d: &Digest, rule: &Rule) -> Verdict {
+        let mut candidates: Vec<Arc<Manifest>> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        let tag = Tag::parse(&format!("{}-{}.sig", d.algorithm().as_str(), d.hex()));
+        if let Some(t) = tag {
+            match reg.resolve(repo, &Reference::Tag(t)).await {
+                Ok(Some(sd)) => {
+                    if let Ok(Some(m)) = reg.load_manifest(&sd).await {
+                        candidates.push(m);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("signature tag unreadable: {e}")),
+            }
+        }
+        let store = reg.store();
+        match store.list(&layout::referrers_dir(repo, d)).await {
+            Ok(entries) => {
+                for e in entries.iter().take(MAX_CANDIDATES) {
+                    let Some(rd) = Digest::parse(&format!("sha256:{}", e.name)) else {
+                        continue;
+                    };
+                    if !matches!(store.stat(&layout::revision_link(repo, &rd)).await, Ok(Some(_))) {
+                        continue;
+                    }
+                    if let Ok(Some(m)) = reg.load_manifest(&rd).await {
+                        candidates.push(m);
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("referrers unreadable: {e}")),
+        }
+        let mut checked = 0;
+        for m in candidates {
+            for l in layers(&m) {
+                if l.media_type != cosign::SIMPLE_SIGNING || l.size > MAX_SIG_LAYER {
+                    continue;
+                }
+                let Some(sig) = l.annotations.get(cosign::SIGNATURE_ANNOTATION) else {
+                    continue;
+                };
+                let Some(ld) = Digest::parse(&l.digest) else { continue };
+                let payload = match store.read(&layout::blob_data(&ld), MAX_SIG_LAYER).await {
+                    Ok(Some(b)) if Digest::sha256_of(&b) == ld || ld.algorithm().as_str() != "sha256" => b,
+                    _ => {
+                        errors.push("signature payload blob missing".into());
+                        continue;
+                    }
+                };
+                checked += 1;
+                match cosign::check(&payload, sig, d, &rule.keys) {
+                    Ok(by) => return Verdict::Signed(by),
+                    Err(e) => errors.push(e.into()),
+                }
+            }
+        }
+        errors.dedup();
+        let detail = match (checked, errors.is_empty()) {
+            (0, true) => "none found".to_owned(),
+            (n, _) => format!("{n} checked: {}", errors.join(", ")),
+        };
+        Verdict::Unsigned(format!("no signature from a trusted key ({detail})"))
+    }
+
+    async fn scanned(
+        &self,
+        repo: &RepoName,
+        m: &Manifest,
+        rule: &Rule,
+        block: Severity,
+        mint: Mint<'_>,
+    ) -> Result<(), (&'static str, String)> {
+        let Some(sc) = &self.scanner else { return Ok(()) };
+        if !m.children.is_empty() {
+            // an index has no findings of its own: each platform manifest is gated when fetched
+            return Ok(());
+        }
+        match sc.findings(&m.digest).await {
+            Some(f) => {
+                let today = today();
+                let allowed = |id: &str| {
+                    rule.allow
+                        .iter()
+                        .any(|(a, until)| a == id && until.is_none_or(|u| today <= u))
+                };
+                let bad = scanner::Scanner::blocking(&f, block, &allowed);
+                if bad.is_empty() {
+                    return Ok(());
+                }
+                let ids: Vec<String> = bad
+                    .iter()
+                    .take(5)
+                    .map(|v| format!("{} ({})", v.id, v.severity))
+                    .collect();
+                Err((
+                    "vulnerable",
+                    format!(
+                        "{} finding(s) at or above {:?}: {}{}",
+                        bad.len(),
+                        block,
+                        ids.join(", "),
+                        if bad.len() > 5 { ", ..." } else { "" }
+                    ),
+                ))
+            }
+            None => {
+                if let Some(tok) = self.mint_for_scanner(repo, mint) {
+                    sc.request(repo, &m.digest, &m.media_type, tok);
+                }
+                if sc.is_down() && !sc.fail_open {
+                    return Err((
+                        "unscanned",
+                        "not scanned and the scanner is unavailable (fail_open: false)".into(),
+                    ));
+                }
+                match rule.unscanned {
+                    Unscanned::Allow => Ok(()),
+                    Unscanned::Deny => Err(("unscanned", "not scanned yet".into())),
+                }
+            }
+        }
+    }
+
+    /// `/api/v1/scans/<repo>/<digest>` to the repository and digest.
+    pub fn api_target(path: &str) -> Option<(RepoName, Digest)> {
+        let rest = path.strip_prefix("/api/v1/scans/")?;
+        let (repo, d) = rest.rsplit_once('/')?;
+        Some((RepoName::parse(repo)?, Digest::parse(d)?))
+    }
+
+    /// The stored report of a manifest this repository holds.
+    pub async fn api_report(&self, reg: &Registry, repo: &RepoName, d: &Digest) -> Resp {
+        let held = matches!(reg.resolve(repo, &Reference::Digest(d.clone())).await, Ok(Some(_)));
+        let report = match (&self.scanner, held) {
+            (Some(sc), true) => sc.report_bytes(d).await,
+            _ => None,
+        };
+        match report {
+            Some(b) => {
+                let mut r = Resp::new(http::full(b));
+                http::set(&mut r, ::http::header::CONTENT_TYPE, "application/json");
+                r
+            }
+            None => RegistryError::new(Code::NotFound, format!("no scan report for {repo}@{d}")).into_response(),
+        }
+    }
+}
+
+fn deny(out: &mut Outcome, repo: &RepoName, d: &Digest, why: &str, unavailable: bool) {
+    let mut e = RegistryError::new(Code::Denied, format!("untrusted image {repo}@{d}: {why}"));
+    if unavailable {
+        e = e.with_status(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    out.resp = e.into_response();
+    out.event = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_artifacts_are_recognised_by_their_layers() {
+        let m = |layers: &str| {
+            Manifest::parse(
+                bytes::Bytes::from(format!(
+                    r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},"layers":[{layers}]}}"#,
+                    Digest::sha256_of(b"{}")
+                )),
+                None,
+            )
+            .unwrap()
+        };
+        let l = |mt: &str| {
+            format!(
+                r#"{{"mediaType":"{mt}","digest":"{}","size":1}}"#,
+                Digest::sha256_of(b"x")
+            )
+        };
+        assert!(is_signature_artifact(&m(&l(cosign::SIMPLE_SIGNING))));
+        assert!(!is_signature_artifact(&m(&format!(
+            "{},{}",
+            l(cosign::SIMPLE_SIGNING),
+            l("application/vnd.oci.image.layer.v1.tar+gzip")
+        ))));
+        assert!(!is_signature_artifact(&m("")));
+    }
+
+    #[test]
+    fn api_paths() {
+        let d = Digest::sha256_of(b"x");
+        let (r, dd) = Trust::api_target(&format!("/api/v1/scans/prod/app/{d}")).unwrap();
+        assert_eq!((r.as_str(), dd), ("prod/app", d));
+        assert!(Trust::api_target("/api/v1/scans/x").is_none());
+    }
+}
