@@ -1,0 +1,880 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Trusted images (issue 22) end to end: cosign signatures made with the `openssl` CLI (not
+//! regate's code) and stored the two ways cosign stores them (the `sha256-<hex>.sig` tag and an
+//! OCI 1.1 referrer), pulled with skopeo (and docker where an engine runs); a stand-in Harbor
+//! Pluggable Scanner API adapter whose reports gate pulls.
+
+mod common;
+
+use base64::Engine as _;
+use common::{client, digest, have, htpasswd, token, Server};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const COSIGN_SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` with a deadline (killing it past 300 s).
+fn run(cmd: &mut Command) -> Out {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let ho = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let he = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Out {
+        ok: status.success(),
+        stdout: ho.join().unwrap(),
+        stderr: he.join().unwrap(),
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let o = run(Command::new("openssl").args(args));
+    assert!(o.ok, "openssl {args:?}: {}", o.stderr);
+}
+
+/// A key pair made by the openssl CLI: (private PEM, public PEM).
+fn keypair(dir: &Path, name: &str, rsa: bool) -> (PathBuf, PathBuf) {
+    let k = dir.join(format!("{name}.key"));
+    let p = dir.join(format!("{name}.pub"));
+    let ks = k.to_str().unwrap();
+    if rsa {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            ks,
+        ]);
+    } else {
+        openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", ks]);
+    }
+    openssl(&["pkey", "-in", ks, "-pubout", "-out", p.to_str().unwrap()]);
+    (k, p)
+}
+
+/// cosign's simple-signing payload for `digest`.
+fn payload(reference: &str, digest: &str) -> Vec<u8> {
+    format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{reference}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    )
+    .into_bytes()
+}
+
+/// `openssl dgst -sha256 -sign`: ECDSA (ASN.1 DER, as cosign writes) or RSA PKCS#1 v1.5.
+fn openssl_sign(dir: &Path, key: &Path, data: &[u8]) -> String {
+    let n = rand_name();
+    let input = dir.join(format!("{n}.payload"));
+    let out = dir.join(format!("{n}.sig"));
+    std::fs::write(&input, data).unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        out.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(out).unwrap())
+}
+
+fn rand_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("f{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+#[derive(Clone, Copy)]
+enum Store {
+    Tag,
+    Referrer,
+}
+
+struct Reg<'a> {
+    s: &'a Server,
+    user: &'a str,
+    pw: &'a str,
+}
+
+impl Reg<'_> {
+    async fn blob(&self, repo: &str, b: &[u8]) {
+        let r = client()
+            .post(format!("{}/v2/{repo}/blobs/uploads/?digest={}", self.s.url, digest(b)))
+            .basic_auth(self.user, Some(self.pw))
+            .body(b.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "blob upload");
+    }
+
+    async fn manifest(&self, repo: &str, reference: &str, m: &Value) -> (String, usize) {
+        let body = serde_json::to_vec(m).unwrap();
+        let r = client()
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.s.url))
+            .basic_auth(self.user, Some(self.pw))
+            .header("content-type", OCI_MANIFEST)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "manifest put: {}", r.text().await.unwrap());
+        (digest(&body), body.len())
+    }
+
+    /// A small image (config + one layer with `content`) tagged `tag`: (digest, size).
+    async fn image(&self, repo: &str, tag: &str, content: &str) -> (String, usize) {
+        let cfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        self.blob(repo, cfg).await;
+        self.blob(repo, content.as_bytes()).await;
+        let m = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":digest(cfg),"size":cfg.len()},
+            "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":digest(content.as_bytes()),"size":content.len()}]});
+        self.manifest(repo, tag, &m).await
+    }
+
+    /// Stores a cosign signature the way cosign does: the payload as a layer, the base64
+    /// signature in its annotation; under `sha256-<hex>.sig` or as a referrer of `target`.
+    async fn cosign(&self, repo: &str, target: (&str, usize), payload: &[u8], sig_b64: &str, how: Store) -> String {
+        self.blob(repo, payload).await;
+        let layer = json!({"mediaType":SIMPLE_SIGNING,"digest":digest(payload),"size":payload.len(),
+            "annotations":{COSIGN_SIG_ANNOTATION: sig_b64}});
+        match how {
+            Store::Tag => {
+                let cfg = format!(
+                    r#"{{"architecture":"","config":{{}},"created":"0001-01-01T00:00:00Z","history":[{{"created":"0001-01-01T00:00:00Z"}}],"os":"","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+                    digest(payload)
+                );
+                self.blob(repo, cfg.as_bytes()).await;
+                let m = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+                    "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":digest(cfg.as_bytes()),"size":cfg.len()},
+                    "layers":[layer]});
+                let tag = target.0.replace(':', "-") + ".sig";
+                self.manifest(repo, &tag, &m).await.0
+            }
+            Store::Referrer => {
+                self.blob(repo, b"{}").await;
+                let m = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+                    "artifactType":"application/vnd.dev.cosign.artifact.sig.v1+json",
+                    "config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":digest(b"{}"),"size":2},
+                    "layers":[layer],
+                    "subject":{"mediaType":OCI_MANIFEST,"digest":target.0,"size":target.1}});
+                let b = serde_json::to_vec(&m).unwrap();
+                self.manifest(repo, &digest(&b), &m).await.0
+            }
+        }
+    }
+}
+
+/// GET (or HEAD) a manifest with a bearer token: (status, trust header, body).
+async fn get(s: &Server, bearer: &str, repo: &str, reference: &str, head: bool) -> (u16, String, String) {
+    let c = client();
+    let url = format!("{}/v2/{repo}/manifests/{reference}", s.url);
+    let rb = if head { c.head(url) } else { c.get(url) };
+    let r = rb
+        .bearer_auth(bearer)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let h = r
+        .headers()
+        .get("x-regate-trust")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (st, h, r.text().await.unwrap())
+}
+
+/// `skopeo copy` out of the registry into a directory, with `user:pw`.
+fn skopeo_pull(s: &Server, image: &str, creds: &str, all: bool) -> Out {
+    let dest = tempfile::tempdir().unwrap();
+    let mut a = vec![
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        creds,
+    ];
+    if all {
+        a.push("--all");
+    }
+    let src = format!("docker://{}/{image}", s.host);
+    let dst = format!("dir:{}", dest.path().join("out").display());
+    a.extend([src.as_str(), dst.as_str()]);
+    run(Command::new("skopeo").args(&a))
+}
+
+const USERS: &[(&str, &str)] = &[("dev", "dev-pw"), ("reader", "reader-pw")];
+
+fn access() -> &'static str {
+    "access:\n  - { account: dev, repository: \"*\", actions: [pull, push, delete] }\n  - { account: reader, repository: \"*\", actions: [pull] }\n"
+}
+
+fn start(dir: tempfile::TempDir, extra: &str) -> Server {
+    let hp = htpasswd(dir.path(), USERS);
+    Server::start_in(
+        dir,
+        &format!("auth:\n  htpasswd: {}\n{}{extra}", hp.display(), access()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosign_signatures_gate_pulls() {
+    assert!(have("skopeo") && have("openssl"), "skopeo and openssl are needed");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let (k2, p2) = keypair(&keys, "k2", true);
+    let (k3, _) = keypair(&keys, "k3", false);
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}, {}] }}\n  - repository: \"audit/*\"\n    require_signature: {{ cosign: [{}] }}\n    enforce: false\n",
+            p1.display(),
+            p2.display(),
+            p1.display()
+        ),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/app";
+    let reference = format!("{}/{repo}", s.host);
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/app:pull"]).await;
+    let pusher = token(&s, Some(("dev", "dev-pw")), &["repository:prod/app:pull,push"]).await;
+
+    // a: signed with k1 under the .sig tag; b: signed with k2 (the second trusted key) as a referrer
+    let a = dev.image(repo, "a", "layer a").await;
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &a.0));
+    dev.cosign(repo, (&a.0, a.1), &payload(&reference, &a.0), &sig, Store::Tag)
+        .await;
+    let b = dev.image(repo, "b", "layer b").await;
+    let sig = openssl_sign(&keys, &k2, &payload(&reference, &b.0));
+    dev.cosign(repo, (&b.0, b.1), &payload(&reference, &b.0), &sig, Store::Referrer)
+        .await;
+    for (tag, d) in [("a", &a.0), ("b", &b.0)] {
+        let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
+        assert!(o.ok, "signed {tag} must pull: {}", o.stderr);
+        for r in [tag, d.as_str()] {
+            let (st, h, _) = get(&s, &reader, repo, r, false).await;
+            assert_eq!((st, h.as_str()), (200, "verified"), "GET {r}");
+        }
+    }
+
+    // c: unsigned; d: signed by an untrusted key; e: a's valid signature filed under e;
+    // f: k1's signature with a flipped byte
+    let c = dev.image(repo, "c", "layer c").await;
+    let d = dev.image(repo, "d", "layer d").await;
+    let sig = openssl_sign(&keys, &k3, &payload(&reference, &d.0));
+    dev.cosign(repo, (&d.0, d.1), &payload(&reference, &d.0), &sig, Store::Referrer)
+        .await;
+    let e = dev.image(repo, "e", "layer e").await;
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &a.0));
+    dev.cosign(repo, (&e.0, e.1), &payload(&reference, &a.0), &sig, Store::Tag)
+        .await;
+    let f = dev.image(repo, "f", "layer f").await;
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &f.0));
+    let mut raw = base64::engine::general_purpose::STANDARD.decode(&sig).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    let bad = base64::engine::general_purpose::STANDARD.encode(raw);
+    dev.cosign(repo, (&f.0, f.1), &payload(&reference, &f.0), &bad, Store::Tag)
+        .await;
+    for (tag, dg, extra) in [
+        ("c", &c.0, "none found"),
+        ("d", &d.0, "1 checked"),
+        ("e", &e.0, "names another digest"),
+        ("f", &f.0, "1 checked"),
+    ] {
+        let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
+        assert!(!o.ok, "{tag} must not pull");
+        assert!(
+            o.stderr.contains("no signature from a trusted key") && o.stderr.contains(dg.as_str()),
+            "skopeo's error names the reason and digest: {}",
+            o.stderr
+        );
+        let (st, _, body) = get(&s, &reader, repo, tag, false).await;
+        assert_eq!(st, 403, "{tag}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "DENIED");
+        let msg = v["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("prod/app@{dg}")) && msg.contains(extra), "{msg}");
+        assert_eq!(get(&s, &reader, repo, dg, true).await.0, 403, "HEAD {tag} by digest");
+        // a caller who may push reads it (signers GET what they sign), by token or Basic
+        assert_eq!(get(&s, &pusher, repo, dg, false).await.0, 200, "push token reads {tag}");
+        let r = client()
+            .get(format!("{}/v2/{repo}/manifests/{tag}", s.url))
+            .basic_auth("dev", Some("dev-pw"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // the signature artifacts themselves stay readable to a pull-only token
+    let sig_tag = a.0.replace(':', "-") + ".sig";
+    assert_eq!(get(&s, &reader, repo, &sig_tag, false).await.0, 200);
+
+    // signing c later counts at once (cached denial dropped); deleting the signature revokes it
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &c.0));
+    let sd = dev
+        .cosign(repo, (&c.0, c.1), &payload(&reference, &c.0), &sig, Store::Tag)
+        .await;
+    assert_eq!(get(&s, &reader, repo, "c", false).await.0, 200, "c after signing");
+    let r = client()
+        .delete(format!("{}/v2/{repo}/manifests/{sd}", s.url))
+        .basic_auth("dev", Some("dev-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "delete signature: {}", r.status());
+    assert_eq!(
+        get(&s, &reader, repo, "c", false).await.0,
+        403,
+        "c after its signature went"
+    );
+
+    // no rule: unsigned pulls; report-only rule: pulls, with the header and an audit line
+    for r in ["other/x", "audit/x"] {
+        dev.image(r, "v1", "layer x").await;
+    }
+    let t = token(&s, Some(("reader", "reader-pw")), &["repository:other/x:pull"]).await;
+    assert_eq!(get(&s, &t, "other/x", "v1", false).await.0, 200);
+    let t = token(&s, Some(("reader", "reader-pw")), &["repository:audit/x:pull"]).await;
+    let (st, h, _) = get(&s, &t, "audit/x", "v1", false).await;
+    assert_eq!((st, h.as_str()), (200, "unsigned"));
+    let o = skopeo_pull(&s, "audit/x:v1", "reader:reader-pw", false);
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        s.logs()
+            .lines()
+            .any(|l| l.contains("untrusted") && l.contains("audit/x")),
+        "no audit line:\n{}",
+        s.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_index_covers_its_platform_manifests() {
+    assert!(have("skopeo") && have("openssl") && have("python3"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}] }}\n",
+            p1.display()
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for tag in ["signed", "unsigned"] {
+        let layout = work.path().join(tag);
+        let o = run(Command::new("python3")
+            .arg(common::mkimage())
+            .arg(&layout)
+            .arg(tag)
+            .args(["0.01", "--platforms", "linux/amd64,linux/arm64"]));
+        assert!(o.ok, "{}", o.stderr);
+        digests.push(o.stdout.trim().to_owned());
+        let o = run(Command::new("skopeo").args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "dev:dev-pw",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{}/prod/multi:{tag}", s.host),
+        ]));
+        assert!(o.ok, "push {tag}: {}", o.stderr);
+    }
+    let idx = &digests[0];
+    let r = client()
+        .get(format!("{}/v2/prod/multi/manifests/{idx}", s.url))
+        .basic_auth("dev", Some("dev-pw"))
+        .header("accept", "application/vnd.oci.image.index.v1+json")
+        .send()
+        .await
+        .unwrap();
+    let size = r.bytes().await.unwrap().len();
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let reference = format!("{}/prod/multi", s.host);
+    let p = payload(&reference, idx);
+    let sig = openssl_sign(&keys, &k1, &p);
+    dev.cosign("prod/multi", (idx, size), &p, &sig, Store::Tag).await;
+    let o = skopeo_pull(&s, "prod/multi:signed", "reader:reader-pw", true);
+    assert!(o.ok, "signed index with --all: {}", o.stderr);
+    let o = skopeo_pull(&s, "prod/multi:unsigned", "reader:reader-pw", true);
+    assert!(
+        !o.ok && o.stderr.contains("no signature from a trusted key"),
+        "{}",
+        o.stderr
+    );
+}
+
+fn docker_engine() -> bool {
+    let ok = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("skipping: no Docker engine");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pulls_signed_and_is_denied_unsigned() {
+    if !docker_engine() || !have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}] }}\n",
+            p1.display()
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dev_cfg = work.path().join("dev");
+    let reader_cfg = work.path().join("reader");
+    let docker = |cfg: &Path, args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", cfg).args(args);
+        if let Some(input) = stdin {
+            let mut child = c
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            let o = child.wait_with_output().unwrap();
+            Out {
+                ok: o.status.success(),
+                stdout: String::from_utf8_lossy(&o.stdout).into(),
+                stderr: String::from_utf8_lossy(&o.stderr).into(),
+            }
+        } else {
+            run(&mut c)
+        }
+    };
+    for (cfg, u, p) in [(&dev_cfg, "dev", "dev-pw"), (&reader_cfg, "reader", "reader-pw")] {
+        std::fs::create_dir_all(cfg).unwrap();
+        let o = docker(
+            cfg,
+            &["login", &s.host, "-u", u, "--password-stdin"],
+            Some(&format!("{p}\n")),
+        );
+        assert!(o.ok, "docker login {u}: {}", o.stderr);
+    }
+    let mut refs = Vec::new();
+    let mut pushed = Vec::new();
+    for name in ["signed", "unsigned"] {
+        let root = work.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("hello.txt"), format!("{name} {}\n", s.host)).unwrap();
+        let tar = work.path().join(format!("{name}.tar"));
+        assert!(run(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".")).ok);
+        let r = format!("{}/prod/d:{name}", s.host);
+        let o = docker(&dev_cfg, &["import", tar.to_str().unwrap(), &r], None);
+        assert!(o.ok, "{}", o.stderr);
+        refs.push(r.clone());
+        let o = docker(&dev_cfg, &["push", &r], None);
+        assert!(o.ok, "docker push: {}", o.stderr);
+        let d = o
+            .stdout
+            .lines()
+            .find_map(|l| l.split("digest: ").nth(1))
+            .and_then(|x| x.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        let _ = docker(&dev_cfg, &["rmi", &r], None);
+        pushed.push(d);
+    }
+    let cleanup = |refs: &[String]| {
+        for r in refs {
+            let _ = Command::new("docker").args(["rmi", "-f", r]).output();
+        }
+    };
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let r = client()
+        .get(format!("{}/v2/prod/d/manifests/{}", s.url, pushed[0]))
+        .basic_auth("dev", Some("dev-pw"))
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    let size = r.bytes().await.unwrap().len();
+    let p = payload(&format!("{}/prod/d", s.host), &pushed[0]);
+    let sig = openssl_sign(&keys, &k1, &p);
+    dev.cosign("prod/d", (&pushed[0], size), &p, &sig, Store::Referrer)
+        .await;
+    let ok = docker(&reader_cfg, &["pull", &refs[0]], None);
+    let denied = docker(&reader_cfg, &["pull", &refs[1]], None);
+    cleanup(&refs);
+    assert!(ok.ok, "docker pull of the signed image: {}", ok.stderr);
+    assert!(!denied.ok, "docker pulled an unsigned image");
+    assert!(
+        denied.stderr.contains("no signature from a trusted key"),
+        "docker shows the reason: {}",
+        denied.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// the scanner gate, against a stand-in Harbor Pluggable Scanner API adapter
+
+#[derive(Default)]
+struct Adapter {
+    /// digest -> findings (id, severity); digests not listed have none
+    findings: HashMap<String, Vec<(String, String)>>,
+    /// answer 503 to everything
+    down: bool,
+    /// digests whose report never becomes ready
+    hold: Vec<String>,
+    /// scan requests seen: (repository, digest, authorization the registry gave, manifest status
+    /// the adapter got when it pulled with it)
+    requests: Vec<(String, String, String, u16)>,
+    polls: HashMap<String, u32>,
+}
+
+type Shared = Arc<Mutex<Adapter>>;
+
+async fn adapter(state: Shared) -> String {
+    use http_body_util::BodyExt as _;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = l.accept().await else { return };
+            let st = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let st = st.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let b = body.collect().await.unwrap().to_bytes();
+                        let path = parts.uri.path().to_owned();
+                        let resp = |code: u16, v: Value| {
+                            let mut r =
+                                hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(v.to_string())));
+                            *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                            r
+                        };
+                        if st.lock().unwrap().down {
+                            return Ok::<_, std::convert::Infallible>(resp(503, json!({"error":"down"})));
+                        }
+                        if path == "/api/v1/metadata" {
+                            return Ok(resp(
+                                200,
+                                json!({"scanner":{"name":"stand-in","vendor":"test","version":"1"},
+                                "capabilities":[{"consumes_mime_types":[OCI_MANIFEST],
+                                "produces_mime_types":["application/vnd.security.vulnerability.report; version=1.1"]}]}),
+                            ));
+                        }
+                        if path == "/api/v1/scan" && parts.method == http::Method::POST {
+                            let v: Value = serde_json::from_slice(&b).unwrap();
+                            let (reg, repo, dg) = (
+                                v["registry"]["url"].as_str().unwrap().to_owned(),
+                                v["artifact"]["repository"].as_str().unwrap().to_owned(),
+                                v["artifact"]["digest"].as_str().unwrap().to_owned(),
+                            );
+                            let auth = v["registry"]["authorization"].as_str().unwrap_or("").to_owned();
+                            // like Trivy: pull the manifest with the credential regate handed over
+                            let got = client()
+                                .get(format!("{reg}/v2/{repo}/manifests/{dg}"))
+                                .header("authorization", &auth)
+                                .header("accept", OCI_MANIFEST)
+                                .send()
+                                .await
+                                .map(|r| r.status().as_u16())
+                                .unwrap_or(0);
+                            st.lock().unwrap().requests.push((repo, dg.clone(), auth, got));
+                            return Ok(resp(202, json!({ "id": dg })));
+                        }
+                        if let Some(id) = path
+                            .strip_prefix("/api/v1/scan/")
+                            .and_then(|p| p.strip_suffix("/report"))
+                        {
+                            let id = percent_encoding::percent_decode_str(id)
+                                .decode_utf8()
+                                .unwrap()
+                                .to_string();
+                            let mut s = st.lock().unwrap();
+                            let n = {
+                                let n = s.polls.entry(id.clone()).or_default();
+                                *n += 1;
+                                *n
+                            };
+                            if n == 1 || s.hold.contains(&id) {
+                                let mut r = resp(302, json!({}));
+                                r.headers_mut()
+                                    .insert("refresh-after", http::HeaderValue::from_static("1"));
+                                return Ok(r);
+                            }
+                            let vulns: Vec<Value> = s
+                                .findings
+                                .get(&id)
+                                .cloned()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(i, sev)| json!({"id":i,"package":"openssl","version":"1.0","fix_version":"1.1","severity":sev}))
+                                .collect();
+                            return Ok(resp(
+                                200,
+                                json!({"generated_at":"2026-12-03T00:00:00Z","artifact":{"digest":id},
+                                "scanner":{"name":"stand-in","vendor":"test","version":"1"},
+                                "severity": "High", "vulnerabilities": vulns}),
+                            ));
+                        }
+                        Ok(resp(404, json!({})))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// Polls the scan API until the report for `d` is there.
+async fn wait_report(s: &Server, bearer: &str, repo: &str, d: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client()
+            .get(format!("{}/api/v1/scans/{repo}/{d}", s.url))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            return r.json().await.unwrap();
+        }
+        assert_eq!(r.status(), 404);
+        assert!(Instant::now() < deadline, "no scan report for {d}:\n{}", s.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn scan_policy(url: &str, fail_open: bool, unscanned: &str) -> String {
+    format!(
+        "policy:\n  - repository: \"prod/*\"\n    block_severity: high\n    allow_cves: [CVE-2020-0001, {{ id: CVE-2020-0002, until: 2999-01-01 }}, {{ id: CVE-2020-0003, until: 2020-01-01 }}]\n    unscanned: {unscanned}\nscanner:\n  url: {url}\n  authorization: \"Bearer adapter-secret-123\"\n  fail_open: {fail_open}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanner_reports_block_pulls_at_the_severity() {
+    let state: Shared = Arc::default();
+    let url = adapter(state.clone()).await;
+    let s = start(tempfile::tempdir().unwrap(), &scan_policy(&url, true, "deny"));
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/scan";
+    let cases = [
+        (
+            "critical",
+            vec![("CVE-2026-9999", "Critical"), ("CVE-2020-0001", "High")],
+            false,
+        ),
+        (
+            "allowed",
+            vec![("CVE-2020-0001", "Critical"), ("CVE-2020-0002", "High")],
+            true,
+        ),
+        ("expired", vec![("CVE-2020-0003", "High")], false),
+        ("low", vec![("CVE-2026-0001", "Medium"), ("CVE-2026-0002", "Low")], true),
+        ("held", vec![], false),
+    ];
+    let mut digests = Vec::new();
+    for (tag, f, _) in &cases {
+        // the adapter learns the findings before regate asks it to scan (on push)
+        let content = format!("layer {tag}");
+        let cfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let m = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":digest(cfg),"size":cfg.len()},
+            "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":digest(content.as_bytes()),"size":content.len()}]});
+        let d = digest(&serde_json::to_vec(&m).unwrap());
+        {
+            let mut st = state.lock().unwrap();
+            st.findings.insert(
+                d.clone(),
+                f.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            );
+            if *tag == "held" {
+                st.hold.push(d.clone());
+            }
+        }
+        let (pd, _) = dev.image(repo, tag, &content).await;
+        assert_eq!(pd, d);
+        digests.push(d);
+    }
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/scan:pull"]).await;
+    for ((tag, _, pulls), d) in cases.iter().zip(&digests) {
+        if *tag != "held" {
+            let rep = wait_report(&s, &reader, repo, d).await;
+            assert_eq!(rep["artifact"]["digest"], d.as_str());
+        }
+        let (st, h, body) = get(&s, &reader, repo, tag, false).await;
+        if *pulls {
+            assert_eq!((st, h.as_str()), (200, "verified"), "{tag}: {body}");
+            let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
+            assert!(o.ok, "{tag}: {}", o.stderr);
+        } else {
+            assert_eq!(st, 403, "{tag}: {body}");
+            let msg = serde_json::from_str::<Value>(&body).unwrap()["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(msg.contains(&format!("{repo}@{d}")), "{msg}");
+            match *tag {
+                "critical" => assert!(msg.contains("CVE-2026-9999") && !msg.contains("CVE-2020-0001"), "{msg}"),
+                "expired" => assert!(msg.contains("CVE-2020-0003"), "{msg}"),
+                _ => assert!(msg.contains("not scanned yet"), "{msg}"),
+            }
+            let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
+            assert!(!o.ok && o.stderr.contains(d.as_str()), "{tag}: {}", o.stderr);
+        }
+    }
+    // the adapter pulled with a pull-only token for that one repository, which the gate let through
+    let requests = state.lock().unwrap().requests.clone();
+    assert!(requests.len() >= digests.len(), "{requests:?}");
+    for (r, d, auth, got) in &requests {
+        assert_eq!(r, repo);
+        assert_eq!(*got, 200, "the adapter's pull of {d} was refused");
+        let tok = auth.strip_prefix("Bearer ").unwrap();
+        let claims = tok.split('.').nth(1).unwrap();
+        let c: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(
+            c["access"],
+            json!([{"type":"repository","name":repo,"actions":["pull"]}])
+        );
+    }
+    // the adapter's own credential never reaches the logs
+    assert!(!s.logs().contains("adapter-secret-123"));
+    // a reader without pull on the repository cannot read reports
+    let other = token(&s, Some(("reader", "reader-pw")), &["repository:other/x:pull"]).await;
+    let r = client()
+        .get(format!("{}/api/v1/scans/{repo}/{}", s.url, digests[0]))
+        .bearer_auth(other)
+        .send()
+        .await
+        .unwrap();
+    assert!([401, 403].contains(&r.status().as_u16()), "{}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanner_down_never_blocks_pushes_and_pulls_follow_fail_open() {
+    for fail_open in [false, true] {
+        let state: Shared = Arc::new(Mutex::new(Adapter {
+            down: true,
+            ..Default::default()
+        }));
+        let url = adapter(state.clone()).await;
+        let s = start(tempfile::tempdir().unwrap(), &scan_policy(&url, fail_open, "allow"));
+        let dev = Reg {
+            s: &s,
+            user: "dev",
+            pw: "dev-pw",
+        };
+        // the push succeeds with the scanner answering 503
+        let (d, _) = dev.image("prod/down", "v1", "layer down").await;
+        let r = client()
+            .get(format!("{}/v2/prod/down/manifests/v1", s.url))
+            .basic_auth("dev", Some("dev-pw"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the pushed image is stored");
+        let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/down:pull"]).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !s.logs().contains("scanner metadata refused") {
+            assert!(Instant::now() < deadline, "the start-up probe never ran:\n{}", s.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // the start-up probe and the push's scan mark the scanner down: poll until it is
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (st, _, body) = get(&s, &reader, "prod/down", "v1", false).await;
+            if fail_open {
+                assert_eq!(st, 200, "fail_open: true pulls unscanned images: {body}");
+                break;
+            }
+            if st == 403 {
+                assert!(body.contains("scanner is unavailable") && body.contains(&d), "{body}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never denied while the scanner is down: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
