@@ -514,6 +514,12 @@ ROWS += [
     ("stream_in_mibps", "  stream in", "MiB/s", True),
     ("stream_out_mibps", "  stream out", "MiB/s", True),
 ]
+# issue 22: the cost of the trust policy on the hot path (regate only; a second regate with a policy)
+for _c in (1, 16):
+    ROWS += [(f"manifest_signed_get_c{_c}_rps", f"manifest GET signed, policy on, {_c} conn", "req/s", True),
+             (f"manifest_signed_get_c{_c}_p50_ms", "  p50", "ms", False),
+             (f"manifest_signed_get_c{_c}_p99_ms", "  p99", "ms", False),
+             (f"manifest_nopolicy_get_c{_c}_rps", f"  same server, repo without policy, {_c} conn", "req/s", True)]
 
 
 def fmt(v):
@@ -604,7 +610,74 @@ def targets(res, meta):
     return out
 
 
-WORKLOADS = ["push", "chunked", "pull", "manifest", "token", "skopeo", "stream"]
+WORKLOADS = ["push", "chunked", "pull", "manifest", "token", "skopeo", "stream", "trust"]
+
+
+def trust_rows(regate, loadgen, work, ca, duration, procs):
+    """manifest GET by tag of a cosign-signed image in a repository under `policy:` (signature
+    verified once, then cached), with a pull-only token (push tokens are never gated), against the
+    same GET in a repository no rule covers, on one regate with TLS and token auth"""
+    d = os.path.join(work, "trust-keys")
+    os.makedirs(d)
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{d}/k.key"],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", f"{d}/k.key", "-pubout", "-out", f"{d}/k.pub"], check=True,
+                   capture_output=True)
+    port = free_port()
+    proc = regate_proc(regate, work, "regate-trust", port,
+                       f"public_url: https://127.0.0.1:{port}\n"
+                       f"tls: {{ cert: {work}/tls.crt, key: {work}/tls.key }}\n"
+                       f"storage: {{ backend: fs, fs: {{ root: {work}/regate-trust/data }} }}\n"
+                       f"policy:\n  - repository: \"bench/signed\"\n    require_signature: {{ cosign: [{d}/k.pub] }}\n")
+    procs.append(proc)
+    proc.start()
+    p = Peer("regate-trust", "https", port, auth_port=port, proc=proc)
+    layer = os.urandom(4096)
+    out = {}
+    for repo in ("bench/signed", "bench/plain"):
+        ld = put_blob(p, repo, layer)
+        put_manifest(p, repo, "v1", ld, len(layer))
+    _, man = p.request("GET", "/v2/bench/signed/manifests/v1", "bench/signed",
+                            headers={"Accept": MANIFEST_MT}, expect=(200,))
+    digest = "sha256:" + hashlib.sha256(man).hexdigest()
+    payload = json.dumps({"critical": {"identity": {"docker-reference": f"127.0.0.1:{port}/bench/signed"},
+                                       "image": {"docker-manifest-digest": digest},
+                                       "type": "cosign container image signature"}, "optional": None}).encode()
+    with open(f"{d}/payload", "wb") as f:
+        f.write(payload)
+    subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{d}/k.key", "-out", f"{d}/sig", f"{d}/payload"],
+                   check=True, capture_output=True)
+    with open(f"{d}/sig", "rb") as f:
+        sig = base64.b64encode(f.read()).decode()
+    pd = put_blob(p, "bench/signed", payload)
+    cfg = put_blob(p, "bench/signed", b"{}")
+    sm = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_MT,
+                     "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": 2},
+                     "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": pd,
+                                 "size": len(payload),
+                                 "annotations": {"dev.cosignproject.cosign/signature": sig}}]}).encode()
+    p.request("PUT", f"/v2/bench/signed/manifests/{digest.replace(':', '-')}.sig", "bench/signed", body=sm,
+              headers={"Content-Type": MANIFEST_MT}, expect=(201,))
+    for repo, key in (("bench/signed", "manifest_signed_get"), ("bench/plain", "manifest_nopolicy_get")):
+        c = p.conn()
+        c.request("GET", "/token?" + urllib.parse.urlencode({"service": SERVICE, "scope": f"repository:{repo}:pull"}),
+                  headers={"Authorization": p.basic()})
+        h = {"Authorization": "Bearer " + json.loads(c.getresponse().read())["token"], "Accept": MANIFEST_MT}
+        c = p.conn()
+        c.request("GET", f"/v2/{repo}/manifests/v1", headers=h)
+        r = c.getresponse()
+        r.read()
+        want = "verified" if repo == "bench/signed" else None
+        if r.status != 200 or r.getheader("X-Regate-Trust") != want:
+            sys.exit(f"compare: {repo} with a pull-only token answered {r.status} {r.getheader('X-Regate-Trust')}")
+        for conns in (1, 16):
+            w = load(loadgen, f"{p.base}/v2/{repo}/manifests/v1", h, "GET", conns, duration, ca)
+            k = f"{key}_c{conns}"
+            out.update({f"{k}_rps": w["rps"], f"{k}_p50_ms": w["p50_ms"], f"{k}_p99_ms": w["p99_ms"]})
+            if w["errors"]:
+                out[f"{k}_errors"] = w["errors"]
+    proc.stop()
+    return out
 
 
 def main():
@@ -742,6 +815,10 @@ def main():
             return {"skopeo_push_s": push, "skopeo_pull_s": pl}
 
         each("skopeo push/pull", skopeo_round, "skopeo")
+
+        if "trust" in only:
+            log("manifest GET of a signed image with the trust policy on (regate only)")
+            res["regate"].update(trust_rows(regate, loadgen, work, ca, duration, procs))
 
         if "stream" in only:
             log(f"streaming {stream / GiB:.2f} GiB in and out (regate and distribution, fresh processes)")

@@ -240,13 +240,14 @@ impl Trust {
                 return;
             }
         };
-        if is_signature_artifact(&m) {
-            return;
-        }
         let rule = &self.rules[g.rule];
         let mut problems: Vec<(&'static str, String)> = Vec::new();
         if rule.signature {
             if let Verdict::Unsigned(why) = &*self.signature(reg, &g.repo, &m, rule).await {
+                // signatures themselves are not signed (checked only here, off the hot path)
+                if is_signature_artifact(&m) {
+                    return;
+                }
                 problems.push(("unsigned", why.clone()));
             }
         }
@@ -419,6 +420,9 @@ impl Trust {
                 ))
             }
             None => {
+                if is_signature_artifact(m) {
+                    return Ok(());
+                }
                 if let Some(tok) = self.mint_for_scanner(repo, mint) {
                     sc.request(repo, &m.digest, &m.media_type, tok);
                 }
