@@ -878,3 +878,202 @@ async fn scanner_down_never_blocks_pushes_and_pulls_follow_fail_open() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// notation (JWS envelope, notary.x509), made with the openssl CLI per the Notary Project spec
+
+/// A root CA and a code-signing leaf under it (RSA 2048): (root cert PEM, leaf key, leaf DER, root DER).
+fn notation_chain(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let s = |f: &str| p(f).to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &s("root.key"),
+        "-out",
+        &s("root.crt"),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} root"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &s("leaf.key"),
+        "-out",
+        &s("leaf.csr"),
+        "-subj",
+        &format!("/CN={name} signer"),
+    ]);
+    std::fs::write(
+        p("ext.cnf"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &s("leaf.csr"),
+        "-CA",
+        &s("root.crt"),
+        "-CAkey",
+        &s("root.key"),
+        "-set_serial",
+        "2",
+        "-days",
+        "1",
+        "-extfile",
+        &s("ext.cnf"),
+        "-out",
+        &s("leaf.crt"),
+    ]);
+    for c in ["leaf", "root"] {
+        openssl(&[
+            "x509",
+            "-in",
+            &s(&format!("{c}.crt")),
+            "-outform",
+            "DER",
+            "-out",
+            &s(&format!("{c}.der")),
+        ]);
+    }
+    (
+        p("root.crt"),
+        p("leaf.key"),
+        std::fs::read(p("leaf.der")).unwrap(),
+        std::fs::read(p("root.der")).unwrap(),
+    )
+}
+
+/// A notation JWS envelope (PS256) over `target`, signed by `key` with `chain` as x5c.
+fn notation_envelope(dir: &Path, key: &Path, chain: &[&[u8]], target: (&str, usize)) -> Vec<u8> {
+    let url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let protected = json!({"alg":"PS256","crit":["io.cncf.notary.signingScheme"],
+        "cty":"application/vnd.cncf.notary.payload.v1+json",
+        "io.cncf.notary.signingScheme":"notary.x509",
+        "io.cncf.notary.signingTime":"2026-12-03T12:00:00Z"});
+    let payload = json!({"targetArtifact":{"mediaType":OCI_MANIFEST,"digest":target.0,"size":target.1}});
+    let (ph, pl) = (
+        url(&serde_json::to_vec(&protected).unwrap()),
+        url(&serde_json::to_vec(&payload).unwrap()),
+    );
+    let n = rand_name();
+    let input = dir.join(format!("{n}.in"));
+    let out = dir.join(format!("{n}.sig"));
+    std::fs::write(&input, format!("{ph}.{pl}")).unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:32",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        out.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    let sig = url(&std::fs::read(out).unwrap());
+    let x5c: Vec<String> = chain
+        .iter()
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+        .collect();
+    serde_json::to_vec(&json!({"payload":pl,"protected":ph,
+        "header":{"x5c":x5c,"io.cncf.notary.signingAgent":"openssl (test)"},"signature":sig}))
+    .unwrap()
+}
+
+impl Reg<'_> {
+    async fn notation(&self, repo: &str, target: (&str, usize), envelope: &[u8]) {
+        self.blob(repo, envelope).await;
+        self.blob(repo, b"{}").await;
+        let m = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+            "artifactType":"application/vnd.cncf.notary.signature",
+            "config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":digest(b"{}"),"size":2},
+            "layers":[{"mediaType":"application/jose+json","digest":digest(envelope),"size":envelope.len()}],
+            "subject":{"mediaType":OCI_MANIFEST,"digest":target.0,"size":target.1}});
+        let b = serde_json::to_vec(&m).unwrap();
+        self.manifest(repo, &digest(&b), &m).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notation_signatures_chain_to_a_trusted_root() {
+    assert!(have("skopeo") && have("openssl"));
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let (root, leaf_key, leaf, root_der) = notation_chain(&pki, "trusted");
+    let (_, other_key, other_leaf, other_root) = notation_chain(&pki, "other");
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ notation: [{}] }}\n",
+            root.display()
+        ),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/n";
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/n:pull"]).await;
+    let good = dev.image(repo, "good", "layer good").await;
+    let env = notation_envelope(&pki, &leaf_key, &[&leaf, &root_der], (&good.0, good.1));
+    dev.notation(repo, (&good.0, good.1), &env).await;
+    let o = skopeo_pull(&s, &format!("{repo}:good"), "reader:reader-pw", false);
+    assert!(o.ok, "notation-signed image must pull: {}", o.stderr);
+    assert_eq!(get(&s, &reader, repo, "good", false).await.1, "verified");
+
+    // a chain to a root the rule does not name; a valid envelope for another digest; a cosign-style
+    // tampered envelope (payload swapped after signing)
+    let untrusted = dev.image(repo, "untrusted", "layer untrusted").await;
+    let env = notation_envelope(
+        &pki,
+        &other_key,
+        &[&other_leaf, &other_root],
+        (&untrusted.0, untrusted.1),
+    );
+    dev.notation(repo, (&untrusted.0, untrusted.1), &env).await;
+    let moved = dev.image(repo, "moved", "layer moved").await;
+    let env = notation_envelope(&pki, &leaf_key, &[&leaf, &root_der], (&good.0, good.1));
+    dev.notation(repo, (&moved.0, moved.1), &env).await;
+    let tampered = dev.image(repo, "tampered", "layer tampered").await;
+    let env = notation_envelope(&pki, &leaf_key, &[&leaf, &root_der], (&good.0, good.1));
+    let mut v: Value = serde_json::from_slice(&env).unwrap();
+    let pl = json!({"targetArtifact":{"mediaType":OCI_MANIFEST,"digest":tampered.0,"size":tampered.1}});
+    v["payload"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&pl).unwrap()));
+    dev.notation(repo, (&tampered.0, tampered.1), &serde_json::to_vec(&v).unwrap())
+        .await;
+    for (tag, d, why) in [
+        ("untrusted", &untrusted.0, "does not chain to a trusted root"),
+        ("moved", &moved.0, "names another digest"),
+        ("tampered", &tampered.0, "1 checked: no signature from a trusted key"),
+    ] {
+        let (st, _, body) = get(&s, &reader, repo, tag, false).await;
+        assert_eq!(st, 403, "{tag}: {body}");
+        assert!(body.contains(d.as_str()) && body.contains(why), "{tag}: {body}");
+        let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
+        assert!(
+            !o.ok && o.stderr.contains("no signature from a trusted key"),
+            "{}",
+            o.stderr
+        );
+    }
+}

@@ -8,6 +8,7 @@
 //! digest arrives (tag or referrer) and on any delete.
 
 pub mod cosign;
+pub mod notation;
 pub mod scanner;
 
 use crate::auth::policy::Glob;
@@ -26,7 +27,7 @@ use std::time::Duration;
 pub const TRUST_HEADER: &str = "x-regate-trust";
 /// Candidate signatures examined per image at most (tag + referrers).
 const MAX_CANDIDATES: usize = 64;
-const MAX_SIG_LAYER: u64 = 64 << 10;
+const MAX_SIG_LAYER: u64 = 256 << 10;
 /// Layer media types of signature and attestation artifacts: a manifest made only of these is
 /// not a runnable image and is never gated.
 const SIGNATURE_LAYERS: &[&str] = &[
@@ -41,6 +42,7 @@ const SIGNATURE_LAYERS: &[&str] = &[
 struct Rule {
     glob: Glob,
     keys: Vec<cosign::Key>,
+    roots: notation::Roots,
     signature: bool,
     enforce: bool,
     block: Option<Severity>,
@@ -124,15 +126,11 @@ impl Trust {
                 .iter()
                 .map(|p| cosign::Key::load(p))
                 .collect::<Result<Vec<_>, _>>()?;
-            if !sig.notation.is_empty() {
-                tracing::warn!(
-                    repository = %r.repository,
-                    "notation trust roots are not verified yet; only cosign signatures count"
-                );
-            }
+            let roots = notation::Roots::load(&sig.notation)?;
             rules.push(Rule {
                 glob: Glob::new(&r.repository),
                 keys,
+                roots,
                 signature: r.require_signature.is_some(),
                 enforce: r.enforce,
                 block: r.block_severity,
@@ -349,12 +347,15 @@ impl Trust {
         let mut checked = 0;
         for m in candidates {
             for l in layers(&m) {
-                if l.media_type != cosign::SIMPLE_SIGNING || l.size > MAX_SIG_LAYER {
+                let cosign_sig = l.media_type == cosign::SIMPLE_SIGNING && !rule.keys.is_empty();
+                let notation_sig = l.media_type == notation::JWS && !rule.roots.is_empty();
+                if !(cosign_sig || notation_sig) || l.size > MAX_SIG_LAYER {
                     continue;
                 }
-                let Some(sig) = l.annotations.get(cosign::SIGNATURE_ANNOTATION) else {
+                let sig = l.annotations.get(cosign::SIGNATURE_ANNOTATION);
+                if cosign_sig && sig.is_none() {
                     continue;
-                };
+                }
                 let Some(ld) = Digest::parse(&l.digest) else { continue };
                 let payload = match store.read(&layout::blob_data(&ld), MAX_SIG_LAYER).await {
                     Ok(Some(b)) if Digest::sha256_of(&b) == ld || ld.algorithm().as_str() != "sha256" => b,
@@ -364,7 +365,11 @@ impl Trust {
                     }
                 };
                 checked += 1;
-                match cosign::check(&payload, sig, d, &rule.keys) {
+                let r = match sig {
+                    Some(sig) if cosign_sig => cosign::check(&payload, sig, d, &rule.keys),
+                    _ => notation::check(&payload, d, &rule.roots, crate::util::now_secs()),
+                };
+                match r {
                     Ok(by) => return Verdict::Signed(by),
                     Err(e) => errors.push(e.into()),
                 }
