@@ -1020,11 +1020,44 @@ async fn notation_signatures_chain_to_a_trusted_root() {
     std::fs::create_dir_all(&pki).unwrap();
     let (root, leaf_key, leaf, root_der) = notation_chain(&pki, "trusted");
     let (_, other_key, other_leaf, other_root) = notation_chain(&pki, "other");
+    // what `notation cert generate-test` makes: one self-signed code-signing certificate
+    let ss = |f: &str| pki.join(f).to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ss("self.key"),
+        "-out",
+        &ss("self.crt"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=self signer",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-addext",
+        "keyUsage=critical,digitalSignature",
+        "-addext",
+        "extendedKeyUsage=codeSigning",
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        &ss("self.crt"),
+        "-outform",
+        "DER",
+        "-out",
+        &ss("self.der"),
+    ]);
     let s = start(
         dir,
         &format!(
-            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ notation: [{}] }}\n",
-            root.display()
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ notation: [{}, {}] }}\n",
+            root.display(),
+            ss("self.crt")
         ),
     );
     let dev = Reg {
@@ -1040,6 +1073,17 @@ async fn notation_signatures_chain_to_a_trusted_root() {
     let o = skopeo_pull(&s, &format!("{repo}:good"), "reader:reader-pw", false);
     assert!(o.ok, "notation-signed image must pull: {}", o.stderr);
     assert_eq!(get(&s, &reader, repo, "good", false).await.1, "verified");
+    let selfsigned = dev.image(repo, "self", "layer self").await;
+    let self_der = std::fs::read(ss("self.der")).unwrap();
+    let env = notation_envelope(
+        &pki,
+        Path::new(&ss("self.key")),
+        &[&self_der],
+        (&selfsigned.0, selfsigned.1),
+    );
+    dev.notation(repo, (&selfsigned.0, selfsigned.1), &env).await;
+    let (st, _, body) = get(&s, &reader, repo, "self", false).await;
+    assert_eq!(st, 200, "a self-signed signing certificate listed as a root: {body}");
 
     // a chain to a root the rule does not name; a valid envelope for another digest; a cosign-style
     // tampered envelope (payload swapped after signing)

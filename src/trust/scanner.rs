@@ -20,6 +20,7 @@ const MAX_REPORT: u64 = 32 << 20;
 /// Scans running at once at most; more requests wait for the next pull or push.
 const MAX_INFLIGHT: usize = 64;
 const ATTEMPTS: u32 = 3;
+const RETRY_DOWN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Vulnerability {
@@ -45,6 +46,9 @@ pub struct Scanner {
     registry_url: String,
     inflight: Mutex<HashSet<Digest>>,
     down: AtomicBool,
+    /// When a scan was last asked for while the adapter was down: then at most one every
+    /// `RETRY_DOWN` (pulls of unscanned images would otherwise each start one).
+    failed_at: Mutex<Option<Instant>>,
     reports: moka::sync::Cache<Digest, Arc<Vec<Vulnerability>>>,
 }
 
@@ -71,6 +75,7 @@ impl Scanner {
             registry_url: registry_url.trim_end_matches('/').to_owned(),
             inflight: Mutex::new(HashSet::new()),
             down: AtomicBool::new(false),
+            failed_at: Mutex::new(None),
             reports: moka::sync::Cache::builder()
                 .max_capacity(20_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -139,6 +144,13 @@ impl Scanner {
     /// Starts a scan in the background unless one for this digest is running; `token` is the
     /// adapter's pull-only credential for this repository.
     pub fn request(self: &Arc<Self>, repo: &RepoName, d: &Digest, media_type: &str, token: String) {
+        if self.is_down() {
+            let Ok(mut at) = self.failed_at.lock() else { return };
+            if at.is_some_and(|t| t.elapsed() < RETRY_DOWN) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
         {
             let Ok(mut set) = self.inflight.lock() else { return };
             if set.len() >= MAX_INFLIGHT || !set.insert(d.clone()) {
