@@ -219,6 +219,34 @@ mod tests {
     }
 
     #[test]
+    fn contract_example_parses_and_the_scanner_secret_comes_from_the_environment() {
+        // the `policy:`/`scanner:` block of ../shared/CONTRACT.md, verbatim
+        let y = r#"
+policy:
+  - repository: "prod/*"
+    require_signature: { cosign: [/etc/regate/cosign.pub], notation: [/etc/regate/notation-root.crt] }
+    enforce: true
+    block_severity: critical
+    allow_cves: [CVE-2024-0001]
+    unscanned: allow
+scanner:
+  url: http://trivy-adapter:8080
+  authorization: "Bearer ..."
+  scan_on_push: true
+  fail_open: true
+"#;
+        let c = super::super::parse(y, "t", &vec![]).unwrap();
+        assert!(c.validate(false).is_empty(), "{:?}", c.validate(false));
+        assert_eq!(c.policy[0].block_severity, Some(Severity::Critical));
+        assert!(c.validate(true).iter().any(|e| e.contains("cosign.pub does not exist")));
+        let env = vec![("REGATE_SCANNER__AUTHORIZATION".to_owned(), "Bearer from-env".to_owned())];
+        let c = super::super::parse(y, "t", &env).unwrap();
+        let s = c.scanner.as_ref().unwrap();
+        assert_eq!(s.authorization.as_ref().unwrap().expose(), "Bearer from-env");
+        assert!(!format!("{c:?}").contains("from-env"));
+    }
+
+    #[test]
     fn dates_and_severities() {
         assert_eq!(parse_date("1970-01-01"), Some(0));
         assert_eq!(parse_date("2000-03-01"), Some(11_017));
