@@ -652,6 +652,12 @@ fn watch_reload(app: Arc<App>, path: Option<PathBuf>, env: config::Env, cfg: Con
                 restart.push("upstream");
             }
             if differs(
+                format!("{:?}{:?}", current.policy, current.scanner),
+                format!("{:?}{:?}", new.policy, new.scanner),
+            ) {
+                restart.push("policy/scanner");
+            }
+            if differs(
                 format!("{:?}", current.notifications),
                 format!("{:?}", new.notifications),
             ) {

@@ -110,8 +110,8 @@ pub struct ScannerConfig {
     /// Scanner unreachable: pulls follow `policy.unscanned` (true) or are denied (false).
     #[serde(default = "super::default_true")]
     pub fail_open: bool,
-    /// Seconds to wait for one report before giving up on it.
-    #[serde(default = "ScannerConfig::d_timeout")]
+    /// Seconds (or a duration such as `10m`) to wait for one report before giving up on it.
+    #[serde(default = "ScannerConfig::d_timeout", deserialize_with = "super::secs::secs")]
     pub timeout: u64,
 }
 
@@ -211,7 +211,9 @@ mod tests {
         assert_eq!(r[0].block_severity, Some(Severity::High));
         assert_eq!(r[0].unscanned, Unscanned::Deny);
         assert!(r[0].enforce);
-        let s: ScannerConfig = serde_yaml_ng::from_str("url: http://a:1\nauthorization: Bearer x").unwrap();
+        let s: ScannerConfig =
+            serde_yaml_ng::from_str("url: http://a:1\nauthorization: Bearer x\ntimeout: 2m").unwrap();
+        assert_eq!(s.timeout, 120);
         assert!(!format!("{s:?}").contains("Bearer x"));
         assert!(validate(&r, Some(&s), false).is_empty());
         assert_eq!(validate(&r, None, false).len(), 1);

@@ -4,8 +4,8 @@
 //! OCI 1.1 referrer) from one of its keys, and may block images with scan findings at or above a
 //! severity (reports from a Harbor Pluggable Scanner API adapter, see [`scanner`]). Reads by a
 //! caller who may push to the repository, by the scanner itself, and of signature artifacts are
-//! never gated. Verdicts are cached per repository and digest, dropped when a signature for the
-//! digest arrives (tag or referrer) and on any delete.
+//! never gated. Verdicts are cached per repository and digest (signed 5 min, unsigned 30 s),
+//! dropped when a signature for the digest arrives here (tag or referrer) and on any delete.
 
 pub mod cosign;
 pub mod notation;
@@ -59,7 +59,11 @@ enum Verdict {
 
 pub struct Trust {
     rules: Vec<Rule>,
+    /// Signed verdicts (5 minutes: another replica's delete of a signature is seen within that).
     verdicts: moka::sync::Cache<(RepoName, Digest), Arc<Verdict>>,
+    /// Unsigned verdicts, kept shortly: a signature that arrives other than through this process
+    /// (replication, another replica) counts within 30 s.
+    denials: moka::sync::Cache<(RepoName, Digest), Arc<Verdict>>,
     scanner: Option<Arc<scanner::Scanner>>,
     /// `jti`s of the pull tokens minted for the scanner: its reads are never gated.
     scanner_tokens: moka::sync::Cache<String, ()>,
@@ -152,6 +156,10 @@ impl Trust {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(300))
                 .build(),
+            denials: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
             scanner,
             scanner_tokens: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -208,7 +216,10 @@ impl Trust {
         if let Some(ev) = &out.event {
             match ev.action {
                 "push" => self.pushed(reg, ev, mint).await,
-                "delete" => self.verdicts.invalidate_all(),
+                "delete" => {
+                    self.verdicts.invalidate_all();
+                    self.denials.invalidate_all();
+                }
                 _ => {}
             }
         }
@@ -273,7 +284,7 @@ impl Trust {
         if let Some(t) = ev.tag.as_deref() {
             if let Some(hex) = t.strip_prefix("sha256-").and_then(|t| t.strip_suffix(".sig")) {
                 if let Some(d) = Digest::parse(&format!("sha256:{hex}")) {
-                    self.verdicts.invalidate(&(ev.repo.clone(), d));
+                    self.denials.invalidate(&(ev.repo.clone(), d));
                 }
             }
         }
@@ -282,7 +293,7 @@ impl Trust {
             _ => return,
         };
         if let Some(s) = &m.subject {
-            self.verdicts.invalidate(&(ev.repo.clone(), s.clone()));
+            self.denials.invalidate(&(ev.repo.clone(), s.clone()));
         }
         let Some(sc) = &self.scanner else { return };
         let wants_scan = self.rule_for(&ev.repo).is_some_and(|i| self.rules[i].block.is_some());
@@ -295,10 +306,14 @@ impl Trust {
 
     async fn signature(&self, reg: &Registry, repo: &RepoName, m: &Manifest, rule: &Rule) -> Arc<Verdict> {
         let k = (repo.clone(), m.digest.clone());
-        if let Some(v) = self.verdicts.get(&k) {
+        if let Some(v) = self.verdicts.get(&k).or_else(|| self.denials.get(&k)) {
             return v;
         }
         let v = Arc::new(self.verify(reg, repo, &m.digest, rule).await);
+        if let Verdict::Unsigned(_) = &*v {
+            self.denials.insert(k, v.clone());
+            return v;
+        }
         if let Verdict::Signed(by) = &*v {
             // an index signs its platform manifests: clients fetch those next, by digest
             for c in &m.children {
