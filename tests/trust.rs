@@ -70,7 +70,9 @@ fn keypair(dir: &Path, name: &str, rsa: bool) -> (PathBuf, PathBuf) {
     let k = dir.join(format!("{name}.key"));
     let p = dir.join(format!("{name}.pub"));
     let ks = k.to_str().unwrap();
-    if rsa {
+    if name.starts_with("ed") {
+        openssl(&["genpkey", "-algorithm", "ed25519", "-out", ks]);
+    } else if rsa {
         openssl(&[
             "genpkey",
             "-algorithm",
@@ -101,6 +103,22 @@ fn openssl_sign(dir: &Path, key: &Path, data: &[u8]) -> String {
     let input = dir.join(format!("{n}.payload"));
     let out = dir.join(format!("{n}.sig"));
     std::fs::write(&input, data).unwrap();
+    if key.file_name().unwrap().to_str().unwrap().starts_with("ed") {
+        // Ed25519 signs the payload itself, as cosign's ed25519 signer does
+        let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+        openssl(&[
+            "pkeyutl",
+            "-sign",
+            "-rawin",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-in",
+            i,
+            "-out",
+            o,
+        ]);
+        return base64::engine::general_purpose::STANDARD.encode(std::fs::read(out).unwrap());
+    }
     openssl(&[
         "dgst",
         "-sha256",
@@ -263,12 +281,14 @@ async fn cosign_signatures_gate_pulls() {
     let (k1, p1) = keypair(&keys, "k1", false);
     let (k2, p2) = keypair(&keys, "k2", true);
     let (k3, _) = keypair(&keys, "k3", false);
+    let (ked, ped) = keypair(&keys, "ed1", false);
     let s = start(
         dir,
         &format!(
-            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}, {}] }}\n  - repository: \"audit/*\"\n    require_signature: {{ cosign: [{}] }}\n    enforce: false\n",
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}, {}, {}] }}\n  - repository: \"audit/*\"\n    require_signature: {{ cosign: [{}] }}\n    enforce: false\n",
             p1.display(),
             p2.display(),
+            ped.display(),
             p1.display()
         ),
     );
@@ -291,7 +311,12 @@ async fn cosign_signatures_gate_pulls() {
     let sig = openssl_sign(&keys, &k2, &payload(&reference, &b.0));
     dev.cosign(repo, (&b.0, b.1), &payload(&reference, &b.0), &sig, Store::Referrer)
         .await;
-    for (tag, d) in [("a", &a.0), ("b", &b.0)] {
+    // g: signed with the Ed25519 key
+    let g = dev.image(repo, "g", "layer g").await;
+    let sig = openssl_sign(&keys, &ked, &payload(&reference, &g.0));
+    dev.cosign(repo, (&g.0, g.1), &payload(&reference, &g.0), &sig, Store::Tag)
+        .await;
+    for (tag, d) in [("a", &a.0), ("b", &b.0), ("g", &g.0)] {
         let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
         assert!(o.ok, "signed {tag} must pull: {}", o.stderr);
         for r in [tag, d.as_str()] {
@@ -596,6 +621,8 @@ struct Adapter {
     /// the adapter got when it pulled with it)
     requests: Vec<(String, String, String, u16)>,
     polls: HashMap<String, u32>,
+    /// the Authorization headers regate sent the adapter
+    adapter_auth: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Adapter>>;
@@ -621,6 +648,12 @@ async fn adapter(state: Shared) -> String {
                             *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
                             r
                         };
+                        let auth = parts
+                            .headers
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        st.lock().unwrap().adapter_auth.push(auth);
                         if st.lock().unwrap().down {
                             return Ok::<_, std::convert::Infallible>(resp(503, json!({"error":"down"})));
                         }
@@ -815,7 +848,12 @@ async fn scanner_reports_block_pulls_at_the_severity() {
             json!([{"type":"repository","name":repo,"actions":["pull"]}])
         );
     }
-    // the adapter's own credential never reaches the logs
+    // regate sent the adapter its credential on every call, and never logged it
+    let sent = state.lock().unwrap().adapter_auth.clone();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|a| a == "Bearer adapter-secret-123"),
+        "{sent:?}"
+    );
     assert!(!s.logs().contains("adapter-secret-123"));
     // a reader without pull on the repository cannot read reports
     let other = token(&s, Some(("reader", "reader-pw")), &["repository:other/x:pull"]).await;
