@@ -1159,3 +1159,45 @@ async fn notation_signatures_chain_to_a_trusted_root() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aged_reports_are_renewed_when_pulled_and_a_new_finding_blocks() {
+    let state: Shared = Arc::default();
+    let url = adapter(state.clone()).await;
+    let s = start(
+        tempfile::tempdir().unwrap(),
+        &format!("{}  rescan_after: 1s\n", scan_policy(&url, true, "deny")),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let (d, _) = dev.image("prod/aged", "v1", "layer aged").await;
+    state
+        .lock()
+        .unwrap()
+        .findings
+        .insert(d.clone(), vec![("CVE-2026-0001".into(), "Low".into())]);
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/aged:pull"]).await;
+    wait_report(&s, &reader, "prod/aged", &d).await;
+    assert_eq!(get(&s, &reader, "prod/aged", "v1", false).await.0, 200);
+    // the scanner's database learns of a critical CVE: pulls renew the aged report and then stop
+    state
+        .lock()
+        .unwrap()
+        .findings
+        .insert(d.clone(), vec![("CVE-2026-7777".into(), "Critical".into())]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, _, body) = get(&s, &reader, "prod/aged", "v1", false).await;
+        if st == 403 {
+            assert!(body.contains("CVE-2026-7777"), "{body}");
+            break;
+        }
+        assert_eq!(st, 200, "{body}");
+        assert!(Instant::now() < deadline, "the report was never renewed:\n{}", s.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(state.lock().unwrap().requests.len() >= 2);
+}

@@ -113,11 +113,18 @@ pub struct ScannerConfig {
     /// Seconds (or a duration such as `10m`) to wait for one report before giving up on it.
     #[serde(default = "ScannerConfig::d_timeout", deserialize_with = "super::secs::secs")]
     pub timeout: u64,
+    /// A report older than this (seconds or a duration, default `24h`; 0: never) is renewed in
+    /// the background the next time the image is pulled, so new CVEs reach images in use.
+    #[serde(default = "ScannerConfig::d_rescan", deserialize_with = "super::secs::secs")]
+    pub rescan_after: u64,
 }
 
 impl ScannerConfig {
     fn d_timeout() -> u64 {
         600
+    }
+    fn d_rescan() -> u64 {
+        86_400
     }
 }
 

@@ -412,14 +412,21 @@ impl Trust {
             return Ok(());
         }
         match sc.findings(&m.digest).await {
-            Some(f) => {
+            Some((report, due)) => {
+                if due {
+                    // decided on the report at hand; the renewed one counts from the next pull
+                    if let Some(tok) = self.mint_for_scanner(repo, mint) {
+                        sc.request(repo, &m.digest, &m.media_type, tok);
+                    }
+                }
+                let f = &report.findings;
                 let today = today();
                 let allowed = |id: &str| {
                     rule.allow
                         .iter()
                         .any(|(a, until)| a == id && until.is_none_or(|u| today <= u))
                 };
-                let bad = scanner::Scanner::blocking(&f, block, &allowed);
+                let bad = scanner::Scanner::blocking(f, block, &allowed);
                 if bad.is_empty() {
                     return Ok(());
                 }

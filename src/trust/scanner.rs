@@ -49,7 +49,15 @@ pub struct Scanner {
     /// When a scan was last asked for while the adapter was down: then at most one every
     /// `RETRY_DOWN` (pulls of unscanned images would otherwise each start one).
     failed_at: Mutex<Option<Instant>>,
-    reports: moka::sync::Cache<Digest, Arc<Vec<Vulnerability>>>,
+    reports: moka::sync::Cache<Digest, Arc<Report>>,
+    /// A report older than this is renewed in the background when the image is pulled.
+    rescan_after: Option<Duration>,
+}
+
+/// A finished report's findings and when it was made.
+pub struct Report {
+    pub findings: Vec<Vulnerability>,
+    at: std::time::SystemTime,
 }
 
 fn key(d: &Digest) -> String {
@@ -76,6 +84,7 @@ impl Scanner {
             inflight: Mutex::new(HashSet::new()),
             down: AtomicBool::new(false),
             failed_at: Mutex::new(None),
+            rescan_after: (c.rescan_after > 0).then(|| Duration::from_secs(c.rescan_after)),
             reports: moka::sync::Cache::builder()
                 .max_capacity(20_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -119,16 +128,29 @@ impl Scanner {
         }
     }
 
-    /// The finished report's findings, if there is one.
-    pub async fn findings(&self, d: &Digest) -> Option<Arc<Vec<Vulnerability>>> {
-        if let Some(v) = self.reports.get(d) {
-            return Some(v);
-        }
-        let bytes = self.report_bytes(d).await?;
-        let body: ReportBody = serde_json::from_slice(&bytes).ok()?;
-        let v = Arc::new(body.vulnerabilities);
-        self.reports.insert(d.clone(), v.clone());
-        Some(v)
+    /// The finished report, if there is one, and whether it is due for a rescan.
+    pub async fn findings(&self, d: &Digest) -> Option<(Arc<Report>, bool)> {
+        let r = match self.reports.get(d) {
+            Some(r) => r,
+            None => {
+                let at = match self.store.stat(&key(d)).await {
+                    Ok(Some(m)) => m.modified.unwrap_or_else(std::time::SystemTime::now),
+                    _ => return None,
+                };
+                let bytes = self.report_bytes(d).await?;
+                let body: ReportBody = serde_json::from_slice(&bytes).ok()?;
+                let r = Arc::new(Report {
+                    findings: body.vulnerabilities,
+                    at,
+                });
+                self.reports.insert(d.clone(), r.clone());
+                r
+            }
+        };
+        let due = self
+            .rescan_after
+            .is_some_and(|every| r.at.elapsed().is_ok_and(|age| age >= every));
+        Some((r, due))
     }
 
     pub async fn report_bytes(&self, d: &Digest) -> Option<Bytes> {
@@ -232,7 +254,13 @@ impl Scanner {
                         serde_json::from_slice(&bytes).map_err(|e| format!("report is not valid JSON: {e}"))?;
                     self.store.put(&key(d), bytes).await.map_err(|e| e.to_string())?;
                     let n = parsed.vulnerabilities.len();
-                    self.reports.insert(d.clone(), Arc::new(parsed.vulnerabilities));
+                    self.reports.insert(
+                        d.clone(),
+                        Arc::new(Report {
+                            findings: parsed.vulnerabilities,
+                            at: std::time::SystemTime::now(),
+                        }),
+                    );
                     return Ok(n);
                 }
                 Ok(r) if r.status() == reqwest::StatusCode::FOUND => r
