@@ -236,8 +236,10 @@ impl Trust {
         else {
             return;
         };
+        let rule = &self.rules[g.rule];
         let m = match reg.load_manifest(&d).await {
             Ok(Some(m)) => m,
+            _ if !rule.enforce => return,
             _ => {
                 deny(
                     out,
@@ -249,7 +251,6 @@ impl Trust {
                 return;
             }
         };
-        let rule = &self.rules[g.rule];
         let mut problems: Vec<(&'static str, String)> = Vec::new();
         if rule.signature {
             if let Verdict::Unsigned(why) = &*self.signature(reg, &g.repo, &m, rule).await {
