@@ -943,18 +943,29 @@ fn notation_chain(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &s("leaf.key"),
-        "-out",
-        &s("leaf.csr"),
-        "-subj",
-        &format!("/CN={name} signer"),
-    ]);
+    // an "ec…" chain has a P-256 leaf (ES256), any other an RSA one (PS256)
+    let leaf_alg = if name.starts_with("ec") { "ec" } else { "rsa:2048" };
+    let leaf_opt: &[&str] = if name.starts_with("ec") {
+        &["-pkeyopt", "ec_paramgen_curve:P-256"]
+    } else {
+        &[]
+    };
+    openssl(
+        &[
+            &["req", "-newkey", leaf_alg][..],
+            leaf_opt,
+            &[
+                "-nodes",
+                "-keyout",
+                &s("leaf.key"),
+                "-out",
+                &s("leaf.csr"),
+                "-subj",
+                &format!("/CN={name} signer"),
+            ],
+        ]
+        .concat(),
+    );
     std::fs::write(
         p("ext.cnf"),
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n",
@@ -997,10 +1008,35 @@ fn notation_chain(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>
     )
 }
 
-/// A notation JWS envelope (PS256) over `target`, signed by `key` with `chain` as x5c.
+/// ECDSA ASN.1 DER `SEQUENCE { r, s }` (what openssl writes) to JWS's fixed `r||s`.
+fn ecdsa_raw(der: &[u8], half: usize) -> Vec<u8> {
+    assert_eq!(der[0], 0x30);
+    let mut i = if der[1] & 0x80 != 0 {
+        2 + usize::from(der[1] & 0x7f)
+    } else {
+        2
+    };
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(der[i], 0x02);
+        let len = usize::from(der[i + 1]);
+        let mut v = &der[i + 2..i + 2 + len];
+        while v.len() > half && v[0] == 0 {
+            v = &v[1..];
+        }
+        out.extend(std::iter::repeat_n(0u8, half - v.len()));
+        out.extend_from_slice(v);
+        i += 2 + len;
+    }
+    out
+}
+
+/// A notation JWS envelope over `target` (PS256, or ES256 for an `ec…` key), signed by `key`
+/// with `chain` as x5c.
 fn notation_envelope(dir: &Path, key: &Path, chain: &[&[u8]], target: (&str, usize)) -> Vec<u8> {
     let url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let protected = json!({"alg":"PS256","crit":["io.cncf.notary.signingScheme"],
+    let ec = key.file_name().unwrap().to_str().unwrap().starts_with("ec");
+    let protected = json!({"alg": if ec { "ES256" } else { "PS256" },"crit":["io.cncf.notary.signingScheme"],
         "cty":"application/vnd.cncf.notary.payload.v1+json",
         "io.cncf.notary.signingScheme":"notary.x509",
         "io.cncf.notary.signingTime":"2026-12-03T12:00:00Z"});
@@ -1013,20 +1049,27 @@ fn notation_envelope(dir: &Path, key: &Path, chain: &[&[u8]], target: (&str, usi
     let input = dir.join(format!("{n}.in"));
     let out = dir.join(format!("{n}.sig"));
     std::fs::write(&input, format!("{ph}.{pl}")).unwrap();
-    openssl(&[
-        "dgst",
-        "-sha256",
-        "-sigopt",
-        "rsa_padding_mode:pss",
-        "-sigopt",
-        "rsa_pss_saltlen:32",
-        "-sign",
-        key.to_str().unwrap(),
-        "-out",
-        out.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
-    let sig = url(&std::fs::read(out).unwrap());
+    let pss: &[&str] = if ec {
+        &[]
+    } else {
+        &["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]
+    };
+    openssl(
+        &[
+            &["dgst", "-sha256"][..],
+            pss,
+            &[
+                "-sign",
+                key.to_str().unwrap(),
+                "-out",
+                out.to_str().unwrap(),
+                input.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let raw = std::fs::read(out).unwrap();
+    let sig = url(&if ec { ecdsa_raw(&raw, 32) } else { raw });
     let x5c: Vec<String> = chain
         .iter()
         .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
@@ -1058,6 +1101,7 @@ async fn notation_signatures_chain_to_a_trusted_root() {
     std::fs::create_dir_all(&pki).unwrap();
     let (root, leaf_key, leaf, root_der) = notation_chain(&pki, "trusted");
     let (_, other_key, other_leaf, other_root) = notation_chain(&pki, "other");
+    let (ec_root, ec_key, ec_leaf, ec_root_der) = notation_chain(&pki, "ec");
     // what `notation cert generate-test` makes: one self-signed code-signing certificate
     let ss = |f: &str| pki.join(f).to_str().unwrap().to_owned();
     openssl(&[
@@ -1093,9 +1137,10 @@ async fn notation_signatures_chain_to_a_trusted_root() {
     let s = start(
         dir,
         &format!(
-            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ notation: [{}, {}] }}\n",
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ notation: [{}, {}, {}] }}\n",
             root.display(),
-            ss("self.crt")
+            ss("self.crt"),
+            ec_root.display()
         ),
     );
     let dev = Reg {
@@ -1122,6 +1167,11 @@ async fn notation_signatures_chain_to_a_trusted_root() {
     dev.notation(repo, (&selfsigned.0, selfsigned.1), &env).await;
     let (st, _, body) = get(&s, &reader, repo, "self", false).await;
     assert_eq!(st, 200, "a self-signed signing certificate listed as a root: {body}");
+    let ecimg = dev.image(repo, "ec", "layer ec").await;
+    let env = notation_envelope(&pki, &ec_key, &[&ec_leaf, &ec_root_der], (&ecimg.0, ecimg.1));
+    dev.notation(repo, (&ecimg.0, ecimg.1), &env).await;
+    let (st, _, body) = get(&s, &reader, repo, "ec", false).await;
+    assert_eq!(st, 200, "an ES256 envelope from a P-256 leaf: {body}");
 
     // a chain to a root the rule does not name; a valid envelope for another digest; a cosign-style
     // tampered envelope (payload swapped after signing)
