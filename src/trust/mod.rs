@@ -15,7 +15,7 @@ use crate::auth::policy::Glob;
 use crate::config::trust::{parse_date, ScannerConfig, Severity, TrustRule, Unscanned};
 use crate::http::{self, Resp};
 use crate::registry::error::{Code, RegistryError};
-use crate::registry::names::{Digest, Reference, RepoName, Tag};
+use crate::registry::names::{Algorithm, Digest, Reference, RepoName, Tag};
 use crate::registry::{Event, Manifest, Outcome, Registry, Route};
 use crate::storage::{layout, Storage};
 use ::http::{HeaderName, Method, StatusCode};
@@ -283,8 +283,8 @@ impl Trust {
     async fn pushed(&self, reg: &Registry, ev: &Event, mint: Mint<'_>) {
         // a `.sig` tag names the digest it signs; a referrer names it as its subject
         if let Some(t) = ev.tag.as_deref() {
-            if let Some(hex) = t.strip_prefix("sha256-").and_then(|t| t.strip_suffix(".sig")) {
-                if let Some(d) = Digest::parse(&format!("sha256:{hex}")) {
+            if let Some(signed) = t.strip_suffix(".sig") {
+                if let Some(d) = Digest::parse(&signed.replacen('-', ":", 1)) {
                     self.denials.invalidate(&(ev.repo.clone(), d));
                 }
             }
@@ -344,21 +344,23 @@ impl Trust {
             }
         }
         let store = reg.store();
-        match store.list(&layout::referrers_dir(repo, d)).await {
-            Ok(entries) => {
-                for e in entries.iter().take(MAX_CANDIDATES) {
-                    let Some(rd) = Digest::parse(&format!("sha256:{}", e.name)) else {
-                        continue;
-                    };
-                    if !matches!(store.stat(&layout::revision_link(repo, &rd)).await, Ok(Some(_))) {
-                        continue;
-                    }
-                    if let Ok(Some(m)) = reg.load_manifest(&rd).await {
-                        candidates.push(m);
+        for a in Algorithm::ALL {
+            match store.list(&layout::referrers_dir(repo, d, a)).await {
+                Ok(entries) => {
+                    for e in entries.iter().take(MAX_CANDIDATES) {
+                        let Some(rd) = Digest::from_hex(a, &e.name) else {
+                            continue;
+                        };
+                        if !matches!(store.stat(&layout::revision_link(repo, &rd)).await, Ok(Some(_))) {
+                            continue;
+                        }
+                        if let Ok(Some(m)) = reg.load_manifest(&rd).await {
+                            candidates.push(m);
+                        }
                     }
                 }
+                Err(e) => errors.push(format!("referrers unreadable: {e}")),
             }
-            Err(e) => errors.push(format!("referrers unreadable: {e}")),
         }
         let mut checked = 0;
         for m in candidates {
