@@ -864,6 +864,14 @@ async fn scanner_reports_block_pulls_at_the_severity() {
         .await
         .unwrap();
     assert!([401, 403].contains(&r.status().as_u16()), "{}", r.status());
+    // the tags page shows each tag's scan
+    let cookie = common::web_session(&s, "reader", "reader-pw").await;
+    let (code, page) = common::web_page(&s, "/ui/repos/prod/scan", &cookie).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<th>Scan</th>"), "{page}");
+    assert!(page.contains("1 critical, 1 high"), "{page}");
+    assert!(page.contains("not scanned"), "{page}");
+    assert!(page.contains(&format!("/api/v1/scans/{repo}/{}", digests[0])), "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

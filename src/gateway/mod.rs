@@ -262,6 +262,7 @@ impl App {
                     public_url: &self.public_url,
                     ip,
                     replicator: self.replicator.as_deref(),
+                    trust: self.trust.as_deref(),
                 };
                 let (r, who) = web
                     .handle(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body)

@@ -52,6 +52,8 @@ pub struct Web<'a> {
     pub ip: std::net::IpAddr,
     /// Replication rules, for the administrators' page.
     pub replicator: Option<&'a crate::replicate::Replicator>,
+    /// Trusted images: scan summaries on the tags page.
+    pub trust: Option<&'a crate::trust::Trust>,
 }
 
 const TAGS_PER_PAGE: usize = 100;
@@ -656,8 +658,28 @@ impl Web<'_> {
         if tags.is_empty() {
             b.push_str("<p id=\"no-tags\">No tags.</p>");
         } else {
-            b.push_str("<div class=\"wide\"><table id=\"tags\"><tr><th>Tag</th><th class=\"nowrap\">Size</th><th>Platforms</th><th>Pushed</th><th>Digest</th><th>Pull</th></tr>");
+            let scans = self.trust.filter(|t| t.has_scanner()).is_some();
+            b.push_str("<div class=\"wide\"><table id=\"tags\"><tr><th>Tag</th><th class=\"nowrap\">Size</th><th>Platforms</th><th>Pushed</th><th>Digest</th><th>Pull</th>");
+            if scans {
+                b.push_str("<th>Scan</th>");
+            }
+            b.push_str("</tr>");
             for t in &tags {
+                let scan = match (
+                    self.trust,
+                    t.digest.as_deref().and_then(crate::registry::names::Digest::parse),
+                ) {
+                    (Some(tr), Some(d)) if scans => tr.scan_summary(&d).await.map(|s| {
+                        format!(
+                            "<td class=\"scan\"><a href=\"/api/v1/scans/{}/{}\">{}</a></td>",
+                            esc(repo.as_str()),
+                            esc(&d.to_string()),
+                            esc(&s)
+                        )
+                    }),
+                    (_, _) if scans => Some("<td class=\"scan\">-</td>".to_owned()),
+                    _ => None,
+                };
                 let pushed = t
                     .pushed
                     .and_then(|p| p.duration_since(std::time::UNIX_EPOCH).ok())
@@ -675,6 +697,12 @@ impl Web<'_> {
                     h = esc(host),
                     n = esc(repo.as_str()),
                 );
+                if let Some(cell) = scan {
+                    // the row's closing tag was written above: put the cell before it
+                    b.truncate(b.len() - "</tr>".len());
+                    b.push_str(&cell);
+                    b.push_str("</tr>");
+                }
             }
             b.push_str("</table></div>");
         }

@@ -197,6 +197,40 @@ impl Trust {
     }
 
     /// Whether a bearer token is one minted for the scanner.
+    /// Whether a scanner is configured.
+    pub fn has_scanner(&self) -> bool {
+        self.scanner.is_some()
+    }
+
+    /// A digest's scan in a few words for the web pages (`2 critical, 1 high`, `no findings`,
+    /// `not scanned`); `None` without a scanner.
+    pub async fn scan_summary(&self, d: &Digest) -> Option<String> {
+        let s = self.scanner.as_ref()?;
+        let Some((r, _)) = s.findings(d).await else {
+            return Some("not scanned".into());
+        };
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for sev in ["critical", "high", "medium", "low"] {
+            let n = r
+                .findings
+                .iter()
+                .filter(|v| v.severity.eq_ignore_ascii_case(sev))
+                .count();
+            if n > 0 {
+                counts.push((sev.to_owned(), n));
+            }
+        }
+        Some(if counts.is_empty() {
+            "no findings".into()
+        } else {
+            counts
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
     pub fn is_scanner_token(&self, jti: &str) -> bool {
         self.scanner_tokens.contains_key(jti)
     }
