@@ -864,6 +864,27 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         t.start();
     }
     let app = Arc::new(app);
+    if let Some(every) = app.trust.as_ref().and_then(|t| t.rescan_every()) {
+        // the tags that matter are rescanned on a schedule, not only when pulled
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(t) = &app.trust else { return };
+                let mint = |n: &crate::registry::names::RepoName| {
+                    let scope = crate::auth::scope::Scope::repository(n.as_str(), &[Action::Pull]);
+                    app.tokens
+                        .keys
+                        .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
+                        .ok()
+                };
+                let n = t.rescan_pass(&app.registry, &mint).await;
+                if n > 0 {
+                    tracing::info!(scans = n, "scheduled rescan");
+                }
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = cfg.tls.as_ref().and_then(|t| t.http_redirect_listen) {
         let l = tokio::net::TcpListener::bind(addr)

@@ -1259,3 +1259,31 @@ async fn aged_reports_are_renewed_when_pulled_and_a_new_finding_blocks() {
     }
     assert!(state.lock().unwrap().requests.len() >= 2);
 }
+
+/// The tags that matter are scanned and rescanned on a schedule, with no pull at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_rescanned_on_a_schedule_without_pulls() {
+    let state: Shared = Arc::default();
+    let url = adapter(state.clone()).await;
+    let s = start(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "{}  scan_on_push: false\n  rescan_after: 1s\n",
+            scan_policy(&url, true, "allow")
+        ),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let (d, _) = dev.image("prod/sched", "v1", "layer sched").await;
+    let scans_of = |st: &Shared| st.lock().unwrap().requests.iter().filter(|r| r.1 == d).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // first the scan it never had, then a renewal, and nobody pulled
+    while scans_of(&state) < 2 {
+        assert!(Instant::now() < deadline, "no scheduled scans:\n{}", s.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(s.logs().contains("scheduled rescan"), "{}", s.logs());
+}

@@ -235,6 +235,62 @@ impl Trust {
         self.scanner_tokens.contains_key(jti)
     }
 
+    /// How often [`Self::rescan_pass`] should run: the scanner's `rescan_after`, if any.
+    pub fn rescan_every(&self) -> Option<Duration> {
+        self.scanner.as_ref()?.rescan_every()
+    }
+
+    /// Renews the reports of the tags that matter (every tag of every repository a rule with a
+    /// severity gate covers) once they are older than `rescan_after`, or scans them when they
+    /// never were, without waiting for a pull; returns how many scans were asked for.
+    pub async fn rescan_pass(&self, reg: &Registry, mint: Mint<'_>) -> usize {
+        let Some(sc) = &self.scanner else { return 0 };
+        let Ok(repos) = reg.repositories().await else { return 0 };
+        let mut asked = 0;
+        for repo in repos {
+            let Some(rule) = self.rule_for(&repo).map(|i| &self.rules[i]) else {
+                continue;
+            };
+            if rule.block.is_none() {
+                continue;
+            }
+            let Ok(tags) = reg.tag_names(&repo).await else { continue };
+            for t in tags {
+                let Ok(Some(d)) = reg.tag_target(&repo, &t).await else {
+                    continue;
+                };
+                let Ok(Some(m)) = reg.repo_manifest(&repo, &d).await else {
+                    continue;
+                };
+                // an index is scanned through its platform manifests
+                let targets: Vec<Digest> = if m.children.is_empty() {
+                    vec![d]
+                } else {
+                    m.children.clone()
+                };
+                for d in targets {
+                    let Ok(Some(m)) = reg.repo_manifest(&repo, &d).await else {
+                        continue;
+                    };
+                    if is_signature_artifact(&m) {
+                        continue;
+                    }
+                    let due = match sc.findings(&d).await {
+                        Some((_, due)) => due,
+                        None => true,
+                    };
+                    if due {
+                        if let Some(tok) = self.mint_for_scanner(&repo, mint) {
+                            sc.request(&repo, &d, &m.media_type, tok);
+                            asked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        asked
+    }
+
     fn mint_for_scanner(&self, repo: &RepoName, mint: Mint<'_>) -> Option<String> {
         let token = mint(repo)?;
         let claims = token.split('.').nth(1)?;

@@ -153,6 +153,11 @@ impl Scanner {
         Some((r, due))
     }
 
+    /// How often reports are renewed (`scanner.rescan_after`), if at all.
+    pub fn rescan_every(&self) -> Option<Duration> {
+        self.rescan_after
+    }
+
     pub async fn report_bytes(&self, d: &Digest) -> Option<Bytes> {
         match self.store.read(&key(d), MAX_REPORT).await {
             Ok(b) => b,
