@@ -46,6 +46,32 @@ fn tls_files(dir: &Path) -> (String, String) {
     (c.display().to_string(), k.display().to_string())
 }
 
+/// distribution (Debian's docker-registry), no auth of its own, with its root under `dir`.
+fn distribution(dir: &Path) -> (Proc, u16) {
+    let (hold, port) = reserve_port();
+    let cfg = dir.join("registry.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog: {{ level: warn }}\nstorage: {{ filesystem: {{ rootdirectory: {} }} }}\nhttp: {{ addr: 127.0.0.1:{port} }}\n",
+            dir.join("root").display()
+        ),
+    )
+    .unwrap();
+    drop(hold);
+    let p = Proc(
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    (p, port)
+}
+
 /// Renders a config from nginx-compat/ for this machine and starts nginx with it.
 fn nginx(name: &str, dir: &Path, port: u16, subst: &[(&str, String)]) -> Proc {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-compat").join(name);
@@ -154,27 +180,7 @@ fn round_trip(host: &str, creds: &str, repo: &str) {
 fn auth_request_in_front_of_an_existing_registry() {
     let work = tempfile::tempdir().unwrap();
     // the existing registry
-    let (dhold, dport) = reserve_port();
-    let dcfg = work.path().join("registry.yml");
-    std::fs::write(
-        &dcfg,
-        format!(
-            "version: 0.1\nlog: {{ level: warn }}\nstorage: {{ filesystem: {{ rootdirectory: {} }} }}\nhttp: {{ addr: 127.0.0.1:{dport} }}\n",
-            work.path().join("root").display()
-        ),
-    )
-    .unwrap();
-    drop(dhold);
-    let _dist = Proc(
-        Command::new("docker-registry")
-            .arg("serve")
-            .arg(&dcfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(dport);
+    let (_dist, dport) = distribution(work.path());
     // regate, announcing nginx's address as its public URL
     let (nhold, nport) = reserve_port();
     let s = Server::start(&format!(
@@ -284,27 +290,7 @@ fn bearer(t: &str) -> String {
 fn auth_request_decides_on_the_path_the_registry_reads() {
     assert!(common::have("curl"), "curl is needed (scripts/test-all.sh installs it)");
     let work = tempfile::tempdir().unwrap();
-    let (dhold, dport) = reserve_port();
-    let dcfg = work.path().join("registry.yml");
-    std::fs::write(
-        &dcfg,
-        format!(
-            "version: 0.1\nlog: {{ level: warn }}\nstorage: {{ filesystem: {{ rootdirectory: {} }} }}\nhttp: {{ addr: 127.0.0.1:{dport} }}\n",
-            work.path().join("root").display()
-        ),
-    )
-    .unwrap();
-    drop(dhold);
-    let _dist = Proc(
-        Command::new("docker-registry")
-            .arg("serve")
-            .arg(&dcfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(dport);
+    let (_dist, dport) = distribution(work.path());
     let (nhold, nport) = reserve_port();
     let sdir = tempfile::tempdir().unwrap();
     let pw = common::htpasswd(sdir.path(), &[("alice", "alice-pw"), ("boss", "boss-pw")]);

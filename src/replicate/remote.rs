@@ -487,58 +487,55 @@ impl Remote {
         Ok(Box::pin(r.bytes_stream().map_err(std::io::Error::other)))
     }
 
-    /// Every tag of `name` (pages followed).
-    pub async fn tags(&self, name: &str) -> Result<Vec<String>, RemoteError> {
+    /// Every string of `field` across the pages of a list endpoint (`Link` followed); an empty
+    /// list when the endpoint is unknown there (404), if `missing_is_empty`.
+    async fn paged(
+        &self,
+        first: String,
+        scope: &str,
+        field: &str,
+        missing_is_empty: bool,
+    ) -> Result<Vec<String>, RemoteError> {
         let mut out = Vec::new();
-        let mut next = Some(format!("/v2/{name}/tags/list?n=1000"));
+        let mut next = Some(first);
         while let Some(path) = next.take() {
-            let r = self
-                .send(Method::GET, &path, &Self::pull(name), None, Body::Empty)
-                .await?;
-            let r = match Self::check(r, "tags list") {
+            let r = self.send(Method::GET, &path, scope, None, Body::Empty).await?;
+            let r = match Self::check(r, field) {
                 Ok(r) => r,
-                Err(RemoteError::NotFound) => return Ok(out),
+                Err(RemoteError::NotFound) if missing_is_empty => return Ok(out),
                 Err(e) => return Err(e),
             };
             next = next_link(&r);
             let v: serde_json::Value = r.json().await.map_err(failed)?;
             out.extend(
-                v["tags"]
+                v[field]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .filter_map(|t| t.as_str().map(str::to_owned)),
             );
             if out.len() > 1_000_000 {
-                return Err(RemoteError::Refused("more than a million tags".into()));
+                return Err(RemoteError::Refused(format!("more than a million {field}")));
             }
         }
         Ok(out)
     }
 
+    /// Every tag of `name` (pages followed).
+    pub async fn tags(&self, name: &str) -> Result<Vec<String>, RemoteError> {
+        self.paged(format!("/v2/{name}/tags/list?n=1000"), &Self::pull(name), "tags", true)
+            .await
+    }
+
     /// Every repository in the remote's catalog (pages followed).
     pub async fn catalog(&self) -> Result<Vec<String>, RemoteError> {
-        let mut out = Vec::new();
-        let mut next = Some("/v2/_catalog?n=1000".to_owned());
-        while let Some(path) = next.take() {
-            let r = self
-                .send(Method::GET, &path, "registry:catalog:*", None, Body::Empty)
-                .await?;
-            let r = Self::check(r, "catalog")?;
-            next = next_link(&r);
-            let v: serde_json::Value = r.json().await.map_err(failed)?;
-            out.extend(
-                v["repositories"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str().map(str::to_owned)),
-            );
-            if out.len() > 1_000_000 {
-                return Err(RemoteError::Refused("more than a million repositories".into()));
-            }
-        }
-        Ok(out)
+        self.paged(
+            "/v2/_catalog?n=1000".to_owned(),
+            "registry:catalog:*",
+            "repositories",
+            false,
+        )
+        .await
     }
 
     /// The digests of manifests whose subject is `digest` (empty when the remote has no
