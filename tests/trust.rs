@@ -1287,3 +1287,88 @@ async fn tags_are_rescanned_on_a_schedule_without_pulls() {
     }
     assert!(s.logs().contains("scheduled rescan"), "{}", s.logs());
 }
+
+/// `platforms: true`: an index passes only when every platform manifest carries its own trusted
+/// signature (`cosign sign --recursive`); the index's signature alone does not stand for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_platform_signed_when_the_policy_says_so() {
+    assert!(have("skopeo") && have("openssl") && have("python3"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}], platforms: true }}\n",
+            p1.display()
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("img");
+    let o = run(Command::new("python3")
+        .arg(common::mkimage())
+        .arg(&layout)
+        .arg("v1")
+        .args(["0.01", "--platforms", "linux/amd64,linux/arm64"]));
+    assert!(o.ok, "{}", o.stderr);
+    let idx = o.stdout.trim().to_owned();
+    let o = run(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "dev:dev-pw",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/prod/plat:v1", s.host),
+    ]));
+    assert!(o.ok, "push: {}", o.stderr);
+    let raw = client()
+        .get(format!("{}/v2/prod/plat/manifests/{idx}", s.url))
+        .basic_auth("dev", Some("dev-pw"))
+        .header("accept", "application/vnd.oci.image.index.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let index: Value = serde_json::from_slice(&raw).unwrap();
+    let children: Vec<(String, usize)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["digest"].as_str().unwrap().to_owned(),
+                m["size"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let reference = format!("{}/prod/plat", s.host);
+    // the index signed, its platforms not: refused, naming the platform
+    let p = payload(&reference, &idx);
+    let sig = openssl_sign(&keys, &k1, &p);
+    dev.cosign("prod/plat", (&idx, raw.len()), &p, &sig, Store::Tag).await;
+    let o = skopeo_pull(&s, "prod/plat:v1", "reader:reader-pw", true);
+    assert!(!o.ok && o.stderr.contains("platform manifest"), "{}", o.stderr);
+    // one platform signed: still refused; both: pulled
+    for (i, (d, size)) in children.iter().enumerate() {
+        let p = payload(&reference, d);
+        let sig = openssl_sign(&keys, &k1, &p);
+        dev.cosign("prod/plat", (d, *size), &p, &sig, Store::Tag).await;
+        let o = skopeo_pull(&s, "prod/plat:v1", "reader:reader-pw", true);
+        if i + 1 < children.len() {
+            assert!(!o.ok, "pulled with a platform unsigned");
+        } else {
+            assert!(o.ok, "every platform signed: {}", o.stderr);
+        }
+    }
+}

@@ -34,6 +34,10 @@ pub struct RequireSignature {
     /// PEM X.509 root certificates of notation signatures.
     #[serde(default)]
     pub notation: Vec<PathBuf>,
+    /// For an index: every platform manifest must carry a signature of its own (as
+    /// `cosign sign --recursive` makes); the index's own signature does not stand for them.
+    #[serde(default)]
+    pub platforms: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -44,6 +44,8 @@ struct Rule {
     keys: Vec<cosign::Key>,
     roots: notation::Roots,
     signature: bool,
+    /// Each platform manifest of an index needs its own signature.
+    platforms: bool,
     enforce: bool,
     block: Option<Severity>,
     /// CVE id and the last day (days since the epoch) it is allowed, if limited.
@@ -136,6 +138,7 @@ impl Trust {
                 keys,
                 roots,
                 signature: r.require_signature.is_some(),
+                platforms: sig.platforms,
                 enforce: r.enforce,
                 block: r.block_severity,
                 allow: r
@@ -371,11 +374,17 @@ impl Trust {
     }
 
     async fn pushed(&self, reg: &Registry, ev: &Event, mint: Mint<'_>) {
+        // a platform's signature may complete its index's: those denials are not keyed by the
+        // platform, so all go (they are short-lived anyway)
+        let by_platform = self.rule_for(&ev.repo).is_some_and(|i| self.rules[i].platforms);
         // a `.sig` tag names the digest it signs; a referrer names it as its subject
         if let Some(t) = ev.tag.as_deref() {
             if let Some(signed) = t.strip_suffix(".sig") {
                 if let Some(d) = Digest::parse(&signed.replacen('-', ":", 1)) {
                     self.denials.invalidate(&(ev.repo.clone(), d));
+                    if by_platform {
+                        self.denials.invalidate_all();
+                    }
                 }
             }
         }
@@ -385,6 +394,9 @@ impl Trust {
         };
         if let Some(s) = &m.subject {
             self.denials.invalidate(&(ev.repo.clone(), s.clone()));
+            if by_platform {
+                self.denials.invalidate_all();
+            }
         }
         let Some(sc) = &self.scanner else { return };
         let wants_scan = self.rule_for(&ev.repo).is_some_and(|i| self.rules[i].block.is_some());
@@ -400,12 +412,16 @@ impl Trust {
         if let Some(v) = self.verdicts.get(&k).or_else(|| self.denials.get(&k)) {
             return v;
         }
-        let v = Arc::new(self.verify(reg, repo, &m.digest, rule).await);
+        let v = Arc::new(if rule.platforms && !m.children.is_empty() {
+            self.every_platform(reg, repo, m, rule).await
+        } else {
+            self.verify(reg, repo, &m.digest, rule).await
+        });
         if let Verdict::Unsigned(_) = &*v {
             self.denials.insert(k, v.clone());
             return v;
         }
-        if let Verdict::Signed(by) = &*v {
+        if let (Verdict::Signed(by), false) = (&*v, rule.platforms) {
             // an index signs its platform manifests: clients fetch those next, by digest
             for c in &m.children {
                 self.verdicts.insert(
@@ -416,6 +432,22 @@ impl Trust {
         }
         self.verdicts.insert(k, v.clone());
         v
+    }
+
+    /// An index whose every platform manifest carries a trusted signature of its own.
+    async fn every_platform(&self, reg: &Registry, repo: &RepoName, m: &Manifest, rule: &Rule) -> Verdict {
+        let mut by = Vec::new();
+        for c in &m.children {
+            match self.verify(reg, repo, c, rule).await {
+                Verdict::Signed(b) => {
+                    self.verdicts
+                        .insert((repo.clone(), c.clone()), Arc::new(Verdict::Signed(b.clone())));
+                    by.push(b);
+                }
+                Verdict::Unsigned(why) => return Verdict::Unsigned(format!("platform manifest {c}: {why}")),
+            }
+        }
+        Verdict::Signed(format!("every platform manifest ({})", by.join("; ")))
     }
 
     async fn verify(&self, reg: &Registry, repo: &RepoName, d: &Digest, rule: &Rule) -> Verdict {
