@@ -618,7 +618,7 @@ def rows(meta):
 
 
 def table(res, meta):
-    cols = ["figure", "unit", "regate", "distribution", "regate/distribution"]
+    cols = ["figure", "unit", "regate", "distribution", "regate better by"]
     lines = []
     for key, label, unit, higher in rows(meta):
         a, b = res["regate"].get(key), res["distribution"].get(key)
@@ -626,7 +626,8 @@ def table(res, meta):
             continue
         ratio = ""
         if a is not None and b and higher is not None:
-            ratio = f"{a / b:.2f}x" if higher else f"{b / a:.2f}x faster" if a else ""
+            # rates: regate/distribution; times and sizes: distribution/regate (> 1: regate better)
+            ratio = f"{a / b:.2f}x" if higher else f"{b / a:.2f}x" if a else ""
         lines.append([label, unit, compare.fmt(a), compare.fmt(b), ratio])
     w = [max(len(str(r[i])) for r in lines + [cols]) for i in range(len(cols))]
     line = lambda r: "  ".join(str(c).ljust(w[i]) if i < 2 else str(c).rjust(w[i]) for i, c in enumerate(r))
