@@ -748,6 +748,11 @@ def main():
     # the data is many small files: keep it on the project's disk (not a tmpfs /tmp)
     work = a.dir or tempfile.mkdtemp(prefix="scale-", dir=os.path.join(REPO_ROOT, "target"))
     os.makedirs(work, exist_ok=True)
+    # the full run holds about 7 GB of small files at its peak (catalog, tags and gc roots)
+    need = (1 if a.quick else 8) << 30
+    if shutil.disk_usage(work).free < need:
+        remove(work) if not a.dir else None
+        sys.exit(f"scale: {work} has {shutil.disk_usage(work).free >> 20} MiB free; the run needs about {need >> 30} GiB")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = a.json or os.path.join(REPO_ROOT, "target", "bench", f"scale-{stamp}.json")
     res = {"regate": {}, "distribution": {}}
