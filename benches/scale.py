@@ -34,6 +34,7 @@ import threading
 import time
 import urllib.parse
 
+sys.dont_write_bytecode = True  # no __pycache__ in the work tree from importing compare.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (the peers, processes and load generator driver of benches/compare.py)
 from compare import MiB, USER, PASSWORD, SERVICE, Proc, Peer, free_port, proc_status, write  # noqa: E402
