@@ -5,9 +5,11 @@ use super::manifests::OCI_INDEX;
 use super::names::{Algorithm, Digest, RepoName};
 use super::{Permissions, Registry};
 use crate::http::{self, query_get, Resp};
-use crate::storage::layout;
+use crate::storage::{layout, Entry};
 use ::http::{header, HeaderName, StatusCode};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The most entries one page may hold, whatever `n` asks for.
 pub const MAX_PAGE: usize = 1000;
@@ -45,6 +47,93 @@ fn link_next(r: &mut Resp, path: &str, n: usize, last: Option<&String>) {
     }
 }
 
+/// Directories the catalog walk lists ahead of the one it needs: listings are blocking calls on
+/// the runtime's blocking pool, so a few in flight at once hide most of each one's round trip.
+const READ_AHEAD: usize = 8;
+
+/// Repository names (directories under `repositories/` holding `_manifests`) in byte order, those
+/// after `last` that `keep` accepts, at most `limit` of them; and whether more follow.
+///
+/// Names do not come out of a plain depth-first walk in byte order (`a-b` sorts between `a` and
+/// `a/c`), so directories wait in a set ordered by their path: a directory's path is the smallest
+/// name in its subtree, hence taking them smallest first yields names in order. A subtree whose
+/// every name is at or before `last` (all of `p` and `p/...` sort below `p0`, `'0'` being the byte
+/// after `'/'`) is never listed, and the walk stops at the `limit + 1`st name: a page lists the
+/// directories on the path to `last`, those of the page and at most [`READ_AHEAD`] more.
+async fn walk_repositories<L, F>(
+    list: L,
+    last: Option<&str>,
+    limit: usize,
+    keep: impl Fn(&RepoName) -> bool,
+) -> Result<(Vec<RepoName>, bool), RegistryError>
+where
+    L: Fn(String) -> F,
+    F: std::future::Future<Output = std::io::Result<Vec<Entry>>>,
+{
+    let wanted = |p: &str| last.is_none_or(|l| l < format!("{p}0").as_str());
+    let dir = |rel: &str| {
+        if rel.is_empty() {
+            layout::REPOS.to_string()
+        } else {
+            format!("{}/{rel}", layout::REPOS)
+        }
+    };
+    // directories waiting to be listed, those being listed, and listings not yet used
+    let mut todo: BTreeSet<String> = BTreeSet::new();
+    let mut inflight: HashSet<String> = HashSet::new();
+    let mut listed: HashMap<String, std::io::Result<Vec<Entry>>> = HashMap::new();
+    let mut reads = FuturesUnordered::new();
+    let mut out = Vec::new();
+    let mut rel = String::new();
+    loop {
+        for d in std::iter::once(&rel).chain(todo.iter().take(READ_AHEAD)) {
+            if !listed.contains_key(d) && inflight.insert(d.clone()) {
+                let (key, read) = (d.clone(), list(dir(d)));
+                reads.push(async move { (key, read.await) });
+            }
+        }
+        let entries = loop {
+            if let Some(r) = listed.remove(&rel) {
+                break r?;
+            }
+            match reads.next().await {
+                Some((key, r)) => {
+                    inflight.remove(&key);
+                    listed.insert(key, r);
+                }
+                None => break Vec::new(),
+            }
+        };
+        if !rel.is_empty()
+            && entries.iter().any(|e| e.is_dir && e.name == "_manifests")
+            && last.is_none_or(|l| rel.as_str() > l)
+        {
+            if let Some(n) = RepoName::parse(&rel).filter(|n| keep(n)) {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(n);
+            }
+        }
+        for e in entries {
+            if e.is_dir && !e.name.starts_with('_') {
+                let child = if rel.is_empty() {
+                    e.name
+                } else {
+                    format!("{rel}/{}", e.name)
+                };
+                if wanted(&child) {
+                    todo.insert(child);
+                }
+            }
+        }
+        let Some(next) = todo.pop_first() else {
+            return Ok((out, false));
+        };
+        rel = next;
+    }
+}
+
 impl Registry {
     pub(super) async fn tags(&self, name: &RepoName, query: &[(String, String)]) -> Result<Resp, RegistryError> {
         let mut tags: Vec<String> = self.tags_of(name).await?.into_iter().map(|t| t.to_string()).collect();
@@ -77,48 +166,29 @@ impl Registry {
 
     /// Every repository name in storage (a directory holding `_manifests`), sorted.
     pub async fn repositories(&self) -> Result<Vec<RepoName>, RegistryError> {
-        let mut out = Vec::new();
-        let mut stack = vec![String::new()];
-        while let Some(rel) = stack.pop() {
-            let dir = if rel.is_empty() {
-                layout::REPOS.to_string()
-            } else {
-                format!("{}/{rel}", layout::REPOS)
-            };
-            for e in self.store.list(&dir).await? {
-                if !e.is_dir {
-                    continue;
-                }
-                if e.name == "_manifests" {
-                    if let Some(n) = RepoName::parse(&rel) {
-                        out.push(n);
-                    }
-                } else if !e.name.starts_with('_') {
-                    stack.push(if rel.is_empty() {
-                        e.name
-                    } else {
-                        format!("{rel}/{}", e.name)
-                    });
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        let (all, _) =
+            walk_repositories(|d| async move { self.store.list(&d).await }, None, usize::MAX, |_| true).await?;
+        Ok(all)
     }
 
+    /// One catalog page: the walk skips every subtree whose names all sort at or before `last`
+    /// and stops after `n` (+1, to know whether more follow) names the caller may pull, so a page
+    /// costs the directories on the way to it, not the whole tree.
     pub(super) async fn catalog(
         &self,
         query: &[(String, String)],
         perms: &dyn Permissions,
     ) -> Result<Resp, RegistryError> {
-        let names: Vec<String> = self
-            .repositories()
-            .await?
-            .into_iter()
-            .filter(|n| perms.can_pull(n))
-            .map(|n| n.to_string())
-            .collect();
-        let (page, more) = paginate(names, query)?;
+        let limit = page_size(query)?.unwrap_or(MAX_PAGE);
+        let last = query_get(query, "last").filter(|l| !l.is_empty());
+        let (page, more) = walk_repositories(
+            |d| async move { self.store.list(&d).await },
+            last,
+            limit,
+            |n| perms.can_pull(n),
+        )
+        .await?;
+        let page: Vec<String> = page.into_iter().map(|n| n.to_string()).collect();
         let n = page.len();
         let mut r = http::json(StatusCode::OK, &json!({ "repositories": page }));
         if more {
@@ -241,5 +311,118 @@ mod tests {
         assert_eq!(paginate(all.clone(), &q(&[])).unwrap().0.len(), 4);
         assert!(paginate(all.clone(), &q(&[("n", "-1")])).is_err());
         assert_eq!(page_size(&q(&[("n", "99999999999")])).unwrap(), Some(MAX_PAGE));
+    }
+
+    /// A tree of directories in distribution's layout, listed through a counter: the walk's work
+    /// is the directories it lists and the entries it reads.
+    struct Tree {
+        dirs: std::collections::BTreeMap<String, Vec<Entry>>,
+        lists: std::cell::Cell<usize>,
+        entries: std::cell::Cell<usize>,
+    }
+
+    impl Tree {
+        fn new(repos: &[String]) -> Tree {
+            let mut dirs: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+            for r in repos {
+                let mut parent = layout::REPOS.to_string();
+                for c in r.split('/') {
+                    dirs.entry(parent.clone()).or_default().insert(c.to_string());
+                    parent = format!("{parent}/{c}");
+                }
+                for d in ["_manifests", "_layers", "_uploads"] {
+                    dirs.entry(parent.clone()).or_default().insert(d.to_string());
+                }
+            }
+            let dirs = dirs
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = v.into_iter().map(|name| Entry { name, is_dir: true }).collect();
+                    (k, v)
+                })
+                .collect();
+            Tree {
+                dirs,
+                lists: Default::default(),
+                entries: Default::default(),
+            }
+        }
+
+        fn list(&self, d: String) -> std::future::Ready<std::io::Result<Vec<Entry>>> {
+            let e = self.dirs.get(&d).cloned().unwrap_or_default();
+            self.lists.set(self.lists.get() + 1);
+            self.entries.set(self.entries.get() + e.len());
+            std::future::ready(Ok(e))
+        }
+
+        fn work(&self) -> (usize, usize) {
+            (self.lists.replace(0), self.entries.replace(0))
+        }
+
+        async fn page(&self, last: Option<&str>, n: usize) -> (Vec<String>, bool) {
+            let (p, more) = walk_repositories(|d| self.list(d), last, n, |_| true).await.unwrap();
+            (p.into_iter().map(|n| n.to_string()).collect(), more)
+        }
+    }
+
+    #[tokio::test]
+    async fn catalog_walk_is_in_byte_order_and_honours_last() {
+        let names: Vec<String> = ["a", "a-b", "a/c", "a/c/d", "a.b/x", "b", "a/c-d", "a0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let t = Tree::new(&names);
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(t.page(None, usize::MAX).await, (sorted.clone(), false));
+        for (i, last) in sorted.iter().enumerate() {
+            for n in [1, 2, 100] {
+                let want: Vec<String> = sorted[i + 1..].iter().take(n).cloned().collect();
+                let more = sorted.len() > i + 1 + n;
+                assert_eq!(t.page(Some(last), n).await, (want, more), "last={last} n={n}");
+            }
+        }
+        // `last` need not name a repository
+        assert_eq!(t.page(Some("a/b"), 1).await.0, vec!["a/c".to_string()]);
+        assert_eq!(t.page(Some("zzz"), 5).await, (vec![], false));
+        assert_eq!(t.page(None, 0).await, (vec![], true));
+    }
+
+    #[tokio::test]
+    async fn a_catalog_page_reads_a_bounded_part_of_5000_repositories() {
+        // 50 organisations of 100 repositories each, the layout of a company registry
+        let names: Vec<String> = (0..5000).map(|i| format!("org{:02}/app{:04}", i / 100, i)).collect();
+        let t = Tree::new(&names);
+        let (all, _) = t.page(None, usize::MAX).await;
+        assert_eq!(all, names);
+        let whole = t.work();
+        let (mut last, mut pages, mut seen) = (None::<String>, 0, Vec::new());
+        loop {
+            let (page, more) = t.page(last.as_deref(), 100).await;
+            let (lists, entries) = t.work();
+            // the root (50 entries), the organisation of `last` and at most two more (100 each)
+            // and the page's 101 repositories (3 each), whatever the page's position; and what
+            // was read ahead, at the start and past the end (READ_AHEAD directories each, of at
+            // most 100 entries)
+            assert!(
+                lists <= 110 + 2 * READ_AHEAD,
+                "page {pages}: {lists} directories listed (whole walk: {})",
+                whole.0
+            );
+            assert!(
+                entries <= 700 + 2 * READ_AHEAD * 100,
+                "page {pages}: {entries} entries read (whole walk: {})",
+                whole.1
+            );
+            pages += 1;
+            last = page.last().cloned();
+            seen.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(pages, 50);
+        assert_eq!(seen, names);
+        assert!(whole.1 > 20_000, "the whole walk reads every repository: {whole:?}");
     }
 }
