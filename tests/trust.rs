@@ -418,6 +418,31 @@ async fn cosign_signatures_gate_pulls() {
     );
 }
 
+/// A two-platform index (mkimage.py) pushed as `repo:tag` by dev with skopeo; its digest.
+fn push_index(s: &Server, work: &std::path::Path, repo: &str, tag: &str) -> String {
+    let layout = work.join(tag);
+    let o = run(Command::new("python3")
+        .arg(common::mkimage())
+        .arg(&layout)
+        .arg(tag)
+        .args(["0.01", "--platforms", "linux/amd64,linux/arm64"]));
+    assert!(o.ok, "{}", o.stderr);
+    let digest = o.stdout.trim().to_owned();
+    let o = run(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "dev:dev-pw",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{}/{repo}:{tag}", s.host),
+    ]));
+    assert!(o.ok, "push {repo}:{tag}: {}", o.stderr);
+    digest
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_index_covers_its_platform_manifests() {
     assert!(have("skopeo") && have("openssl") && have("python3"));
@@ -433,29 +458,10 @@ async fn signed_index_covers_its_platform_manifests() {
         ),
     );
     let work = tempfile::tempdir().unwrap();
-    let mut digests = Vec::new();
-    for tag in ["signed", "unsigned"] {
-        let layout = work.path().join(tag);
-        let o = run(Command::new("python3")
-            .arg(common::mkimage())
-            .arg(&layout)
-            .arg(tag)
-            .args(["0.01", "--platforms", "linux/amd64,linux/arm64"]));
-        assert!(o.ok, "{}", o.stderr);
-        digests.push(o.stdout.trim().to_owned());
-        let o = run(Command::new("skopeo").args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "dev:dev-pw",
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker://{}/prod/multi:{tag}", s.host),
-        ]));
-        assert!(o.ok, "push {tag}: {}", o.stderr);
-    }
+    let digests: Vec<String> = ["signed", "unsigned"]
+        .iter()
+        .map(|tag| push_index(&s, work.path(), "prod/multi", tag))
+        .collect();
     let idx = &digests[0];
     let r = client()
         .get(format!("{}/v2/prod/multi/manifests/{idx}", s.url))
@@ -1305,26 +1311,7 @@ async fn every_platform_signed_when_the_policy_says_so() {
         ),
     );
     let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("img");
-    let o = run(Command::new("python3")
-        .arg(common::mkimage())
-        .arg(&layout)
-        .arg("v1")
-        .args(["0.01", "--platforms", "linux/amd64,linux/arm64"]));
-    assert!(o.ok, "{}", o.stderr);
-    let idx = o.stdout.trim().to_owned();
-    let o = run(Command::new("skopeo").args([
-        "--insecure-policy",
-        "copy",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        "dev:dev-pw",
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{}/prod/plat:v1", s.host),
-    ]));
-    assert!(o.ok, "push: {}", o.stderr);
+    let idx = push_index(&s, work.path(), "prod/plat", "v1");
     let raw = client()
         .get(format!("{}/v2/prod/plat/manifests/{idx}", s.url))
         .basic_auth("dev", Some("dev-pw"))
