@@ -257,13 +257,10 @@ impl FsStore {
         let (from, to) = (self.path(from), self.path(to));
         let fsync = self.fsync;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
-            if let Some(dir) = to.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
             if fsync {
                 std::fs::File::open(&from)?.sync_data()?;
             }
-            std::fs::rename(&from, &to)?;
+            rename_into_place(&from, &to)?;
             if fsync {
                 // the new name must survive a power loss before anything refers to it
                 if let Some(dir) = to.parent() {
@@ -401,7 +398,14 @@ fn rename_into_place(tmp: &Path, dest: &Path) -> io::Result<()> {
     let mut tries = 0;
     loop {
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir)?;
+            // a parent pruned between the levels create_dir_all makes is made again
+            match std::fs::create_dir_all(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {
+                    tries += 1;
+                    continue;
+                }
+                r => r?,
+            }
         }
         match std::fs::rename(tmp, dest) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 && tmp.exists() => tries += 1,
@@ -577,10 +581,7 @@ impl FsWriter {
         }
         let (tmp, dest, fsync) = (self.tmp.clone(), self.dest.clone(), self.fsync);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
-            if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            if let Err(e) = std::fs::rename(&tmp, &dest) {
+            if let Err(e) = rename_into_place(&tmp, &dest) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }

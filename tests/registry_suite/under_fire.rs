@@ -104,7 +104,10 @@ async fn churn(s: &Server, client_no: usize, rounds: usize) -> Vec<(String, Vec<
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(r.status(), 202);
+            if r.status() != 202 {
+                let st = r.status();
+                panic!("upload start answered {st}: {}", r.text().await.unwrap_or_default());
+            }
             let loc = r.headers()["location"].to_str().unwrap().to_owned();
             let half = data.len() / 2;
             let r = c
