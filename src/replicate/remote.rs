@@ -371,8 +371,8 @@ impl Remote {
         Ok(false)
     }
 
-    /// Uploads a blob: one POST and one streamed PUT.
-    pub async fn put_blob(&self, name: &str, digest: &str, size: u64, body: ByteStream) -> Result<(), RemoteError> {
+    /// Opens an upload on the remote; its `Location`.
+    async fn start_upload(&self, name: &str) -> Result<String, RemoteError> {
         let r = self
             .send(
                 Method::POST,
@@ -383,12 +383,16 @@ impl Remote {
             )
             .await?;
         let r = Self::check(r, "upload start")?;
-        let loc = r
-            .headers()
+        r.headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RemoteError::Refused("upload start without a Location".into()))?
-            .to_owned();
+            .map(str::to_owned)
+            .ok_or_else(|| RemoteError::Refused("upload start without a Location".into()))
+    }
+
+    /// Uploads a blob: one POST and one streamed PUT.
+    pub async fn put_blob(&self, name: &str, digest: &str, size: u64, body: ByteStream) -> Result<(), RemoteError> {
+        let loc = self.start_upload(name).await?;
         let sep = if loc.contains('?') { '&' } else { '?' };
         let put = format!("{loc}{sep}digest={digest}");
         let r = self
@@ -407,16 +411,6 @@ impl Remote {
         chunk: usize,
     ) -> Result<(), RemoteError> {
         use futures_util::StreamExt;
-        let r = self
-            .send(
-                Method::POST,
-                &format!("/v2/{name}/blobs/uploads/"),
-                &Self::push(name),
-                None,
-                Body::Empty,
-            )
-            .await?;
-        let r = Self::check(r, "upload start")?;
         let location = |r: &reqwest::Response| {
             r.headers()
                 .get("location")
@@ -424,7 +418,7 @@ impl Remote {
                 .map(str::to_owned)
                 .ok_or_else(|| RemoteError::Refused("upload without a Location".into()))
         };
-        let mut loc = location(&r)?;
+        let mut loc = self.start_upload(name).await?;
         let mut offset: u64 = 0;
         let mut buf = bytes::BytesMut::with_capacity(chunk);
         let mut done = false;
