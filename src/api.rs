@@ -4,16 +4,15 @@
 //! a robot secret, or another CLI password).
 
 use crate::auth::credentials::{parse_basic, AuthError, Credentials, Identity};
-use crate::auth::scope::Action;
-use crate::auth::stored::{Grant, Kind, Record};
-use crate::http::{self, BodyReader, Resp};
+use crate::auth::stored::{Kind, Mint, MintError, Record};
+use crate::http::{self, ApiError, BodyReader, Resp};
+use crate::types::scope::Action;
 use ::http::{header, HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
 
-const MAX_TTL: u64 = 365 * 86_400;
 const DEFAULT_TTL: u64 = 30 * 86_400;
 
 #[derive(Deserialize, Default)]
@@ -31,14 +30,20 @@ struct MintRequest {
 }
 
 fn err(code: StatusCode, msg: &str) -> Resp {
-    let mut r = http::json(
-        code,
-        &json!({"error": msg, "errors": [{"code": "UNAUTHORIZED", "message": msg}]}),
-    );
+    let word = match code {
+        StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+        StatusCode::FORBIDDEN => "DENIED",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "UNSUPPORTED",
+        StatusCode::TOO_MANY_REQUESTS => "TOOMANYREQUESTS",
+        StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+        _ => "BAD_REQUEST",
+    };
+    let mut e = ApiError::json(code, word, msg);
     if code == StatusCode::UNAUTHORIZED {
-        http::set(&mut r, header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
+        e = e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
     }
-    r
+    e.into_response()
 }
 
 /// Whether a browser says the request comes from another site (`Sec-Fetch-Site`), or names an
@@ -187,52 +192,21 @@ async fn serve(
                     Err(e) => return (err(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")), who),
                 }
             };
-            let ttl = req.expires_in.unwrap_or(DEFAULT_TTL);
-            if ttl == 0 || ttl > MAX_TTL {
-                return (
-                    err(
-                        StatusCode::BAD_REQUEST,
-                        "expires_in must be between 1 second and 365 days",
-                    ),
-                    who,
-                );
-            }
             let repos = req.repositories.unwrap_or_else(|| vec!["*".into()]);
-            if repos.is_empty() || repos.len() > 100 || repos.iter().any(|r| r.is_empty() || r.len() > 256) {
-                return (
-                    err(StatusCode::BAD_REQUEST, "repositories must list 1 to 100 patterns"),
-                    who,
-                );
-            }
-            let actions = req.actions.unwrap_or_else(|| vec![Action::Pull, Action::Push]);
-            let grants = repos
-                .into_iter()
-                .map(|r| Grant {
-                    repository: r,
-                    actions: actions.clone(),
-                })
-                .collect();
-            let (inherited, rules) = match &me.limit {
-                Some(l) => (l.as_inherited(), l.rules),
-                None => (vec![], true),
+            let mint = Mint {
+                kind: Kind::Cli,
+                account: &me.account,
+                repositories: &repos,
+                actions: req.actions.unwrap_or_else(|| vec![Action::Pull, Action::Push]),
+                ttl: Some(Duration::from_secs(req.expires_in.unwrap_or(DEFAULT_TTL))),
+                description: req.description.as_deref().unwrap_or(""),
+                parent: me.limit.as_deref(),
+                gitee: me.gitee,
             };
-            let desc = req.description.unwrap_or_default();
-            match st
-                .create(
-                    Kind::Cli,
-                    &me.account,
-                    grants,
-                    inherited,
-                    rules,
-                    me.gitee,
-                    now + ttl,
-                    &desc,
-                    now,
-                )
-                .await
-            {
+            match st.mint(mint, now).await {
                 Ok((rec, secret)) => http::json(StatusCode::CREATED, &view(&rec, Some(&secret))),
-                Err(e) => storage_err(e),
+                Err(MintError::Storage(e)) => storage_err(e),
+                Err(e) => err(StatusCode::BAD_REQUEST, &e.to_string()),
             }
         }
         (&Method::GET, true) => match st.list().await {

@@ -3,14 +3,15 @@
 //! manifest has not arrived yet keeps its layers). With `delete_untagged`, manifests that no
 //! tag, kept index or kept subject reaches are dropped first.
 
-use crate::registry::names::{Algorithm, Digest, Hasher, RepoName};
 use crate::registry::{Manifest, SWEEP_TTL};
 use crate::storage::{layout, Storage};
+use crate::types::names::{Algorithm, Digest, Hasher, RepoName};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::time::{Duration, SystemTime};
 
+#[derive(Clone)]
 pub struct Options {
     pub dry_run: bool,
     pub delete_untagged: bool,
@@ -31,12 +32,7 @@ pub struct Report {
     pub lfs: bool,
 }
 
-impl Report {
-    /// Whether the run freed (or, dry, would free) nothing at all.
-    pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty() && self.manifests.is_empty() && self.uploads.is_empty() && self.tags.is_empty()
-    }
-}
+impl Report {}
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

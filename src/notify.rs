@@ -138,7 +138,7 @@ impl Notifier {
             .map_err(std::io::Error::other)?;
         let mut endpoints = Vec::new();
         for (i, c) in cfgs.iter().enumerate() {
-            let d = crate::registry::names::Digest::sha256_of(c.url.as_bytes());
+            let d = crate::types::names::Digest::sha256_of(c.url.as_bytes());
             let dir = spool.join(format!("{i}-{}", &d.hex()[..12]));
             std::fs::create_dir_all(&dir)?;
             let queued = std::fs::read_dir(&dir)?

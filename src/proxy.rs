@@ -4,7 +4,7 @@
 //! uses regate as its token server, a regate token for exactly the authorised scope.
 
 use crate::http::{self, Resp};
-use crate::registry::error::{Code, RegistryError};
+use crate::registry::error::{ApiError, Code};
 use ::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use futures_util::TryStreamExt;
 use hyper::body::Incoming;
@@ -64,10 +64,6 @@ impl Upstream {
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// Whether the upstream answers HTTP at all (any status: `/v2/` may well want a token).
     pub async fn ready(&self) -> bool {
         self.client
@@ -116,7 +112,7 @@ impl Upstream {
                 } else {
                     (StatusCode::BAD_GATEWAY, "the upstream registry is unreachable")
                 };
-                return RegistryError::new(Code::Unavailable, msg)
+                return ApiError::new(Code::Unavailable, msg)
                     .with_status(status)
                     .into_response();
             }

@@ -88,13 +88,6 @@ impl Shared {
             }
         }
     }
-
-    pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let r: Result<Result<String, redis::RedisError>, _> =
-            tokio::time::timeout(REDIS_BUDGET, redis::cmd("PING").query_async(&mut conn)).await;
-        matches!(r, Ok(Ok(_)))
-    }
 }
 
 impl Limiter {

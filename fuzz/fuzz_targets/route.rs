@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use regate::registry::{classify, names::RepoName, Route};
+use regate::types::names::RepoName;
+use regate::{classify, Route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };

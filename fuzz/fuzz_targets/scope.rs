@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use regate::auth::scope::{Scope, MAX_SCOPES};
+use regate::types::scope::{Scope, MAX_SCOPES};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };

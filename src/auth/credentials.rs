@@ -2,6 +2,7 @@
 //! generated admin, refresh tokens). bcrypt runs on the blocking pool; successes are cached for a
 //! short time under a hash of the credential so a CI burst costs one bcrypt, not one per request.
 
+use super::source::IdentitySource;
 use super::stored::{looks_like_secret, Limit, StoredCreds};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -127,7 +128,7 @@ pub struct Credentials {
     htpasswd: Option<RwLock<HtpasswdFile>>,
     admin: Option<String>,
     stored: Option<Arc<StoredCreds>>,
-    gitee: Option<Arc<crate::gitee::Gitee>>,
+    source: Option<Arc<dyn IdentitySource>>,
     oidc: Option<Arc<super::oidc::Providers>>,
     failures: crate::ratelimit::Limiter,
     /// Hashes of random passwords by bcrypt cost: an unknown user is checked against the one of
@@ -178,7 +179,7 @@ impl Credentials {
             htpasswd,
             admin,
             stored,
-            gitee: None,
+            source: None,
             oidc: None,
             failures: crate::ratelimit::Limiter::new(0.0, 0.0),
             dummies: std::sync::Mutex::new(HashMap::from([(cost, dummy)])),
@@ -223,9 +224,9 @@ impl Credentials {
         self.htpasswd.as_ref()?.read().ok()?.users.get(user).cloned()
     }
 
-    /// Accepts Gitee credentials for accounts that are not local users.
-    pub fn with_gitee(mut self, g: Arc<crate::gitee::Gitee>) -> Self {
-        self.gitee = Some(g);
+    /// Accepts the identity source's credentials (Gitee's) for accounts that are not local users.
+    pub fn with_source(mut self, s: Arc<dyn IdentitySource>) -> Self {
+        self.source = Some(s);
         self
     }
 
@@ -239,8 +240,8 @@ impl Credentials {
         self.oidc.as_ref()
     }
 
-    pub fn gitee(&self) -> Option<&Arc<crate::gitee::Gitee>> {
-        self.gitee.as_ref()
+    pub fn source(&self) -> Option<&Arc<dyn IdentitySource>> {
+        self.source.as_ref()
     }
 
     /// Whether `user` is a local (htpasswd or generated admin) account.
@@ -343,10 +344,10 @@ impl Credentials {
                 return Err(AuthError::BadCredentials);
             }
         }
-        if let (None, Some(g)) = (&stored, &self.gitee) {
+        if let (None, Some(g)) = (&stored, &self.source) {
             if !(user == "admin" && self.admin.is_some()) {
                 return match g.verify(user, pass).await {
-                    Ok(Some(l)) => Ok(gitee_identity(&l)),
+                    Ok(Some(id)) => Ok(id),
                     Ok(None) => Err(AuthError::BadCredentials),
                     Err(e) => Err(AuthError::Unavailable(e.to_string())),
                 };
@@ -434,7 +435,7 @@ impl Credentials {
             Source::Admin => self.admin.as_ref().is_some_and(|a| fingerprint(a) == id.fingerprint),
             Source::Stored => false,
             // a local user of the same name now shadows the Gitee account
-            Source::Gitee => self.gitee.is_some() && !self.is_local(&id.account),
+            Source::Gitee => self.source.is_some() && !self.is_local(&id.account),
             // an ID token is checked afresh every time; no refresh token outlives it
             Source::Oidc => false,
         }
@@ -457,24 +458,6 @@ impl Credentials {
 
     pub fn stored(&self) -> Option<&Arc<StoredCreds>> {
         self.stored.as_ref()
-    }
-
-    pub fn has_admin(&self) -> bool {
-        self.admin.is_some()
-    }
-}
-
-pub type SharedCredentials = Arc<Credentials>;
-
-pub fn gitee_identity(l: &crate::gitee::Login) -> Identity {
-    Identity {
-        account: l.user.login.clone(),
-        groups: l.groups.clone(),
-        source: Source::Gitee,
-        fingerprint: l.user.id.to_string(),
-        limit: None,
-        gitee: true,
-        oidc: None,
     }
 }
 

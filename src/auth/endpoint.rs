@@ -5,9 +5,9 @@
 use super::credentials::{parse_basic, AuthError, Credentials, Identity};
 use super::policy::{Policy, Subject};
 use super::refresh::RefreshStore;
-use super::scope::Scope;
 use super::token::TokenKeys;
-use crate::http::{self, query_get, query_pairs, BodyReader, Resp};
+use crate::http::{self, query_get, query_pairs, ApiError, BodyReader, Resp};
+use crate::types::scope::{Resource, Scope};
 use ::http::{header, HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -33,20 +33,12 @@ pub struct TokenAudit {
     pub oidc: Option<String>,
 }
 
-fn error(code: StatusCode, oauth_error: &str, details: &str) -> Resp {
-    let mut r = http::json(
-        code,
-        &json!({
-            "error": oauth_error,
-            "error_description": details,
-            "details": details,
-            "errors": [{ "code": "UNAUTHORIZED", "message": details }],
-        }),
-    );
+fn error(code: StatusCode, oauth_error: &'static str, details: &str) -> Resp {
+    let mut e = ApiError::oauth(code, oauth_error, details);
     if code == StatusCode::UNAUTHORIZED {
-        http::set(&mut r, header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
+        e = e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
     }
-    r
+    e.into_response()
 }
 
 /// 429 with `Retry-After`.
@@ -72,9 +64,9 @@ impl TokenService {
         ip: IpAddr,
         policy: &Policy,
         scopes: &[Scope],
-    ) -> (Subject, Option<crate::gitee::GiteeError>) {
+    ) -> (Subject, Option<super::source::Unavailable>) {
         let mut s = id.subject(ip);
-        let Some(g) = self.creds.gitee().filter(|_| id.gitee) else {
+        let Some(g) = self.creds.source().filter(|_| id.gitee) else {
             return (s, None);
         };
         // group membership as Gitee says now (a CLI password outlives the sign-in it came from)
@@ -88,7 +80,7 @@ impl TokenService {
         }
         let mut repos: Vec<String> = scopes
             .iter()
-            .filter(|sc| sc.kind == "repository" && sc.class.is_none())
+            .filter(|sc| sc.resource == Resource::Repository && sc.class.is_none())
             .map(|sc| sc.name.clone())
             .collect();
         repos.sort();
@@ -96,7 +88,7 @@ impl TokenService {
         if repos.is_empty() {
             return (s, gerr);
         }
-        let (perms, err) = g.resolve(&id.account, &repos).await;
+        let (perms, err) = g.permissions(&id.account, &repos).await;
         s.gitee = Some(Arc::new(perms));
         (s, err.or(gerr))
     }
@@ -311,7 +303,7 @@ impl TokenService {
             // something asked for depends on a Gitee answer that could not be had: say so
             // rather than hand out a token that silently lacks it
             let short = scopes.iter().any(|want| {
-                want.kind == "repository"
+                want.resource == Resource::Repository
                     && !granted
                         .iter()
                         .any(|g| g.name == want.name && want.actions.iter().all(|a| g.actions.contains(a)))

@@ -5,6 +5,6 @@ pub mod endpoint;
 pub mod oidc;
 pub mod policy;
 pub mod refresh;
-pub mod scope;
+pub mod source;
 pub mod stored;
 pub mod token;

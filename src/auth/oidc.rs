@@ -166,34 +166,6 @@ pub fn render(template: &str, claims: &BTreeMap<String, String>) -> Option<Strin
     Some(out)
 }
 
-/// Checks an account template: balanced placeholders, and a `:` so the account can never be
-/// taken for a local or Gitee user (neither can contain one).
-pub fn check_template(t: &str) -> Result<(), String> {
-    let mut rest = t;
-    let mut literal = String::new();
-    while let Some(i) = rest.find('{') {
-        literal.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let Some(j) = after.find('}') else {
-            return Err(format!("{t:?} has a '{{' without '}}'"));
-        };
-        if after[..j].is_empty() || after[..j].contains('{') {
-            return Err(format!("{t:?} has an empty or nested placeholder"));
-        }
-        rest = &after[j + 1..];
-    }
-    literal.push_str(rest);
-    if literal.contains('}') {
-        return Err(format!("{t:?} has a '}}' without '{{'"));
-    }
-    if !literal.contains(':') {
-        return Err(format!(
-            "{t:?} must contain a ':' outside its placeholders (e.g. \"gitlab:{{project_path}}\"), so a CI account can never be taken for a local or Gitee user"
-        ));
-    }
-    Ok(())
-}
-
 fn account_ok(a: &str) -> bool {
     !a.is_empty()
         && a.len() <= 256
@@ -271,10 +243,6 @@ impl Provider {
             keys: tokio::sync::Mutex::new(KeySet::default()),
             http,
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.cfg.name
     }
 
     pub fn config(&self) -> &ProviderConfig {
@@ -525,12 +493,15 @@ mod tests {
             Some("k8s:ci/builder")
         );
         assert_eq!(render("gitlab:{missing}", &f), None);
-        assert!(check_template("gitlab:{project_path}").is_ok());
-        assert!(check_template("{project_path}").is_err(), "no ':' outside placeholders");
-        assert!(check_template("{a:b}").is_err());
-        assert!(check_template("x:{a").is_err());
-        assert!(check_template("x:a}").is_err());
-        assert!(check_template("x:{}").is_err());
+        assert!(crate::config::check_template("gitlab:{project_path}").is_ok());
+        assert!(
+            crate::config::check_template("{project_path}").is_err(),
+            "no ':' outside placeholders"
+        );
+        assert!(crate::config::check_template("{a:b}").is_err());
+        assert!(crate::config::check_template("x:{a").is_err());
+        assert!(crate::config::check_template("x:a}").is_err());
+        assert!(crate::config::check_template("x:{}").is_err());
         assert!(account_ok("gitlab:team/app"));
         assert!(!account_ok("gitlab:team app"));
         assert!(!account_ok("gitlab:é"));

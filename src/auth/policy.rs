@@ -1,7 +1,7 @@
 //! The access policy: ordered rules; the first rule that fits the caller and the repository
 //! decides which actions are granted; no fitting rule means no access.
 
-use super::scope::{expand, Action, Actions, Scope};
+use crate::types::scope::{expand, Action, Actions, Resource, Scope};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -264,15 +264,15 @@ impl Policy {
     pub fn grant(&self, s: &Subject, requested: &[Scope]) -> Vec<Scope> {
         let mut out = Vec::new();
         for sc in requested {
-            let granted: Actions = match (sc.kind.as_str(), sc.class.as_deref()) {
-                ("repository", None) => {
-                    if crate::registry::names::RepoName::parse(&sc.name).is_none() {
+            let granted: Actions = match (&sc.resource, sc.class.as_deref()) {
+                (Resource::Repository, None) => {
+                    if crate::types::names::RepoName::parse(&sc.name).is_none() {
                         continue;
                     }
                     let allowed = self.actions(s, &sc.name);
                     expand(&sc.actions).intersection(&allowed).copied().collect()
                 }
-                ("registry", None) if sc.name == "catalog" && sc.actions.contains(&Action::All) => {
+                (Resource::Registry, None) if sc.name == "catalog" && sc.actions.contains(&Action::All) => {
                     if self.catalog(s) {
                         [Action::All].into_iter().collect()
                     } else {
@@ -283,7 +283,7 @@ impl Policy {
             };
             if !granted.is_empty() {
                 out.push(Scope {
-                    kind: sc.kind.clone(),
+                    resource: sc.resource.clone(),
                     class: sc.class.clone(),
                     name: sc.name.clone(),
                     actions: granted,

@@ -110,20 +110,4 @@ impl RefreshStore {
         }
         Ok(Some(rec))
     }
-
-    /// Revokes every refresh token of `account` (e.g. when an admin removes a user).
-    pub async fn revoke_account(&self, account: &str) -> std::io::Result<usize> {
-        let mut n = 0;
-        for e in self.store.list(&layout::state_dir(KIND)).await? {
-            let key = layout::state(KIND, &e.name);
-            if let Some(b) = self.store.read(&key, 64 * 1024).await? {
-                if serde_json::from_slice::<Record>(&b).is_ok_and(|r| r.account == account) {
-                    self.store.delete(&key).await?;
-                    n += 1;
-                }
-            }
-        }
-        self.cache.invalidate_all();
-        Ok(n)
-    }
 }

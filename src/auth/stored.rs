@@ -6,8 +6,8 @@
 //! The secret is `rg_<id>_<hex>`: the id finds the record without a scan.
 
 use super::policy::Glob;
-use super::scope::{expand, Action, Actions};
 use crate::storage::{layout, Storage};
+use crate::types::scope::{expand, Action, Actions};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -109,6 +109,94 @@ impl Limit {
     }
 }
 
+/// The longest a CLI password lives.
+pub const MAX_CLI_TTL: Duration = Duration::from_secs(365 * 86_400);
+pub const MAX_PATTERNS: usize = 100;
+pub const MAX_PATTERN_LEN: usize = 256;
+pub const MAX_DESCRIPTION: usize = 200;
+
+/// What to mint.
+pub struct Mint<'a> {
+    pub kind: Kind,
+    /// A robot's name (without `robot$`), or the account a CLI password is for.
+    pub account: &'a str,
+    pub repositories: &'a [String],
+    pub actions: Vec<Action>,
+    /// `None`: never expires (robots only).
+    pub ttl: Option<Duration>,
+    pub description: &'a str,
+    /// The limit of the credential that asks (a CLI password minted with a robot secret can do
+    /// no more than the robot); `None` for a full sign-in.
+    pub parent: Option<&'a Limit>,
+    /// Minted by a Gitee account: Gitee-mirrored permissions apply to it.
+    pub gitee: bool,
+}
+
+/// Why a mint was refused; each surface words it for its users.
+#[derive(Debug)]
+pub enum MintError {
+    /// A robot name outside letters, digits, `-`, `_`, `.` (1 to 64).
+    Name,
+    /// A CLI password must expire, within [`MAX_CLI_TTL`]; no credential with a zero lifetime.
+    Ttl,
+    /// 1 to [`MAX_PATTERNS`] repository patterns, each 1 to [`MAX_PATTERN_LEN`] bytes.
+    Repositories,
+    /// No actions.
+    Actions,
+    /// Longer than [`MAX_DESCRIPTION`] characters.
+    Description,
+    Storage(std::io::Error),
+}
+
+impl std::fmt::Display for MintError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MintError::Name => f.write_str("a robot name may only use letters, digits, '-', '_' and '.' (at most 64)"),
+            MintError::Ttl => f.write_str("expires_in must be between 1 second and 365 days"),
+            MintError::Repositories => f.write_str("repositories must list 1 to 100 patterns"),
+            MintError::Actions => f.write_str("actions must name at least one of pull, push, delete, *"),
+            MintError::Description => f.write_str("description must be at most 200 characters"),
+            MintError::Storage(e) => write!(f, "credential storage: {e}"),
+        }
+    }
+}
+
+/// Robot names: what `robot$<name>` may hold in a Basic user name and a log line.
+pub fn valid_robot_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl Mint<'_> {
+    /// The request's own checks; returns what the credential inherits and whether the access
+    /// rules decide too (CLI passwords) or only the grants (robots).
+    fn check(&self) -> Result<(Vec<Vec<Grant>>, bool), MintError> {
+        if self.kind == Kind::Robot && !valid_robot_name(self.account) {
+            return Err(MintError::Name);
+        }
+        match (self.kind, self.ttl) {
+            (_, Some(t)) if t.is_zero() => return Err(MintError::Ttl),
+            (Kind::Cli, None) => return Err(MintError::Ttl),
+            (Kind::Cli, Some(t)) if t > MAX_CLI_TTL => return Err(MintError::Ttl),
+            _ => {}
+        }
+        let r = self.repositories;
+        if r.is_empty() || r.len() > MAX_PATTERNS || r.iter().any(|p| p.is_empty() || p.len() > MAX_PATTERN_LEN) {
+            return Err(MintError::Repositories);
+        }
+        if self.actions.is_empty() {
+            return Err(MintError::Actions);
+        }
+        if self.description.chars().count() > MAX_DESCRIPTION {
+            return Err(MintError::Description);
+        }
+        Ok(match (self.kind, self.parent) {
+            (Kind::Robot, _) => (vec![], false),
+            (Kind::Cli, Some(l)) => (l.as_inherited(), l.rules),
+            (Kind::Cli, None) => (vec![], true),
+        })
+    }
+}
+
 pub struct StoredCreds {
     store: Arc<Storage>,
     cache: moka::sync::Cache<String, Arc<Record>>,
@@ -156,39 +244,42 @@ impl StoredCreds {
         Ok(Some(r))
     }
 
-    /// Mints a credential; returns the record and the secret (shown once).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create(
-        &self,
-        kind: Kind,
-        account: &str,
-        grants: Vec<Grant>,
-        inherited: Vec<Vec<Grant>>,
-        rules: bool,
-        gitee: bool,
-        expires: u64,
-        description: &str,
-        now: u64,
-    ) -> std::io::Result<(Record, String)> {
+    /// Mints a credential: the one way robot secrets and CLI passwords come to be, whoever asks
+    /// (the API, the web page, the command line). Checks the request, derives what the new
+    /// credential inherits, stores the record; returns it and the secret (shown once).
+    pub async fn mint(&self, m: Mint<'_>, now: u64) -> Result<(Record, String), MintError> {
+        let (inherited, rules) = m.check()?;
         let id = hex::encode(rand::random::<[u8; 8]>());
         let secret = format!("rg_{id}_{}", hex::encode(rand::random::<[u8; 32]>()));
+        let account = match m.kind {
+            Kind::Robot => format!("{ROBOT_PREFIX}{}", m.account),
+            Kind::Cli => m.account.to_owned(),
+        };
         let rec = Record {
             id: id.clone(),
-            kind,
-            account: account.to_owned(),
+            kind: m.kind,
+            account,
             secret_sha256: sha(&secret),
-            grants,
+            grants: m
+                .repositories
+                .iter()
+                .map(|r| Grant {
+                    repository: r.clone(),
+                    actions: m.actions.clone(),
+                })
+                .collect(),
             inherited,
             rules,
             created: now,
-            expires,
-            description: description.to_owned(),
-            gitee,
+            expires: m.ttl.map_or(0, |t| now + t.as_secs()),
+            description: m.description.to_owned(),
+            gitee: m.gitee,
         };
-        let body = serde_json::to_vec_pretty(&rec).map_err(std::io::Error::other)?;
+        let body = serde_json::to_vec_pretty(&rec).map_err(|e| MintError::Storage(std::io::Error::other(e)))?;
         self.store
             .put(&layout::state(KIND, &format!("{id}.json")), Bytes::from(body))
-            .await?;
+            .await
+            .map_err(MintError::Storage)?;
         Ok((rec, secret))
     }
 
@@ -251,14 +342,22 @@ mod tests {
     #[tokio::test]
     async fn mint_verify_expire_revoke() {
         let st = StoredCreds::new(Arc::new(Storage::Memory(Default::default())));
-        let g = vec![Grant {
-            repository: "ci/*".into(),
+        let repos = vec!["ci/*".to_owned()];
+        let m = Mint {
+            kind: Kind::Robot,
+            account: "ci",
+            repositories: &repos,
             actions: vec![Action::Pull, Action::Push],
-        }];
-        let (rec, secret) = st
-            .create(Kind::Robot, "robot$ci", g, vec![], false, false, 1000, "", 10)
-            .await
-            .unwrap();
+            ttl: Some(Duration::from_secs(990)),
+            description: "",
+            parent: None,
+            gitee: false,
+        };
+        let (rec, secret) = st.mint(m, 10).await.unwrap();
+        assert_eq!(
+            (rec.account.as_str(), rec.expires, rec.rules),
+            ("robot$ci", 1000, false)
+        );
         assert!(looks_like_secret(&secret));
         assert!(st.verify("robot$ci", &secret, 20).await.unwrap().is_some());
         assert!(st.verify("robot$other", &secret, 20).await.unwrap().is_none());
@@ -273,6 +372,136 @@ mod tests {
         assert!(lim.actions("other/app", "robot$ci").is_empty());
         st.revoke(&rec.id).await.unwrap();
         assert!(st.verify("robot$ci", &secret, 20).await.unwrap().is_none());
+    }
+
+    async fn refused_by(st: &StoredCreds, m: Mint<'_>) -> Option<String> {
+        st.mint(m, 10).await.err().map(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn mint_checks_what_it_is_asked() {
+        let st = StoredCreds::new(Arc::new(Storage::Memory(Default::default())));
+        let any = vec!["*".to_owned()];
+        let base = || Mint {
+            kind: Kind::Cli,
+            account: "alice",
+            repositories: &any,
+            actions: vec![Action::Pull],
+            ttl: Some(Duration::from_secs(60)),
+            description: "",
+            parent: None,
+            gitee: false,
+        };
+        assert!(
+            refused_by(&st, Mint { ttl: None, ..base() }).await.is_some(),
+            "a CLI password must expire"
+        );
+        assert!(refused_by(
+            &st,
+            Mint {
+                ttl: Some(Duration::ZERO),
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        assert!(refused_by(
+            &st,
+            Mint {
+                ttl: Some(MAX_CLI_TTL + Duration::from_secs(1)),
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        assert!(refused_by(
+            &st,
+            Mint {
+                repositories: &[],
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        let long = vec!["a".repeat(MAX_PATTERN_LEN + 1)];
+        assert!(refused_by(
+            &st,
+            Mint {
+                repositories: &long,
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("r{i}")).collect();
+        assert!(refused_by(
+            &st,
+            Mint {
+                repositories: &many,
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        assert!(refused_by(
+            &st,
+            Mint {
+                actions: vec![],
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        let d = "x".repeat(MAX_DESCRIPTION + 1);
+        assert!(refused_by(
+            &st,
+            Mint {
+                description: &d,
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        assert!(refused_by(
+            &st,
+            Mint {
+                kind: Kind::Robot,
+                account: "a b",
+                ttl: None,
+                ..base()
+            }
+        )
+        .await
+        .is_some());
+        assert!(st.list().await.unwrap().is_empty(), "nothing refused was stored");
+        // a robot may live for ever; a CLI password minted by a limited one inherits its limit
+        let (robot, _) = st
+            .mint(
+                Mint {
+                    kind: Kind::Robot,
+                    account: "ci",
+                    ttl: None,
+                    ..base()
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(robot.expires, 0);
+        let lim = Limit::from_record(&robot);
+        let (cli, _) = st
+            .mint(
+                Mint {
+                    parent: Some(&lim),
+                    ..base()
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!((cli.inherited.len(), cli.rules), (1, false));
+        let (full, _) = st.mint(base(), 10).await.unwrap();
+        assert_eq!((full.inherited.len(), full.rules, full.expires), (0, true, 70));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! 3.x look up first), `kid` is the libtrust fingerprint of the key (what 2.8 accepts on its own)
 //! and names the key in `/.well-known/jwks.json`.
 
-use super::scope::{Action, Scope};
+use crate::types::scope::{Action, Resource, Scope};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -46,11 +46,12 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Whether the token grants `action` on `kind:name`.
-    pub fn allows(&self, kind: &str, name: &str, action: Action) -> bool {
-        self.access
-            .iter()
-            .any(|a| a.kind == kind && a.name == name && a.actions.iter().any(|x| x == action.as_str() || x == "*"))
+    /// Whether the token grants `action` on `resource:name` (an entry with a class, such as
+    /// `repository(plugin)`, is a different resource and never matches).
+    pub fn allows(&self, resource: &Resource, name: &str, action: Action) -> bool {
+        self.access.iter().any(|a| {
+            a.kind == resource.as_str() && a.name == name && a.actions.iter().any(|x| x == action.as_str() || x == "*")
+        })
     }
 }
 
@@ -376,10 +377,12 @@ impl TokenKeys {
         })
     }
 
+    #[cfg(test)]
     pub fn algorithm(&self) -> Algorithm {
         self.alg
     }
 
+    #[cfg(test)]
     pub fn kid(&self) -> &str {
         &self.kid
     }
@@ -427,8 +430,8 @@ impl TokenKeys {
                 .iter()
                 .map(|s| AccessEntry {
                     kind: match &s.class {
-                        Some(c) => format!("{}({c})", s.kind),
-                        None => s.kind.clone(),
+                        Some(c) => format!("{}({c})", s.resource),
+                        None => s.resource.as_str().to_owned(),
                     },
                     name: s.name.clone(),
                     actions: s.actions.iter().map(|a| a.as_str().to_owned()).collect(),
@@ -593,8 +596,8 @@ mod tests {
             .unwrap();
         let c = k.verify(&t, now + 10).unwrap();
         assert_eq!(c.sub, "alice");
-        assert!(c.allows("repository", "alice/app", Action::Pull));
-        assert!(!c.allows("repository", "alice/app", Action::Push));
+        assert!(c.allows(&Resource::Repository, "alice/app", Action::Pull));
+        assert!(!c.allows(&Resource::Repository, "alice/app", Action::Push));
         assert_eq!(k.verify(&t, now + 300 + LEEWAY_SECS), Err(VerifyError::Expired));
         assert_eq!(k.verify(&t, now - 100), Err(VerifyError::NotYetValid));
         // header carries x5c and the libtrust kid; aud is a plain string

@@ -7,7 +7,7 @@ pub mod secs;
 
 pub use secs::parse_duration;
 
-use crate::auth::scope::Action;
+use crate::types::scope::Action;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -22,9 +22,6 @@ pub mod trust;
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -71,7 +68,7 @@ fn default_ttl() -> u64 {
     300
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default = "default_listen")]
@@ -124,7 +121,7 @@ pub struct Config {
     pub scanner: Option<trust::ScannerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcConfig {
     /// Seconds between garbage collections run by the server itself; 0: never (run `regate gc`).
@@ -172,7 +169,7 @@ impl Default for GcConfig {
 /// For repositories matching `repository`: keep the newest `keep_last` tags (by push time) and
 /// every tag matching `keep_tags`; the other tags are deleted (their manifests then become
 /// untagged and are collected with the untagged ones).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionRule {
     pub repository: String,
@@ -182,7 +179,7 @@ pub struct RetentionRule {
     pub keep_tags: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -205,7 +202,7 @@ pub enum Backend {
     Memory,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default)]
@@ -290,7 +287,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsConfig {
     pub root: PathBuf,
@@ -299,7 +296,7 @@ pub struct FsConfig {
     pub fsync: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     pub bucket: String,
@@ -327,7 +324,7 @@ pub struct S3Config {
     pub timeout: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OssConfig {
     pub bucket: String,
@@ -352,7 +349,7 @@ pub struct OssConfig {
     pub timeout: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CosConfig {
     pub bucket: String,
@@ -375,7 +372,7 @@ pub struct CosConfig {
     pub timeout: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LfsConfig {
     /// The LFS endpoint, e.g. `https://gitee.com/owner/repo.git/info/lfs` (batch API at `{url}/objects/batch`).
@@ -433,7 +430,7 @@ fn check_lfs(s: &StorageConfig, e: &mut Vec<String>) {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     #[serde(default)]
@@ -463,7 +460,7 @@ pub struct AuthConfig {
     pub oidc: Vec<OidcConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     /// The username CI passes to `docker login` (`oidc` picks the provider by the token's `iss`).
@@ -489,7 +486,7 @@ impl OidcConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GiteeConfig {
     #[serde(default)]
@@ -565,7 +562,7 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -581,7 +578,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     #[serde(default)]
@@ -608,7 +605,7 @@ pub struct RuleConfig {
     pub claims: Option<std::collections::BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     #[serde(default)]
@@ -621,7 +618,7 @@ pub struct NetworkConfig {
     pub client_address_header: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port/db` (or `rediss://` for TLS); a secret, as it may hold a password.
@@ -636,7 +633,7 @@ impl RedisConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     pub url: String,
@@ -655,7 +652,7 @@ impl MirrorConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationConfig {
     pub url: String,
@@ -701,7 +698,7 @@ impl NotificationConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest manifest accepted, bytes.
@@ -765,7 +762,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (default) or `json`.
@@ -793,6 +790,7 @@ pub fn process_env() -> Env {
 
 /// Parses the YAML text, applies `*_file` secrets and `REGATE_*` overrides, and deserialises.
 /// Errors are one line each, naming the file or key at fault.
+#[cfg(test)]
 pub fn parse(text: &str, origin: &str, env: &Env) -> Result<Config, Vec<String>> {
     parse_with(text, origin, env, true)
 }
@@ -1013,7 +1011,7 @@ impl Config {
                     "{at}.audience: must not be empty (a token for another service must not sign in here)"
                 ));
             }
-            if let Err(m) = crate::auth::oidc::check_template(&p.account_template()) {
+            if let Err(m) = check_template(&p.account_template()) {
                 e.push(format!("{at}.account: {m}"));
             }
             if let Some(u) = &p.jwks_url {
@@ -1173,16 +1171,6 @@ impl Config {
             }
         }
         if files {
-            if let Some(t) = &self.tls {
-                if let Err(m) = crate::server::tls::load_certified_key(&t.cert, &t.key) {
-                    e.push(m);
-                }
-            }
-            if let Some(h) = &self.auth.htpasswd {
-                if let Err(m) = crate::auth::credentials::Credentials::new(Some(h), None, None) {
-                    e.push(m);
-                }
-            }
             for (k, p) in [
                 ("auth.signing_key", self.signing_key_path()),
                 ("auth.signing_cert", self.signing_cert_path()),
@@ -1198,19 +1186,6 @@ impl Config {
                             "{k}: {} does not exist and its directory {} does not either",
                             p.display(),
                             parent.display()
-                        ));
-                    }
-                }
-            }
-            if self.auth.signing_key.as_ref().is_some_and(|p| p.exists()) {
-                let k = self.signing_key_path();
-                if let Ok(pem) = std::fs::read_to_string(&k) {
-                    let key = crate::auth::token::signing_key_pkcs8(&pem)
-                        .and_then(|p| rcgen::KeyPair::from_pem(&p).map_err(|e| e.to_string()));
-                    if let Err(why) = key {
-                        e.push(format!(
-                            "auth.signing_key: {} is not an EC P-256 or RSA private key (PEM: PKCS#8, SEC1 or PKCS#1): {why}",
-                            k.display()
                         ));
                     }
                 }
@@ -1253,6 +1228,34 @@ fn is_loopback_url(u: &str) -> bool {
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks an account template: balanced placeholders, and a `:` so the account can never be
+/// taken for a local or Gitee user (neither can contain one).
+pub fn check_template(t: &str) -> Result<(), String> {
+    let mut rest = t;
+    let mut literal = String::new();
+    while let Some(i) = rest.find('{') {
+        literal.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let Some(j) = after.find('}') else {
+            return Err(format!("{t:?} has a '{{' without '}}'"));
+        };
+        if after[..j].is_empty() || after[..j].contains('{') {
+            return Err(format!("{t:?} has an empty or nested placeholder"));
+        }
+        rest = &after[j + 1..];
+    }
+    literal.push_str(rest);
+    if literal.contains('}') {
+        return Err(format!("{t:?} has a '}}' without '{{'"));
+    }
+    if !literal.contains(':') {
+        return Err(format!(
+            "{t:?} must contain a ':' outside its placeholders (e.g. \"gitlab:{{project_path}}\"), so a CI account can never be taken for a local or Gitee user"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

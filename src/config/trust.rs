@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 /// One rule of `policy:`; the first whose `repository` glob fits a repository applies.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustRule {
     pub repository: String,
@@ -25,7 +25,7 @@ pub struct TrustRule {
     pub unscanned: Unscanned,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequireSignature {
     /// PEM public keys (EC P-256/P-384, RSA, Ed25519); a signature from any one counts.
@@ -102,7 +102,7 @@ pub enum Unscanned {
     Deny,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScannerConfig {
     pub url: String,

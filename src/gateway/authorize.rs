@@ -4,12 +4,12 @@
 use super::App;
 use crate::auth::credentials::{parse_basic, AuthError, Identity};
 use crate::auth::policy::{Policy, Subject};
-use crate::auth::scope::{Action, Scope};
 use crate::auth::token::{Claims, VerifyError};
 use crate::http::{self, Resp};
-use crate::registry::error::{Code, RegistryError};
-use crate::registry::names::RepoName;
+use crate::registry::error::{ApiError, Code};
 use crate::registry::{Permissions, Route};
+use crate::types::names::RepoName;
+use crate::types::scope::{Action, Resource, Scope};
 use ::http::{header, HeaderMap, Method, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -40,18 +40,6 @@ pub(super) fn need_for(route: &Route, m: &Method) -> Option<Need> {
         (Route::UploadStart(n), &Method::POST) => repo(n, &[Pull, Push]),
         (Route::Upload(n, _), &Method::GET | &Method::PATCH | &Method::PUT | &Method::DELETE) => repo(n, &[Pull, Push]),
         _ => None,
-    }
-}
-
-/// The methods a `/v2/` route answers (for `Allow` on 405).
-pub(super) fn allowed_methods(route: &Route) -> &'static str {
-    match route {
-        Route::Base => "GET, HEAD",
-        Route::Catalog | Route::Tags(_) | Route::Referrers(..) => "GET",
-        Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
-        Route::Blob(..) => "GET, HEAD, DELETE",
-        Route::UploadStart(_) => "POST",
-        Route::Upload(..) => "GET, PATCH, PUT, DELETE",
     }
 }
 
@@ -107,7 +95,7 @@ impl Perms<'_> {
 impl Permissions for Perms<'_> {
     fn can_pull(&self, repo: &RepoName) -> bool {
         if let Principal::Token(c) = self.principal {
-            if c.allows("repository", repo.as_str(), Action::Pull) {
+            if c.allows(&Resource::Repository, repo.as_str(), Action::Pull) {
                 return true;
             }
         }
@@ -120,12 +108,12 @@ impl Permissions for Perms<'_> {
 impl App {
     /// The browser session's identity (Gitee sign-in), if the request carries a valid cookie.
     pub(super) fn session_identity(&self, headers: &HeaderMap) -> Option<Identity> {
-        let gitee = self.tokens.creds.gitee().and_then(|g| {
-            let s = crate::gitee::web::session_of(g, headers)?;
+        let gitee = self.gitee.as_ref().and_then(|_| {
+            let s = crate::web::session_of(&self.signer, headers)?;
             // a local account of the same name appeared since: the session no longer stands
-            (!self.tokens.creds.is_local(&s.login)).then(|| crate::gitee::web::identity_of(&s))
+            (!self.tokens.creds.is_local(&s.login)).then(|| crate::web::identity_of(&s))
         });
-        gitee.or_else(|| crate::gitee::web::local_identity(&self.tokens, headers))
+        gitee.or_else(|| crate::web::local_identity(&self.tokens, headers))
     }
 
     /// Whether a signed-in identity (no token) may do what `need` says: the policy decides,
@@ -221,8 +209,10 @@ impl App {
         Ok(match (principal, need) {
             (_, Need::Authenticated) => true,
             (Principal::Token(c), Need::Account) => !c.sub.is_empty(),
-            (Principal::Token(c), Need::Catalog) => c.allows("registry", "catalog", Action::All),
-            (Principal::Token(c), Need::Repo(n, acts)) => acts.iter().all(|a| c.allows("repository", n.as_str(), *a)),
+            (Principal::Token(c), Need::Catalog) => c.allows(&Resource::Registry, "catalog", Action::All),
+            (Principal::Token(c), Need::Repo(n, acts)) => {
+                acts.iter().all(|a| c.allows(&Resource::Repository, n.as_str(), *a))
+            }
             (Principal::Basic(id), need) => self.identity_allows(id, need, ip).await?,
         })
     }
@@ -265,16 +255,16 @@ impl App {
                 )
             }
             Denial::Unavailable => {
-                return RegistryError::new(Code::Unavailable, "credential check unavailable; retry").into_response();
+                return ApiError::new(Code::Unavailable, "credential check unavailable; retry").into_response();
             }
             Denial::Limited(d) => {
                 let mut r =
-                    RegistryError::new(Code::TooManyRequests, "too many failed sign-ins; retry later").into_response();
+                    ApiError::new(Code::TooManyRequests, "too many failed sign-ins; retry later").into_response();
                 http::set(&mut r, header::RETRY_AFTER, &d.as_secs().max(1).to_string());
                 return r;
             }
         };
-        let mut e = RegistryError::new(code, msg);
+        let mut e = ApiError::new(code, msg);
         e.status = Some(StatusCode::UNAUTHORIZED);
         if matches!(need, Need::Repo(..)) || matches!(need, Need::Catalog) {
             e = e.detail(serde_json::json!(scopes

@@ -2,7 +2,7 @@
 //! a client may not set are dropped.
 
 use super::App;
-use crate::http::{self, Resp};
+use crate::http::{ApiError, Code, Resp};
 use ::http::{header, HeaderName, Request, StatusCode};
 use hyper::body::Incoming;
 
@@ -23,11 +23,14 @@ fn is_identity_header(name: &str) -> bool {
 impl App {
     /// Refuses requests no well-behaved client sends and strips headers clients may not set.
     pub(super) fn hygiene(&self, req: &mut Request<Incoming>) -> Option<Resp> {
+        // a request no client of the spec sends: refused in the registry's format with the
+        // spec's code for an operation it does not support
         let bad = |m: &str| {
-            Some(http::json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"errors":[{"code":"BAD_REQUEST","message":m}]}),
-            ))
+            Some(
+                ApiError::new(Code::Unsupported, m)
+                    .with_status(StatusCode::BAD_REQUEST)
+                    .into_response(),
+            )
         };
         if req.version() < ::http::Version::HTTP_2 && req.uri().scheme().is_some() {
             return bad("absolute-form request targets are not accepted");
@@ -44,7 +47,7 @@ impl App {
             // under /v2/ the name part is what is malformed: the spec's NAME_INVALID
             if path.starts_with("/v2/") {
                 return Some(
-                    crate::registry::error::RegistryError::new(
+                    crate::registry::error::ApiError::new(
                         crate::registry::error::Code::NameInvalid,
                         "invalid repository name: empty, '.' or '..' path segments",
                     )

@@ -15,11 +15,11 @@ mod hygiene;
 mod nginx_auth;
 mod v2;
 
-pub use client::{forwarded_client, NetLists, UNKNOWN_CLIENT};
+pub use client::NetLists;
 
 use crate::auth::endpoint::{TokenAudit, TokenService};
 use crate::auth::token::Claims;
-use crate::http::{self, Resp};
+use crate::http::{self, ApiError, Code, Resp};
 use crate::registry::Registry;
 use crate::server::ConnInfo;
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -46,6 +46,8 @@ pub struct App {
     pub replicator: Option<Arc<crate::replicate::Replicator>>,
     /// `policy:` (trusted images), checked on manifest reads.
     pub trust: Option<Arc<crate::trust::Trust>>,
+    gitee: Option<Arc<crate::gitee::Gitee>>,
+    signer: crate::web::session::Signer,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
 }
 
@@ -87,7 +89,7 @@ impl Endpoint {
             "/token" => Endpoint::Token,
             p if p == "/api/v1/tokens" || p.starts_with("/api/v1/tokens/") => Endpoint::Api,
             p if p.starts_with("/api/v1/scans/") => Endpoint::Scans,
-            p if crate::gitee::web::Web::handles(p) => Endpoint::Web,
+            p if crate::web::Web::handles(p) => Endpoint::Web,
             "/nginx/auth" => Endpoint::NginxAuth,
             "/.well-known/jwks.json" => Endpoint::Jwks,
             "/metrics" => Endpoint::Metrics,
@@ -98,33 +100,49 @@ impl Endpoint {
     }
 }
 
+/// Everything the gateway is assembled from (built by [`crate::bootstrap`]).
+pub struct Parts {
+    pub public_url: String,
+    pub service: String,
+    pub registry: Registry,
+    pub tokens: TokenService,
+    pub net: NetLists,
+    pub hsts_max_age: Option<u64>,
+    pub token_limit: crate::ratelimit::Limiter,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
+    pub upstream: Option<crate::proxy::Upstream>,
+    pub replicator: Option<Arc<crate::replicate::Replicator>>,
+    pub trust: Option<Arc<crate::trust::Trust>>,
+    /// Gitee sign-in for browsers (the same client auth holds as its identity source).
+    pub gitee: Option<Arc<crate::gitee::Gitee>>,
+    /// Signs the browser's session and sign-in cookies.
+    pub signer: crate::web::session::Signer,
+}
+
 impl App {
-    pub fn new(
-        public_url: String,
-        service: String,
-        registry: Registry,
-        tokens: TokenService,
-        net: NetLists,
-        hsts_max_age: Option<u64>,
-    ) -> Self {
-        let realm = format!("{public_url}/token");
-        let hsts = hsts_max_age
+    pub fn new(p: Parts) -> Self {
+        let realm = format!("{}/token", p.public_url);
+        let hsts = p
+            .hsts_max_age
             .filter(|a| *a > 0)
             .and_then(|a| HeaderValue::from_str(&format!("max-age={a}; includeSubDomains")).ok());
         App {
-            public_url,
+            public_url: p.public_url,
             realm,
-            service,
-            registry,
-            tokens,
-            net: crate::live::Live::new(net),
+            service: p.service,
+            registry: p.registry,
+            tokens: p.tokens,
+            net: crate::live::Live::new(p.net),
             hsts,
-            token_limit: crate::ratelimit::Limiter::new(0.0, 0.0),
-            metrics: Default::default(),
-            notifier: crate::live::Live::new(None),
-            upstream: None,
-            replicator: None,
-            trust: None,
+            token_limit: p.token_limit,
+            metrics: p.metrics,
+            notifier: crate::live::Live::new(p.notifier),
+            upstream: p.upstream,
+            replicator: p.replicator,
+            trust: p.trust,
+            gitee: p.gitee,
+            signer: p.signer,
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(Duration::from_secs(600))
@@ -140,10 +158,7 @@ impl App {
         let mut log = Log::default();
         let mut resp = if !self.allowed_ip(ip) {
             log.denied = Some("network not allowed");
-            http::json(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({"errors":[{"code":"DENIED","message":format!("requests from {ip} are not allowed")}]}),
-            )
+            ApiError::new(Code::Denied, format!("requests from {ip} are not allowed")).into_response()
         } else if let Some(r) = self.hygiene(&mut req) {
             r
         } else {
@@ -255,8 +270,9 @@ impl App {
             Endpoint::Web => {
                 log.route = "web";
                 let (parts, body) = req.into_parts();
-                let web = crate::gitee::web::Web {
-                    gitee: self.tokens.creds.gitee().map(|g| g.as_ref()),
+                let web = crate::web::Web {
+                    gitee: self.gitee.as_deref(),
+                    signer: &self.signer,
                     tokens: &self.tokens,
                     registry: &self.registry,
                     public_url: &self.public_url,
@@ -324,10 +340,7 @@ impl App {
             }
             Endpoint::Unknown => {
                 log.route = "other";
-                http::json(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({"errors":[{"code":"NOT_FOUND","message":"no such endpoint"}]}),
-                )
+                ApiError::json(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint").into_response()
             }
         }
     }
@@ -344,6 +357,12 @@ impl App {
                 h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
             }
         }
+    }
+}
+
+impl crate::server::Handler for App {
+    fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> impl std::future::Future<Output = Resp> + Send {
+        App::handle(self, req, conn)
     }
 }
 

@@ -3,10 +3,10 @@
 
 use super::authorize::{need_for, Denial, Need, Principal};
 use super::{App, Log};
-use crate::auth::scope::Action;
-use crate::http::{self, query_pairs, Resp};
-use crate::registry::names::RepoName;
+use crate::http::{self, query_pairs, ApiError, Code, Resp};
 use crate::registry::{self as reg};
+use crate::types::names::RepoName;
+use crate::types::scope::Action;
 use ::http::{header, HeaderMap, HeaderName, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use std::net::IpAddr;
@@ -19,12 +19,7 @@ impl App {
     pub(super) async fn nginx_auth(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
         let h = req.headers();
         let q = query_pairs(req.uri().query());
-        let forbidden = |m: &str| {
-            http::json(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({"errors":[{"code":"DENIED","message":m}]}),
-            )
-        };
+        let forbidden = |m: &str| ApiError::new(Code::Denied, m).into_response();
         // repositories whose pull a cross-repository mount also needs
         let mut mount_from: Vec<RepoName> = Vec::new();
         let need = if let Some(repo) = http::query_get(&q, "repository") {
@@ -138,10 +133,9 @@ impl App {
         http::set(&mut r, HeaderName::from_static("x-auth-request-user"), &account);
         // a browser session knows the Gitee account's e-mail address (when Gitee shares it)
         let email = if h.get(header::AUTHORIZATION).is_none() {
-            self.tokens
-                .creds
-                .gitee()
-                .and_then(|g| crate::gitee::web::session_of(g, h))
+            self.gitee
+                .as_ref()
+                .and_then(|_| crate::web::session_of(&self.signer, h))
                 .and_then(|s| s.email)
                 .unwrap_or_default()
         } else {

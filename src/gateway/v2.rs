@@ -1,14 +1,14 @@
 //! `/v2/`: the registry API, authorised, then served by the embedded registry or forwarded to
 //! the upstream one.
 
-use super::authorize::{allowed_methods, need_for, Denial, Need, Perms, Principal};
+use super::authorize::{need_for, Denial, Need, Perms, Principal};
 use super::{App, Log};
-use crate::auth::scope::{Action, Scope};
 use crate::http::{self, query_pairs, Resp};
-use crate::registry::error::{Code, RegistryError};
-use crate::registry::names::RepoName;
+use crate::registry::error::{ApiError, Code};
 use crate::registry::{self as reg, Route, RouteError};
-use ::http::{header, Method, Request, StatusCode};
+use crate::types::names::RepoName;
+use crate::types::scope::{Action, Resource, Scope};
+use ::http::{header, Method, Request};
 use hyper::body::Incoming;
 use std::net::IpAddr;
 
@@ -20,18 +20,18 @@ impl App {
             Ok(r) => r,
             Err(e) => {
                 let err = match e {
-                    RouteError::NotFound => RegistryError::new(Code::NotFound, "no such API endpoint"),
-                    RouteError::NameInvalid => RegistryError::new(Code::NameInvalid, "invalid repository name"),
-                    RouteError::DigestInvalid => RegistryError::new(Code::DigestInvalid, "invalid digest"),
+                    RouteError::NotFound => ApiError::new(Code::NotFound, "no such API endpoint"),
+                    RouteError::NameInvalid => ApiError::new(Code::NameInvalid, "invalid repository name"),
+                    RouteError::DigestInvalid => ApiError::new(Code::DigestInvalid, "invalid digest"),
                     // no manifest can have such a name: a read answers as for any unknown one
                     RouteError::ReferenceInvalid if matches!(*req.method(), Method::GET | Method::HEAD) => {
-                        RegistryError::new(
+                        ApiError::new(
                             Code::ManifestUnknown,
                             "no manifest has this reference: it is not a valid tag",
                         )
                     }
-                    RouteError::ReferenceInvalid => RegistryError::new(Code::TagInvalid, "invalid tag"),
-                    RouteError::UploadInvalid => RegistryError::new(Code::BlobUploadUnknown, "no such upload"),
+                    RouteError::ReferenceInvalid => ApiError::new(Code::TagInvalid, "invalid tag"),
+                    RouteError::UploadInvalid => ApiError::new(Code::BlobUploadUnknown, "no such upload"),
                 };
                 return err.into_response();
             }
@@ -39,13 +39,11 @@ impl App {
         log.route = route.kind();
         log.repo = route.repo().map(|r| r.to_string());
         let method = req.method().clone();
-        let allow = allowed_methods(&route);
         let Some(need) = need_for(&route, &method) else {
-            let mut r = RegistryError::new(Code::Unsupported, format!("{method} is not allowed on this endpoint"))
+            let allow = route.allowed_methods(self.registry.deletes_enabled());
+            return ApiError::new(Code::Unsupported, format!("{method} is not allowed on this endpoint"))
+                .with_header(header::ALLOW, allow)
                 .into_response();
-            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            http::set(&mut r, header::ALLOW, allow);
-            return r;
         };
         let query = query_pairs(req.uri().query());
         // a cross-repository mount also asks to read the source repository
@@ -92,7 +90,9 @@ impl App {
         // trusted images (policy:): a manifest read is checked once it resolved to a digest
         let gate = self.trust.as_ref().and_then(|t| {
             t.gate(&route, &method, |n| match &principal {
-                Principal::Token(c) => c.allows("repository", n.as_str(), Action::Push) || t.is_scanner_token(&c.jti),
+                Principal::Token(c) => {
+                    c.allows(&Resource::Repository, n.as_str(), Action::Push) || t.is_scanner_token(&c.jti)
+                }
                 Principal::Basic(id) => policy.actions(&id.subject(ip), n.as_str()).contains(&Action::Push),
             })
         });
@@ -156,22 +156,14 @@ impl App {
                 }
                 out.resp
             }
-            Err(e) => {
-                let mut r = e.into_response();
-                if r.status() == StatusCode::METHOD_NOT_ALLOWED {
-                    // deletes disabled: everything but DELETE
-                    let without_delete = allow.replace(", DELETE", "");
-                    http::set(&mut r, header::ALLOW, &without_delete);
-                }
-                r
-            }
+            Err(e) => e.into_response(),
         }
     }
 
     /// `GET /api/v1/scans/<repository>/<digest>`: the stored scan report, to callers who may pull.
     pub(super) async fn scan_report(&self, req: Request<Incoming>, ip: IpAddr) -> Resp {
         let (Some(t), Some((repo, d))) = (&self.trust, crate::trust::Trust::api_target(req.uri().path())) else {
-            return RegistryError::new(
+            return ApiError::new(
                 Code::NotFound,
                 "no scan reports here (no policy:, or not /api/v1/scans/<repository>/<digest>)",
             )

@@ -6,11 +6,10 @@
 //! identical lookups are coalesced, so a burst of logins or pulls costs one Gitee call. Users'
 //! Gitee tokens stay server-side, sealed ([`vault`]).
 
-pub mod session;
+mod identity;
 pub mod vault;
-pub mod web;
 
-use crate::auth::scope::{Action, Actions};
+use crate::types::scope::{Action, Actions};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -37,8 +36,6 @@ pub struct TokenSet {
     pub expires_in: Option<u64>,
     #[serde(default)]
     pub refresh_token: Option<String>,
-    #[serde(default)]
-    pub scope: Option<String>,
     #[serde(default)]
     pub created_at: Option<u64>,
 }
@@ -110,7 +107,6 @@ pub struct Gitee {
     pub opts: Options,
     http: reqwest::Client,
     pub vault: Vault,
-    pub signer: session::Signer,
     /// hash(user, secret) -> verified login (or `None`: Gitee said no)
     logins: moka::future::Cache<[u8; 32], Option<Arc<Login>>>,
     /// (login, owner/repo) -> permission
@@ -128,7 +124,7 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
 }
 
 impl Gitee {
-    pub fn new(opts: Options, vault: Vault, signer: session::Signer) -> Result<Self, String> {
+    pub fn new(opts: Options, vault: Vault) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("regate/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
@@ -141,7 +137,6 @@ impl Gitee {
         Ok(Gitee {
             http,
             vault,
-            signer,
             logins: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(ttl)
@@ -382,7 +377,6 @@ impl Gitee {
                     access_token: secret.to_owned(),
                     expires_in: None,
                     refresh_token: None,
-                    scope: None,
                     created_at: None,
                 };
                 match self.user(secret).await {

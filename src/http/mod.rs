@@ -1,7 +1,11 @@
 //! HTTP plumbing shared by every handler: body types, small response builders, reading bodies
 //! through limits and idle timeouts.
 
+pub mod error;
+pub mod html;
 pub mod original;
+
+pub use error::{ApiError, Code};
 
 use ::http::{header, HeaderValue, Response, StatusCode};
 use bytes::Bytes;
@@ -21,7 +25,7 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
-pub fn stream(s: crate::storage::ByteStream) -> Body {
+pub fn stream(s: crate::types::ByteStream) -> Body {
     use futures_util::StreamExt;
     StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
 }

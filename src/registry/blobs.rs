@@ -1,10 +1,10 @@
 //! Blob HEAD/GET (with ranges) and DELETE.
 
-use super::error::{Code, RegistryError};
-use super::names::{Digest, RepoName};
+use super::error::{ApiError, Code};
 use super::{digest_header, Event, Outcome, Registry};
 use crate::http::{self, Resp};
 use crate::storage::layout;
+use crate::types::names::{Digest, RepoName};
 use ::http::{header, HeaderMap, HeaderValue, StatusCode};
 
 /// A single byte range from a `Range: bytes=...` header, resolved against `len`.
@@ -54,8 +54,8 @@ impl Registry {
         d: &Digest,
         headers: &HeaderMap,
         head: bool,
-    ) -> Result<Outcome, RegistryError> {
-        let unknown = || RegistryError::new(Code::BlobUnknown, format!("blob {d} is not known to repository {name}"));
+    ) -> Result<Outcome, ApiError> {
+        let unknown = || ApiError::new(Code::BlobUnknown, format!("blob {d} is not known to repository {name}"));
         // manifests are blobs too (distribution serves them here), so either link admits it
         let linked =
             self.blob_linked(name, d).await? || self.store.stat(&layout::revision_link(name, d)).await?.is_some();
@@ -93,7 +93,7 @@ impl Registry {
         let range = match parse_range(headers.get(header::RANGE), meta.size) {
             Ok(r) => r,
             Err(()) => {
-                let mut r = RegistryError::new(Code::RangeInvalid, "requested range not satisfiable").into_response();
+                let mut r = ApiError::new(Code::RangeInvalid, "requested range not satisfiable").into_response();
                 http::set(&mut r, header::CONTENT_RANGE, &format!("bytes */{}", meta.size));
                 return Ok(r.into());
             }
@@ -118,10 +118,10 @@ impl Registry {
         })
     }
 
-    pub(super) async fn delete_blob(&self, name: &RepoName, d: &Digest) -> Result<Resp, RegistryError> {
+    pub(super) async fn delete_blob(&self, name: &RepoName, d: &Digest) -> Result<Resp, ApiError> {
         self.deny_delete()?;
         if !self.blob_linked(name, d).await? {
-            return Err(RegistryError::new(
+            return Err(ApiError::new(
                 Code::BlobUnknown,
                 format!("blob {d} is not known to repository {name}"),
             ));
@@ -158,16 +158,6 @@ fn blob_headers(r: &mut Resp, d: &Digest, len: u64) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
     http::set(r, header::ETAG, &format!("\"{d}\""));
     digest_header(r, d);
-}
-
-impl RegistryError {
-    pub fn into_response(&self) -> Resp {
-        let mut r = Resp::new(http::full(self.body()));
-        *r.status_mut() = self.status();
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        r
-    }
 }
 
 #[cfg(test)]

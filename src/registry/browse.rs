@@ -2,10 +2,10 @@
 //! size, platforms and push time. Only the tags on the page are read, so a repository with
 //! 10,000 tags costs one directory listing plus a page's worth of small reads.
 
-use super::error::RegistryError;
-use super::names::{Digest, RepoName, Tag};
+use super::error::ApiError;
 use super::Registry;
 use crate::storage::layout;
+use crate::types::names::{Digest, RepoName, Tag};
 use serde::Deserialize;
 use std::time::SystemTime;
 
@@ -62,7 +62,7 @@ struct Shape {
 
 impl Registry {
     /// Tag names of `name`, sorted.
-    pub async fn tag_names(&self, name: &RepoName) -> Result<Vec<String>, RegistryError> {
+    pub async fn tag_names(&self, name: &RepoName) -> Result<Vec<String>, ApiError> {
         let mut t: Vec<String> = self.tags_of(name).await?.into_iter().map(|t| t.to_string()).collect();
         t.sort();
         Ok(t)
@@ -74,7 +74,7 @@ impl Registry {
         name: &RepoName,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<TagInfo>, bool), RegistryError> {
+    ) -> Result<(Vec<TagInfo>, bool), ApiError> {
         let all = self.tag_names(name).await?;
         let start = match after {
             Some(a) => all.partition_point(|t| t.as_str() <= a),

@@ -1,11 +1,11 @@
 //! Tag list, catalog and referrers, with `n`/`last` pagination.
 
-use super::error::{Code, RegistryError};
+use super::error::{ApiError, Code};
 use super::manifests::OCI_INDEX;
-use super::names::{Algorithm, Digest, RepoName};
 use super::{Permissions, Registry};
 use crate::http::{self, query_get, Resp};
 use crate::storage::{layout, Entry};
+use crate::types::names::{Algorithm, Digest, RepoName};
 use ::http::{header, HeaderName, StatusCode};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
@@ -14,18 +14,17 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// The most entries one page may hold, whatever `n` asks for.
 pub const MAX_PAGE: usize = 1000;
 
-fn page_size(query: &[(String, String)]) -> Result<Option<usize>, RegistryError> {
+fn page_size(query: &[(String, String)]) -> Result<Option<usize>, ApiError> {
     match query_get(query, "n") {
         None | Some("") => Ok(None),
         Some(n) => n.parse::<usize>().map(|n| Some(n.min(MAX_PAGE))).map_err(|_| {
-            RegistryError::new(Code::Unsupported, "n must be a non-negative integer")
-                .with_status(StatusCode::BAD_REQUEST)
+            ApiError::new(Code::Unsupported, "n must be a non-negative integer").with_status(StatusCode::BAD_REQUEST)
         }),
     }
 }
 
 /// Applies `last` and `n` to a sorted list; returns the page and whether more follow.
-fn paginate(all: Vec<String>, query: &[(String, String)]) -> Result<(Vec<String>, bool), RegistryError> {
+fn paginate(all: Vec<String>, query: &[(String, String)]) -> Result<(Vec<String>, bool), ApiError> {
     let n = page_size(query)?;
     let mut items: Vec<String> = match query_get(query, "last") {
         Some(last) if !last.is_empty() => all.into_iter().filter(|t| t.as_str() > last).collect(),
@@ -65,7 +64,7 @@ async fn walk_repositories<L, F>(
     last: Option<&str>,
     limit: usize,
     keep: impl Fn(&RepoName) -> bool,
-) -> Result<(Vec<RepoName>, bool), RegistryError>
+) -> Result<(Vec<RepoName>, bool), ApiError>
 where
     L: Fn(String) -> F,
     F: std::future::Future<Output = std::io::Result<Vec<Entry>>>,
@@ -135,10 +134,10 @@ where
 }
 
 impl Registry {
-    pub(super) async fn tags(&self, name: &RepoName, query: &[(String, String)]) -> Result<Resp, RegistryError> {
+    pub(super) async fn tags(&self, name: &RepoName, query: &[(String, String)]) -> Result<Resp, ApiError> {
         let mut tags: Vec<String> = self.tags_of(name).await?.into_iter().map(|t| t.to_string()).collect();
         if tags.is_empty() && !self.repo_exists(name).await? {
-            return Err(RegistryError::new(
+            return Err(ApiError::new(
                 Code::NameUnknown,
                 format!("repository {name} is not known"),
             ));
@@ -155,7 +154,7 @@ impl Registry {
 
     /// A repository is a directory holding regate's/distribution's `_`-prefixed data
     /// (`_manifests`, `_layers`, `_uploads`); a mere path prefix of other repositories is not one.
-    async fn repo_exists(&self, name: &RepoName) -> Result<bool, RegistryError> {
+    async fn repo_exists(&self, name: &RepoName) -> Result<bool, ApiError> {
         Ok(self
             .store
             .list(&layout::repo(name))
@@ -165,7 +164,7 @@ impl Registry {
     }
 
     /// Every repository name in storage (a directory holding `_manifests`), sorted.
-    pub async fn repositories(&self) -> Result<Vec<RepoName>, RegistryError> {
+    pub async fn repositories(&self) -> Result<Vec<RepoName>, ApiError> {
         let (all, _) =
             walk_repositories(|d| async move { self.store.list(&d).await }, None, usize::MAX, |_| true).await?;
         Ok(all)
@@ -174,11 +173,7 @@ impl Registry {
     /// One catalog page: the walk skips every subtree whose names all sort at or before `last`
     /// and stops after `n` (+1, to know whether more follow) names the caller may pull, so a page
     /// costs the directories on the way to it, not the whole tree.
-    pub(super) async fn catalog(
-        &self,
-        query: &[(String, String)],
-        perms: &dyn Permissions,
-    ) -> Result<Resp, RegistryError> {
+    pub(super) async fn catalog(&self, query: &[(String, String)], perms: &dyn Permissions) -> Result<Resp, ApiError> {
         let limit = page_size(query)?.unwrap_or(MAX_PAGE);
         let last = query_get(query, "last").filter(|l| !l.is_empty());
         let (page, more) = walk_repositories(
@@ -202,7 +197,7 @@ impl Registry {
         name: &RepoName,
         subject: &Digest,
         query: &[(String, String)],
-    ) -> Result<Resp, RegistryError> {
+    ) -> Result<Resp, ApiError> {
         let filter = query_get(query, "artifactType").filter(|s| !s.is_empty());
         // in pages of `n` (at most MAX_PAGE) by digest, after `last`, as tags and the catalog
         let limit = page_size(query)?.unwrap_or(MAX_PAGE);
@@ -277,7 +272,7 @@ impl Registry {
     }
 
     /// Whether `d` is a live referrer in `name` of the artifact type asked for.
-    async fn referrer_matches(&self, name: &RepoName, d: &Digest, filter: Option<&str>) -> Result<bool, RegistryError> {
+    async fn referrer_matches(&self, name: &RepoName, d: &Digest, filter: Option<&str>) -> Result<bool, ApiError> {
         if self.store.stat(&layout::revision_link(name, d)).await?.is_none() {
             return Ok(false);
         }

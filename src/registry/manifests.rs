@@ -1,10 +1,10 @@
 //! Manifests: PUT with validation, GET/HEAD with `Accept` negotiation, DELETE by tag or digest.
 
-use super::error::{Code, RegistryError};
-use super::names::{Algorithm, Digest, Reference, RepoName, Tag};
+use super::error::{ApiError, Code};
 use super::{body_error, digest_header, Event, Outcome, Registry};
 use crate::http::{self, BodyReader, Resp};
 use crate::storage::layout;
+use crate::types::names::{Algorithm, Digest, Reference, RepoName, Tag};
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -69,13 +69,13 @@ pub struct Manifest {
 impl Manifest {
     /// Parses stored or uploaded bytes. `content_type` is the PUT's Content-Type, used when the
     /// body does not name its media type.
-    pub fn parse(bytes: Bytes, content_type: Option<&str>) -> Result<Self, RegistryError> {
+    pub fn parse(bytes: Bytes, content_type: Option<&str>) -> Result<Self, ApiError> {
         Self::parse_as(bytes, content_type, Algorithm::Sha256)
     }
 
     /// [`Self::parse`] for a manifest addressed by a digest under algorithm `algo`.
-    pub fn parse_as(bytes: Bytes, content_type: Option<&str>, algo: Algorithm) -> Result<Self, RegistryError> {
-        let invalid = |m: String| RegistryError::new(Code::ManifestInvalid, m);
+    pub fn parse_as(bytes: Bytes, content_type: Option<&str>, algo: Algorithm) -> Result<Self, ApiError> {
+        let invalid = |m: String| ApiError::new(Code::ManifestInvalid, m);
         let raw: RawManifest =
             serde_json::from_slice(&bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
         if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
@@ -171,7 +171,7 @@ impl Manifest {
 
 impl Registry {
     /// A manifest by digest, through the cache; `None` when the bytes are not stored.
-    pub async fn load_manifest(&self, d: &Digest) -> Result<Option<Arc<Manifest>>, RegistryError> {
+    pub async fn load_manifest(&self, d: &Digest) -> Result<Option<Arc<Manifest>>, ApiError> {
         if let Some(m) = self.manifests.get(d) {
             return Ok(Some(m));
         }
@@ -188,7 +188,7 @@ impl Registry {
     }
 
     /// Tag or digest to the digest of a manifest that this repository holds.
-    pub async fn resolve(&self, name: &RepoName, r: &Reference) -> Result<Option<Digest>, RegistryError> {
+    pub async fn resolve(&self, name: &RepoName, r: &Reference) -> Result<Option<Digest>, ApiError> {
         let d = match r {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(t) => match self.read_link(&layout::tag_current(name, t)).await? {
@@ -208,9 +208,9 @@ impl Registry {
         r: &Reference,
         headers: &HeaderMap,
         head: bool,
-    ) -> Result<Outcome, RegistryError> {
+    ) -> Result<Outcome, ApiError> {
         let unknown = || {
-            RegistryError::new(
+            ApiError::new(
                 Code::ManifestUnknown,
                 format!("manifest {r} is not known to repository {name}"),
             )
@@ -222,7 +222,7 @@ impl Registry {
         let d = found.ok_or_else(unknown)?;
         let m = self.load_manifest(&d).await?.ok_or_else(unknown)?;
         if !accepts(headers, &m.media_type) {
-            return Err(RegistryError::new(
+            return Err(ApiError::new(
                 Code::ManifestUnknown,
                 format!(
                     "manifest {r} is a {}, which the Accept header does not allow",
@@ -260,10 +260,10 @@ impl Registry {
         r: &Reference,
         headers: &HeaderMap,
         body: BodyReader,
-    ) -> Result<Outcome, RegistryError> {
+    ) -> Result<Outcome, ApiError> {
         let limit = self.opts.max_manifest_bytes;
         let bytes = body.read_all(limit).await.map_err(|e| match e {
-            crate::http::BodyError::TooLarge => RegistryError::new(
+            crate::http::BodyError::TooLarge => ApiError::new(
                 Code::ManifestTooLarge,
                 format!("manifest is larger than the {limit}-byte limit"),
             ),
@@ -297,7 +297,7 @@ impl Registry {
         r: &Reference,
         bytes: bytes::Bytes,
         ct: Option<&str>,
-    ) -> Result<(Digest, Arc<Manifest>, Event), RegistryError> {
+    ) -> Result<(Digest, Arc<Manifest>, Event), ApiError> {
         // pushed by digest, the manifest is addressed under that digest's algorithm; by tag,
         // under the canonical sha256
         let algo = match r {
@@ -307,7 +307,7 @@ impl Registry {
         let m = Manifest::parse_as(bytes, ct, algo)?;
         if let Reference::Digest(want) = r {
             if want.algorithm() != m.digest.algorithm() || want != &m.digest {
-                return Err(RegistryError::new(
+                return Err(ApiError::new(
                     Code::DigestInvalid,
                     format!("manifest content has digest {}, not {want}", m.digest),
                 ));
@@ -329,7 +329,7 @@ impl Registry {
             }
         }
         if !missing.is_empty() {
-            return Err(RegistryError::new(
+            return Err(ApiError::new(
                 Code::ManifestBlobUnknown,
                 format!(
                     "manifest references {} that this repository does not have; push them first",
@@ -381,7 +381,7 @@ impl Registry {
     /// them before the revision appeared either sees the revision and spares them, or this
     /// push fails and the links go again (unless the revision `existed` before), so no
     /// manifest is ever left without its blobs (see `gc::sweep`).
-    async fn publish_revision(&self, name: &RepoName, m: &Manifest, existed: bool) -> Result<(), RegistryError> {
+    async fn publish_revision(&self, name: &RepoName, m: &Manifest, existed: bool) -> Result<(), ApiError> {
         let d = &m.digest;
         let revision = layout::revision_link(name, d);
         self.link(&revision, d).await?;
@@ -400,7 +400,7 @@ impl Registry {
             self.store.delete(&revision).await?;
             self.store.prune(&layout::revision_dir(name, d)).await?;
         }
-        Err(RegistryError::new(
+        Err(ApiError::new(
             Code::ManifestBlobUnknown,
             format!(
                 "manifest references {} that garbage collection is removing; push them again",
@@ -412,7 +412,7 @@ impl Registry {
 
     /// The blobs (and child manifests) of `m`, and its own bytes, that are gone or that a
     /// garbage collector is sweeping.
-    async fn going(&self, m: &Manifest, name: &RepoName) -> Result<Vec<String>, RegistryError> {
+    async fn going(&self, m: &Manifest, name: &RepoName) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for b in m.blobs.iter().chain([&m.digest]).filter(|b| seen.insert(*b)) {
@@ -439,10 +439,10 @@ impl Registry {
         Ok(out)
     }
 
-    pub(super) async fn delete_manifest(&self, name: &RepoName, r: &Reference) -> Result<Outcome, RegistryError> {
+    pub(super) async fn delete_manifest(&self, name: &RepoName, r: &Reference) -> Result<Outcome, ApiError> {
         self.deny_delete()?;
         let unknown = || {
-            RegistryError::new(
+            ApiError::new(
                 Code::ManifestUnknown,
                 format!("manifest {r} is not known to repository {name}"),
             )
@@ -494,7 +494,7 @@ impl Registry {
         })
     }
 
-    pub(super) async fn tags_of(&self, name: &RepoName) -> Result<Vec<Tag>, RegistryError> {
+    pub(super) async fn tags_of(&self, name: &RepoName) -> Result<Vec<Tag>, ApiError> {
         let mut out = Vec::new();
         for e in self.store.list(&layout::tags_dir(name)).await? {
             if let Some(t) = Tag::parse(&e.name) {
@@ -583,7 +583,7 @@ mod tests {
             (r#"{"schemaVersion":2,"mediaType":"text/plain"}"#.to_string(), None),
         ] {
             let e = Manifest::parse(Bytes::from(body.clone()), ct).unwrap_err();
-            assert_eq!(e.code, Code::ManifestInvalid, "{body}");
+            assert_eq!(e.code(), Some(Code::ManifestInvalid), "{body}");
         }
     }
 

@@ -1,25 +1,23 @@
 //! The registry side of mirror mode: filling the local store from the remote on a pull miss.
 
-use super::error::{Code, RegistryError};
+use super::error::{ApiError, Code};
 use super::manifests::Manifest;
-use super::names::{Digest, Reference, RepoName};
 use super::{Event, Outcome, Registry};
 use crate::http::{self, Resp};
 use crate::mirror::{Mirror, MirrorError};
 use crate::storage::layout;
+use crate::types::names::{Digest, Reference, RepoName};
 use ::http::{header, HeaderValue, StatusCode};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-fn unavailable(e: MirrorError) -> RegistryError {
+fn unavailable(e: MirrorError) -> ApiError {
     match e {
-        MirrorError::NotFound => {
-            RegistryError::new(Code::ManifestUnknown, "not found here or in the mirrored registry")
-        }
+        MirrorError::NotFound => ApiError::new(Code::ManifestUnknown, "not found here or in the mirrored registry"),
         MirrorError::Failed(m) => {
             tracing::warn!(error = %m, "mirror fetch failed");
-            RegistryError::new(Code::Unavailable, "the mirrored registry is unreachable; retry later")
+            ApiError::new(Code::Unavailable, "the mirrored registry is unreachable; retry later")
         }
     }
 }
@@ -33,7 +31,7 @@ impl Registry {
         name: &RepoName,
         r: &Reference,
         local: Option<Digest>,
-    ) -> Result<Option<Digest>, RegistryError> {
+    ) -> Result<Option<Digest>, ApiError> {
         if let (Some(d), Reference::Digest(_)) = (&local, r) {
             return Ok(Some(d.clone()));
         }
@@ -75,12 +73,12 @@ impl Registry {
         };
         let algo = match r {
             Reference::Digest(want) => want.algorithm(),
-            Reference::Tag(_) => super::names::Algorithm::Sha256,
+            Reference::Tag(_) => crate::types::names::Algorithm::Sha256,
         };
         let man = Manifest::parse_as(bytes, ct.as_deref(), algo)?;
         if let Reference::Digest(want) = r {
             if want != &man.digest {
-                return Err(RegistryError::new(
+                return Err(ApiError::new(
                     Code::DigestInvalid,
                     "the mirrored registry sent a manifest with another digest",
                 ));
@@ -108,10 +106,10 @@ impl Registry {
         name: &RepoName,
         d: &Digest,
         head: bool,
-    ) -> Result<Outcome, RegistryError> {
+    ) -> Result<Outcome, ApiError> {
         let not_found = |e: MirrorError| match e {
             MirrorError::NotFound => {
-                RegistryError::new(Code::BlobUnknown, format!("blob {d} is not known to repository {name}"))
+                ApiError::new(Code::BlobUnknown, format!("blob {d} is not known to repository {name}"))
             }
             other => unavailable(other),
         };
@@ -133,7 +131,7 @@ impl Registry {
         let store = self.store.clone();
         let (name2, d2) = (name.clone(), d.clone());
         tokio::spawn(async move {
-            let mut h = super::names::Hasher::new(d2.algorithm());
+            let mut h = crate::types::names::Hasher::new(d2.algorithm());
             let mut client_gone = false;
             while let Some(c) = stream.next().await {
                 let c = match c {

@@ -2,9 +2,7 @@
 //!
 //! Handlers receive an already authorised, typed [`Route`]; they never see raw paths.
 
-pub use browse::TagInfo;
 pub mod error;
-pub mod names;
 pub mod route;
 
 mod blobs;
@@ -18,10 +16,10 @@ mod uploads;
 
 use crate::http::{BodyReader, Resp};
 use crate::storage::Storage;
+use crate::types::names::{Digest, RepoName};
 use ::http::{header, HeaderMap, Method, StatusCode};
-use error::{Code, RegistryError};
+use error::{ApiError, Code};
 use hyper::body::Incoming;
-use names::{Digest, RepoName};
 pub use route::{classify, Route, RouteError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +29,6 @@ pub use manifests::Manifest;
 /// A referenced blob older than this gets its modification time refreshed (must stay well below
 /// the smallest sensible GC grace period).
 const REFRESH_AFTER: Duration = Duration::from_secs(600);
-
-pub const API_VERSION_HEADER: &str = "Docker-Distribution-Api-Version";
 
 /// How long a garbage collector's sweep marker on a blob is believed: a marker older than this
 /// was left by a collector that died, and no longer stops pushes (the collector stops deleting
@@ -123,11 +119,24 @@ impl Registry {
         &self.store
     }
 
-    pub fn options(&self) -> &Options {
-        &self.opts
+    pub async fn handle(&self, route: Route, req: Request<'_>) -> Result<Outcome, ApiError> {
+        let allow = route.allowed_methods(self.opts.delete);
+        self.route(route, req).await.map_err(|e| {
+            // a 405 names what the endpoint does answer
+            if e.status() == StatusCode::METHOD_NOT_ALLOWED {
+                e.with_header(::http::header::ALLOW, allow)
+            } else {
+                e
+            }
+        })
     }
 
-    pub async fn handle(&self, route: Route, req: Request<'_>) -> Result<Outcome, RegistryError> {
+    /// Whether `DELETE` is served (`storage.delete`).
+    pub fn deletes_enabled(&self) -> bool {
+        self.opts.delete
+    }
+
+    async fn route(&self, route: Route, req: Request<'_>) -> Result<Outcome, ApiError> {
         let m = req.method.clone();
         let body = BodyReader::new(req.body, self.opts.body_idle);
         match (route, m) {
@@ -155,10 +164,7 @@ impl Registry {
             (Route::Manifest(n, r), Method::PUT) => self.put_manifest(&n, &r, req.headers, body).await,
             (Route::Manifest(n, r), Method::DELETE) => self.delete_manifest(&n, &r).await,
             (Route::Referrers(n, d), Method::GET) => self.referrers(&n, &d, req.query).await.map(Into::into),
-            (_, _) => Err(RegistryError::new(
-                Code::Unsupported,
-                "method not allowed on this endpoint",
-            )),
+            (_, _) => Err(ApiError::new(Code::Unsupported, "method not allowed on this endpoint")),
         }
     }
 
@@ -166,11 +172,11 @@ impl Registry {
         format!("{}{}", self.opts.public_url, path)
     }
 
-    fn deny_delete(&self) -> Result<(), RegistryError> {
+    fn deny_delete(&self) -> Result<(), ApiError> {
         if self.opts.delete {
             Ok(())
         } else {
-            Err(RegistryError::new(
+            Err(ApiError::new(
                 Code::Unsupported,
                 "deletes are disabled on this registry (storage.delete: false)",
             ))
@@ -178,7 +184,7 @@ impl Registry {
     }
 
     /// Whether `digest` is linked into repository `name` as a layer/config blob.
-    async fn blob_linked(&self, name: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
+    async fn blob_linked(&self, name: &RepoName, d: &Digest) -> Result<bool, ApiError> {
         Ok(self
             .store
             .stat(&crate::storage::layout::layer_link(name, d))
@@ -188,7 +194,7 @@ impl Registry {
 
     /// Whether the blob's bytes are stored; refreshes their modification time when it is older
     /// than a few minutes, so a blob just referenced again is never inside a GC sweep's window.
-    async fn blob_stored(&self, d: &Digest) -> Result<bool, RegistryError> {
+    async fn blob_stored(&self, d: &Digest) -> Result<bool, ApiError> {
         let key = crate::storage::layout::blob_data(d);
         let Some(meta) = self.store.stat(&key).await? else {
             return Ok(false);
@@ -205,12 +211,12 @@ impl Registry {
         Ok(true)
     }
 
-    async fn link(&self, key: &str, d: &Digest) -> Result<(), RegistryError> {
+    async fn link(&self, key: &str, d: &Digest) -> Result<(), ApiError> {
         self.store.put(key, bytes::Bytes::from(d.to_string())).await?;
         Ok(())
     }
 
-    async fn read_link(&self, key: &str) -> Result<Option<Digest>, RegistryError> {
+    async fn read_link(&self, key: &str) -> Result<Option<Digest>, ApiError> {
         match self.store.read(key, 1024).await? {
             None => Ok(None),
             Some(b) => {
@@ -229,16 +235,16 @@ fn digest_header(r: &mut Resp, d: &Digest) {
     );
 }
 
-fn body_error(e: crate::http::BodyError) -> RegistryError {
+fn body_error(e: crate::http::BodyError) -> ApiError {
     match e {
-        crate::http::BodyError::TooLarge => RegistryError::new(Code::ManifestTooLarge, "request body too large"),
-        crate::http::BodyError::Idle => RegistryError::new(
+        crate::http::BodyError::TooLarge => ApiError::new(Code::ManifestTooLarge, "request body too large"),
+        crate::http::BodyError::Idle => ApiError::new(
             Code::BlobUploadInvalid,
             "request body stalled; the upload can be resumed",
         )
         .with_status(StatusCode::REQUEST_TIMEOUT),
         crate::http::BodyError::Io(e) => {
-            RegistryError::new(Code::BlobUploadInvalid, format!("reading request body failed: {e}"))
+            ApiError::new(Code::BlobUploadInvalid, format!("reading request body failed: {e}"))
         }
     }
 }

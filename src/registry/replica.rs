@@ -3,24 +3,24 @@
 //! with the same checks a push gets (digest verified while streaming; a manifest only once
 //! everything it names is here).
 
-use super::error::{Code, RegistryError};
+use super::error::{ApiError, Code};
 use super::manifests::Manifest;
-use super::names::{Digest, Reference, RepoName, Tag};
 use super::{Event, Registry};
 use crate::storage::{layout, ByteStream};
+use crate::types::names::{Digest, Reference, RepoName, Tag};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::sync::Arc;
 
 impl Registry {
     /// The manifest a tag names now.
-    pub async fn tag_target(&self, name: &RepoName, tag: &str) -> Result<Option<Digest>, RegistryError> {
+    pub async fn tag_target(&self, name: &RepoName, tag: &str) -> Result<Option<Digest>, ApiError> {
         let Some(t) = Tag::parse(tag) else { return Ok(None) };
         self.read_link(&layout::tag_current(name, &t)).await
     }
 
     /// A manifest of this repository (none when the repository does not hold it).
-    pub async fn repo_manifest(&self, name: &RepoName, d: &Digest) -> Result<Option<Arc<Manifest>>, RegistryError> {
+    pub async fn repo_manifest(&self, name: &RepoName, d: &Digest) -> Result<Option<Arc<Manifest>>, ApiError> {
         if self.store.stat(&layout::revision_link(name, d)).await?.is_none() {
             return Ok(None);
         }
@@ -28,9 +28,9 @@ impl Registry {
     }
 
     /// The manifests in this repository whose subject is `subject`.
-    pub async fn referrer_digests(&self, name: &RepoName, subject: &Digest) -> Result<Vec<Digest>, RegistryError> {
+    pub async fn referrer_digests(&self, name: &RepoName, subject: &Digest) -> Result<Vec<Digest>, ApiError> {
         let mut out = Vec::new();
-        for a in super::names::Algorithm::ALL {
+        for a in crate::types::names::Algorithm::ALL {
             for e in self.store.list(&layout::referrers_dir(name, subject, a)).await? {
                 let Some(d) = Digest::from_hex(a, &e.name) else {
                     continue;
@@ -44,7 +44,7 @@ impl Registry {
     }
 
     /// A blob's bytes as a stream, with its size.
-    pub async fn blob_stream(&self, d: &Digest) -> Result<Option<(u64, ByteStream)>, RegistryError> {
+    pub async fn blob_stream(&self, d: &Digest) -> Result<Option<(u64, ByteStream)>, ApiError> {
         Ok(self
             .store
             .get(&layout::blob_data(d), None)
@@ -53,16 +53,16 @@ impl Registry {
     }
 
     /// Whether the repository has the blob (linked and stored).
-    pub async fn has_blob(&self, name: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
+    pub async fn has_blob(&self, name: &RepoName, d: &Digest) -> Result<bool, ApiError> {
         Ok(self.blob_linked(name, d).await? && self.blob_stored(d).await?)
     }
 
     /// Writes a blob copied from elsewhere into `name`: streamed, hashed on the way, visible
     /// only once it matches `d`.
-    pub async fn import_blob(&self, name: &RepoName, d: &Digest, mut body: ByteStream) -> Result<u64, RegistryError> {
+    pub async fn import_blob(&self, name: &RepoName, d: &Digest, mut body: ByteStream) -> Result<u64, ApiError> {
         if !self.blob_stored(d).await? {
             let mut w = self.store.writer(&layout::blob_data(d)).await?;
-            let mut h = super::names::Hasher::new(d.algorithm());
+            let mut h = crate::types::names::Hasher::new(d.algorithm());
             while let Some(c) = body.next().await {
                 let c: Bytes = match c {
                     Ok(c) => c,
@@ -79,7 +79,7 @@ impl Registry {
             }
             if h.finish() != *d {
                 w.abort().await;
-                return Err(RegistryError::new(
+                return Err(ApiError::new(
                     Code::DigestInvalid,
                     format!("the copied blob does not match {d}"),
                 ));
@@ -98,7 +98,7 @@ impl Registry {
         r: &Reference,
         bytes: Bytes,
         content_type: Option<&str>,
-    ) -> Result<Event, RegistryError> {
+    ) -> Result<Event, ApiError> {
         let (d, m, ev) = self.store_manifest(name, r, bytes, content_type).await?;
         self.manifests.insert(d, m);
         Ok(ev)

@@ -1,7 +1,7 @@
 //! `/v2/...` paths to typed routes. A pure function, parsed from the right because repository
 //! names may themselves contain `blobs`, `manifests` or `tags` as components.
 
-use super::names::{Digest, Reference, RepoName, UploadId};
+use crate::types::names::{Digest, Reference, RepoName, UploadId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -26,6 +26,22 @@ pub enum RouteError {
 }
 
 impl Route {
+    /// The methods the endpoint answers (`Allow` of a 405), without `DELETE` of manifests and
+    /// blobs when deletes are disabled.
+    pub fn allowed_methods(&self, deletes: bool) -> &'static str {
+        match (self, deletes) {
+            (Route::Base, _) => "GET, HEAD",
+            (Route::Catalog | Route::Tags(_) | Route::Referrers(..), _) => "GET",
+            (Route::Manifest(..), true) => "GET, HEAD, PUT, DELETE",
+            (Route::Manifest(..), false) => "GET, HEAD, PUT",
+            (Route::Blob(..), true) => "GET, HEAD, DELETE",
+            (Route::Blob(..), false) => "GET, HEAD",
+            (Route::UploadStart(_), _) => "POST",
+            // cancelling an upload is not a delete of anything stored
+            (Route::Upload(..), _) => "GET, PATCH, PUT, DELETE",
+        }
+    }
+
     pub fn repo(&self) -> Option<&RepoName> {
         match self {
             Route::Base | Route::Catalog => None,

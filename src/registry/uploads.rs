@@ -10,13 +10,13 @@
 //! storage can continue an upload. A blob becomes visible only after its bytes hash to the
 //! digest the client named.
 
-use super::error::{Code, RegistryError};
+use super::error::{ApiError, Code};
 use super::hashstate::ResumableSha256;
-use super::names::{Algorithm, Digest, Hasher, RepoName, UploadId};
 use super::{body_error, digest_header, Event, Outcome, Permissions, Registry};
 use crate::http::{self, query_get, BodyReader, Resp};
 use crate::storage::fs::FsAppender;
 use crate::storage::{layout, BlobWriter};
+use crate::types::names::{Algorithm, Digest, Hasher, RepoName, UploadId};
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -54,9 +54,9 @@ impl Registry {
         query: &[(String, String)],
         body: BodyReader,
         perms: &dyn Permissions,
-    ) -> Result<Outcome, RegistryError> {
+    ) -> Result<Outcome, ApiError> {
         if let (Some(m), Some(from)) = (query_get(query, "mount"), query_get(query, "from")) {
-            let d = Digest::parse(m).ok_or_else(|| RegistryError::new(Code::DigestInvalid, "invalid mount digest"))?;
+            let d = Digest::parse(m).ok_or_else(|| ApiError::new(Code::DigestInvalid, "invalid mount digest"))?;
             if let Some(from) = RepoName::parse(from) {
                 if perms.can_pull(&from) && self.blob_linked(&from, &d).await? && self.blob_stored(&d).await? {
                     self.link(&layout::layer_link(name, &d), &d).await?;
@@ -83,7 +83,7 @@ impl Registry {
     }
 
     /// POST with `?digest=`: the whole blob in one request, streamed straight into place.
-    async fn monolithic(&self, name: &RepoName, d: &Digest, mut body: BodyReader) -> Result<Outcome, RegistryError> {
+    async fn monolithic(&self, name: &RepoName, d: &Digest, mut body: BodyReader) -> Result<Outcome, ApiError> {
         let first = body.chunk().await.map_err(body_error)?;
         let size = self.write_blob_from_body(d, first, &mut body).await?;
         self.link(&layout::layer_link(name, d), d).await?;
@@ -93,14 +93,14 @@ impl Registry {
         })
     }
 
-    pub(super) async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<Resp, RegistryError> {
+    pub(super) async fn upload_status(&self, name: &RepoName, id: &UploadId) -> Result<Resp, ApiError> {
         let held = self.held(name, id).await?;
         let mut r = http::status(StatusCode::NO_CONTENT);
         self.upload_headers(&mut r, name, id, held.end());
         Ok(r)
     }
 
-    pub(super) async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<Resp, RegistryError> {
+    pub(super) async fn cancel_upload(&self, name: &RepoName, id: &UploadId) -> Result<Resp, ApiError> {
         self.held(name, id).await?;
         self.store.delete_all(&layout::upload_dir(name, id)).await?;
         Ok(http::status(StatusCode::NO_CONTENT))
@@ -112,7 +112,7 @@ impl Registry {
         id: &UploadId,
         headers: &HeaderMap,
         mut body: BodyReader,
-    ) -> Result<Resp, RegistryError> {
+    ) -> Result<Resp, ApiError> {
         let held = self.held(name, id).await?;
         let offset = held.end();
         if let Some(r) = self.check_chunk_range(name, id, headers, offset)? {
@@ -138,10 +138,10 @@ impl Registry {
         headers: &HeaderMap,
         query: &[(String, String)],
         mut body: BodyReader,
-    ) -> Result<Outcome, RegistryError> {
+    ) -> Result<Outcome, ApiError> {
         let d = parse_upload_digest(
             query_get(query, "digest")
-                .ok_or_else(|| RegistryError::new(Code::DigestInvalid, "the digest query parameter is required"))?,
+                .ok_or_else(|| ApiError::new(Code::DigestInvalid, "the digest query parameter is required"))?,
         )?;
         let held = self.held(name, id).await?;
         // a final chunk carried on the PUT must continue the upload exactly like a PATCH
@@ -196,18 +196,18 @@ impl Registry {
         id: &UploadId,
         headers: &HeaderMap,
         offset: u64,
-    ) -> Result<Option<Resp>, RegistryError> {
+    ) -> Result<Option<Resp>, ApiError> {
         let Some(v) = headers.get(header::CONTENT_RANGE) else {
             return Ok(None);
         };
         let (start, end) = parse_content_range(v)
-            .ok_or_else(|| RegistryError::new(Code::BlobUploadInvalid, "Content-Range must be <start>-<end>"))?;
+            .ok_or_else(|| ApiError::new(Code::BlobUploadInvalid, "Content-Range must be <start>-<end>"))?;
         if start != offset {
             return Ok(Some(self.range_moved(name, id, start, offset)));
         }
         if let Some(len) = content_length(headers) {
             if end + 1 - start != len {
-                return Err(RegistryError::new(
+                return Err(ApiError::new(
                     Code::BlobUploadInvalid,
                     "Content-Range and Content-Length disagree",
                 ));
@@ -222,7 +222,7 @@ impl Registry {
         d: &Digest,
         first: Option<Bytes>,
         body: &mut BodyReader,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<u64, ApiError> {
         let mut w = self.store.writer(&layout::blob_data(d)).await?;
         let mut h = Hasher::new(d.algorithm());
         if let Err(e) = pump(&mut w, first, body, |c| h.update(c)).await {
@@ -234,7 +234,7 @@ impl Registry {
         Ok(size)
     }
 
-    async fn verify_and_commit(&self, w: BlobWriter, h: Hasher, d: &Digest) -> Result<(), RegistryError> {
+    async fn verify_and_commit(&self, w: BlobWriter, h: Hasher, d: &Digest) -> Result<(), ApiError> {
         let got = h.finish();
         if &got != d {
             w.abort().await;
@@ -252,7 +252,7 @@ impl Registry {
         offset: u64,
         first: Option<Bytes>,
         body: &mut BodyReader,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<u64, ApiError> {
         let next = match first {
             Some(c) => Some(c),
             None => body.chunk().await.map_err(body_error)?,
@@ -280,7 +280,7 @@ impl Registry {
 
     /// Joins the parts into the blob. A single part whose recorded hash matches is moved into
     /// place without copying; otherwise the parts are streamed, hashed and written anew.
-    async fn assemble(&self, name: &RepoName, id: &UploadId, parts: &[Part], d: &Digest) -> Result<u64, RegistryError> {
+    async fn assemble(&self, name: &RepoName, id: &UploadId, parts: &[Part], d: &Digest) -> Result<u64, ApiError> {
         let total = end_of(parts);
         let dest = layout::blob_data(d);
         // the recorded hash is a sha256: a shortcut only for a blob named by one
@@ -291,7 +291,7 @@ impl Registry {
                     let got = Digest::parse(&format!("sha256:{hex}"));
                     return Err(match got {
                         Some(g) => digest_mismatch(d, &g),
-                        None => RegistryError::new(Code::DigestInvalid, "upload content does not match the digest"),
+                        None => ApiError::new(Code::DigestInvalid, "upload content does not match the digest"),
                     });
                 }
                 if !self.blob_stored(d).await? {
@@ -308,10 +308,7 @@ impl Registry {
             let key = layout::upload_part(name, id, p.offset);
             let Some((_, mut s)) = self.store.get(&key, None).await? else {
                 w.abort().await;
-                return Err(RegistryError::new(
-                    Code::BlobUploadInvalid,
-                    "an upload chunk has vanished",
-                ));
+                return Err(ApiError::new(Code::BlobUploadInvalid, "an upload chunk has vanished"));
             };
             while let Some(c) = s.next().await {
                 let c = match c {
@@ -330,7 +327,7 @@ impl Registry {
         }
         if w.written() != total {
             w.abort().await;
-            return Err(RegistryError::new(
+            return Err(ApiError::new(
                 Code::BlobUploadInvalid,
                 "upload chunks changed while assembling",
             ));
@@ -340,7 +337,7 @@ impl Registry {
     }
 
     /// What the upload holds; `BLOB_UPLOAD_UNKNOWN` when there is no such upload.
-    async fn held(&self, name: &RepoName, id: &UploadId) -> Result<Held, RegistryError> {
+    async fn held(&self, name: &RepoName, id: &UploadId) -> Result<Held, ApiError> {
         let entries = self.store.list(&layout::upload_dir(name, id)).await?;
         if !entries.iter().any(|e| e.name == "startedat") {
             return Err(unknown_upload(name, id));
@@ -362,7 +359,7 @@ impl Registry {
     /// 416 for a chunk that starts at `offset` when the upload holds `now` bytes (the client
     /// lost count, or another request wrote to the upload meanwhile).
     fn range_moved(&self, name: &RepoName, id: &UploadId, offset: u64, now: u64) -> Resp {
-        let mut r = RegistryError::new(
+        let mut r = ApiError::new(
             Code::RangeInvalid,
             format!("chunk starts at {offset} but the upload has {now} bytes; resume from the Range header"),
         )
@@ -378,7 +375,7 @@ impl Registry {
         name: &RepoName,
         id: &UploadId,
         offset: u64,
-    ) -> Result<Result<(FsAppender, Progress), u64>, RegistryError> {
+    ) -> Result<Result<(FsAppender, Progress), u64>, ApiError> {
         let a = match self.store.appender(&layout::upload_data(name, id)).await {
             Ok(a) => a,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown_upload(name, id)),
@@ -409,7 +406,7 @@ impl Registry {
         offset: u64,
         first: Option<Bytes>,
         body: &mut BodyReader,
-    ) -> Result<Result<u64, u64>, RegistryError> {
+    ) -> Result<Result<u64, u64>, ApiError> {
         let next = match first {
             Some(c) => Some(c),
             None => body.chunk().await.map_err(body_error)?,
@@ -450,7 +447,7 @@ impl Registry {
     /// The upload's recorded progress. No record means no chunk was ever completed; a record a
     /// power loss damaged (it is not flushed) leaves the file's length as the best account, with
     /// the file hashed again at the end.
-    async fn progress(&self, name: &RepoName, id: &UploadId) -> Result<Progress, RegistryError> {
+    async fn progress(&self, name: &RepoName, id: &UploadId) -> Result<Progress, ApiError> {
         let Some(raw) = self.store.read(&layout::upload_progress(name, id), 1024).await? else {
             return Ok(Progress {
                 len: 0,
@@ -496,7 +493,7 @@ impl Registry {
         id: &UploadId,
         len: u64,
         d: &Digest,
-    ) -> Result<Result<(), u64>, RegistryError> {
+    ) -> Result<Result<(), u64>, ApiError> {
         let (mut a, p) = match self.lock_upload(name, id, len).await? {
             Ok(x) => x,
             Err(now) => return Ok(Err(now)),
@@ -522,7 +519,7 @@ impl Registry {
         len: u64,
         sha256: Option<ResumableSha256>,
         d: &Digest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), ApiError> {
         let data = layout::upload_data(name, id);
         // the running hash is a sha256; a blob named by another algorithm is hashed again,
         // streaming from the file
@@ -562,7 +559,7 @@ impl Registry {
         name: &RepoName,
         id: &UploadId,
         entries: &[crate::storage::Entry],
-    ) -> Result<Vec<Part>, RegistryError> {
+    ) -> Result<Vec<Part>, ApiError> {
         let mut parts = Vec::new();
         for e in entries {
             let Some(off) = e.name.strip_prefix("part-") else {
@@ -596,7 +593,7 @@ impl Registry {
         let mut at = 0;
         for p in &parts {
             if p.offset != at {
-                return Err(RegistryError::new(
+                return Err(ApiError::new(
                     Code::BlobUploadInvalid,
                     "upload chunks are not contiguous; cancel and restart the upload",
                 ));
@@ -668,8 +665,8 @@ impl Progress {
     }
 }
 
-fn damaged_upload(e: std::io::Error) -> RegistryError {
-    RegistryError::new(
+fn damaged_upload(e: std::io::Error) -> ApiError {
+    ApiError::new(
         Code::BlobUploadInvalid,
         format!("this upload lost data ({e}); cancel it and push again"),
     )
@@ -699,7 +696,7 @@ async fn pump(
     mut next: Option<Bytes>,
     body: &mut BodyReader,
     mut seen: impl FnMut(&[u8]),
-) -> Result<(), RegistryError> {
+) -> Result<(), ApiError> {
     while let Some(c) = next {
         seen(&c);
         w.put(c).await?;
@@ -708,8 +705,8 @@ async fn pump(
     Ok(())
 }
 
-fn unknown_upload(name: &RepoName, id: &UploadId) -> RegistryError {
-    RegistryError::new(
+fn unknown_upload(name: &RepoName, id: &UploadId) -> ApiError {
+    ApiError::new(
         Code::BlobUploadUnknown,
         format!("upload {id} is not known to repository {name}"),
     )
@@ -733,7 +730,7 @@ fn end_of(parts: &[Part]) -> u64 {
 
 /// The digest an upload is to be checked against: sha256 or sha512, well formed. Another
 /// algorithm is `DIGEST_INVALID`, naming the ones supported.
-fn parse_upload_digest(s: &str) -> Result<Digest, RegistryError> {
+fn parse_upload_digest(s: &str) -> Result<Digest, ApiError> {
     Digest::parse(s).ok_or_else(|| {
         let known = s.split_once(':').is_some_and(|(a, _)| Algorithm::parse(a).is_some());
         let why = if known {
@@ -741,12 +738,12 @@ fn parse_upload_digest(s: &str) -> Result<Digest, RegistryError> {
         } else {
             format!("invalid digest {s:?}: the supported algorithms are sha256 and sha512")
         };
-        RegistryError::new(Code::DigestInvalid, why)
+        ApiError::new(Code::DigestInvalid, why)
     })
 }
 
-fn digest_mismatch(want: &Digest, got: &Digest) -> RegistryError {
-    RegistryError::new(
+fn digest_mismatch(want: &Digest, got: &Digest) -> ApiError {
+    ApiError::new(
         Code::DigestInvalid,
         format!("uploaded content has digest {got}, not {want}"),
     )

@@ -13,13 +13,12 @@
 //! **Pull rules** copy the remote's new and changed tags here every `interval`, never deleting
 //! anything local: what was copied stays when the remote goes away.
 
-pub mod cmd;
 pub mod remote;
 
 use crate::auth::policy::Glob;
 use crate::config::replication::{Direction, ReplicationConfig};
-use crate::registry::names::{Digest, Reference, RepoName, Tag};
 use crate::registry::{Event, Registry};
+use crate::types::names::{Digest, Reference, RepoName, Tag};
 use remote::{Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -111,8 +110,8 @@ impl From<RemoteError> for CopyError {
     }
 }
 
-impl From<crate::registry::error::RegistryError> for CopyError {
-    fn from(e: crate::registry::error::RegistryError) -> Self {
+impl From<crate::registry::error::ApiError> for CopyError {
+    fn from(e: crate::registry::error::ApiError) -> Self {
         CopyError::Retry(format!("local registry: {e}"))
     }
 }

@@ -4,7 +4,7 @@
 mod guard;
 pub mod tls;
 
-use crate::gateway::App;
+use crate::http::Resp;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,12 +21,18 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub tls: bool,
+}
+
+/// What answers the requests: the gateway implements it; the server knows nothing else of it.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: hyper::Request<Incoming>, conn: ConnInfo) -> impl Future<Output = Resp> + Send;
 }
 
 pub struct ServeOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The `Strict-Transport-Security` value, added (on TLS) to the answers hyper writes itself.
+    pub hsts: Option<String>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -54,7 +60,12 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and gives
 /// in-flight requests `shutdown_grace` to finish.
-pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutdown: impl Future<Output = ()>) {
+pub async fn run<H: Handler>(
+    listener: TcpListener,
+    app: Arc<H>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -62,7 +73,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutd
     // header lines for the answers hyper writes by itself (see guard.rs)
     let extra: Arc<[u8]> = {
         let mut v = b"x-content-type-options: nosniff\r\n".to_vec();
-        if let (Some(hsts), true) = (&app.hsts, acceptor.is_some()) {
+        if let (Some(hsts), true) = (&opts.hsts, acceptor.is_some()) {
             v.extend_from_slice(b"strict-transport-security: ");
             v.extend_from_slice(hsts.as_bytes());
             v.extend_from_slice(b"\r\n");
@@ -89,7 +100,6 @@ pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutd
             },
         };
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -100,7 +110,6 @@ pub async fn run(listener: TcpListener, app: Arc<App>, opts: ServeOptions, shutd
             let _permit = permit;
             let info = ConnInfo {
                 peer,
-                local,
                 tls: acceptor.is_some(),
             };
             let requests = Arc::new(guard::Requests::default());

@@ -1,6 +1,6 @@
 //! Storage keys, in distribution's layout (`docker/registry/v2/...`), built only from typed names.
 
-use crate::registry::names::{Algorithm, Digest, RepoName, Tag, UploadId};
+use crate::types::names::{Algorithm, Digest, RepoName, Tag, UploadId};
 
 pub const ROOT: &str = "docker/registry/v2";
 pub const REPOS: &str = "docker/registry/v2/repositories";

@@ -195,16 +195,6 @@ impl LfsStore {
         })
     }
 
-    /// Deleting a blob never frees space on the LFS server (it has no delete API).
-    pub fn frees_space(&self) -> bool {
-        false
-    }
-
-    /// The metadata store (tags, links, upload state, blob records).
-    pub fn metadata(&self) -> &Storage {
-        &self.inner.meta
-    }
-
     pub async fn stat(&self, key: &str) -> io::Result<Option<ObjMeta>> {
         let Some(oid) = oid_of(key) else {
             return self.inner.m_stat(key).await;

@@ -12,12 +12,10 @@ pub mod memory;
 pub mod object;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use std::io;
-use std::pin::Pin;
 use std::time::SystemTime;
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+pub use crate::types::ByteStream;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ObjMeta {
@@ -98,15 +96,6 @@ pub fn is_unavailable(e: &io::Error) -> bool {
 }
 
 impl Storage {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Storage::Fs(_) => "fs",
-            Storage::Memory(_) => "memory",
-            Storage::Object(s) => s.kind(),
-            Storage::Lfs(_) => "lfs",
-        }
-    }
-
     pub async fn stat(&self, key: &str) -> io::Result<Option<ObjMeta>> {
         match self {
             Storage::Fs(s) => s.stat(key).await,

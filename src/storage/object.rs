@@ -59,7 +59,6 @@ impl Default for Policy {
 
 pub struct ObjectStore {
     op: Operator,
-    kind: &'static str,
     part_size: usize,
 }
 
@@ -72,12 +71,7 @@ fn io_err(e: opendal::Error) -> io::Error {
 
 impl ObjectStore {
     /// Wraps a configured OpenDAL service with the retry and timeout layers.
-    pub fn new<B: opendal::Builder>(
-        kind: &'static str,
-        builder: B,
-        part_size: u64,
-        policy: Policy,
-    ) -> Result<ObjectStore, String> {
+    pub fn new<B: opendal::Builder>(builder: B, part_size: u64, policy: Policy) -> Result<ObjectStore, String> {
         let part_size = part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
         let op = Operator::new(builder)
             .map_err(|e| e.to_string())?
@@ -98,7 +92,6 @@ impl ObjectStore {
             .finish();
         Ok(ObjectStore {
             op,
-            kind,
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
         })
     }
@@ -150,7 +143,6 @@ impl ObjectStore {
                 }
             }
                 ObjectStore::new(
-                    "s3",
                     b,
                     c.part_size.unwrap_or(DEFAULT_PART_SIZE),
                     policy(c.max_retries, c.timeout),
@@ -181,7 +173,6 @@ impl ObjectStore {
                     b = b.access_key_secret(&v);
                 }
                 ObjectStore::new(
-                    "oss",
                     b,
                     c.part_size.unwrap_or(DEFAULT_PART_SIZE),
                     policy(c.max_retries, c.timeout),
@@ -205,7 +196,6 @@ impl ObjectStore {
                     }
                 }
                 ObjectStore::new(
-                    "cos",
                     b,
                     c.part_size.unwrap_or(DEFAULT_PART_SIZE),
                     policy(c.max_retries, c.timeout),
@@ -214,14 +204,6 @@ impl ObjectStore {
             }
             _ => Err("storage.backend: not an object storage backend".into()),
         }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    pub fn part_size(&self) -> usize {
-        self.part_size
     }
 
     async fn head(&self, key: &str) -> io::Result<Option<ObjMeta>> {

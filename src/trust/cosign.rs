@@ -5,7 +5,7 @@
 //! have (a second RustCrypto generation, aws-lc-sys built from C, oci-client, openidconnect) for
 //! the one key-based check below; measured with `cargo tree` on 2026-12-03.
 
-use crate::registry::names::Digest;
+use crate::types::names::Digest;
 use base64::Engine as _;
 use ring::signature::{self as sig, UnparsedPublicKey};
 use rustls_pki_types::pem::PemObject as _;
@@ -15,8 +15,6 @@ use spki::der::asn1::ObjectIdentifier;
 
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
-/// artifactType of cosign signatures stored as OCI 1.1 referrers.
-pub const ARTIFACT_SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");

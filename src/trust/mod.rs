@@ -14,10 +14,10 @@ pub mod scanner;
 use crate::auth::policy::Glob;
 use crate::config::trust::{parse_date, ScannerConfig, Severity, TrustRule, Unscanned};
 use crate::http::{self, Resp};
-use crate::registry::error::{Code, RegistryError};
-use crate::registry::names::{Algorithm, Digest, Reference, RepoName, Tag};
+use crate::registry::error::{ApiError, Code};
 use crate::registry::{Event, Manifest, Outcome, Registry, Route};
 use crate::storage::{layout, Storage};
+use crate::types::names::{Algorithm, Digest, Reference, RepoName, Tag};
 use ::http::{HeaderName, Method, StatusCode};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -612,13 +612,13 @@ impl Trust {
                 http::set(&mut r, ::http::header::CONTENT_TYPE, "application/json");
                 r
             }
-            None => RegistryError::new(Code::NotFound, format!("no scan report for {repo}@{d}")).into_response(),
+            None => ApiError::new(Code::NotFound, format!("no scan report for {repo}@{d}")).into_response(),
         }
     }
 }
 
 fn deny(out: &mut Outcome, repo: &RepoName, d: &Digest, why: &str, unavailable: bool) {
-    let mut e = RegistryError::new(Code::Denied, format!("untrusted image {repo}@{d}: {why}"));
+    let mut e = ApiError::new(Code::Denied, format!("untrusted image {repo}@{d}: {why}"));
     if unavailable {
         e = e.with_status(StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -5,14 +5,13 @@
 //! (`rustls-webpki`, already in the tree for TLS), and sign `protected.payload` with the
 //! protected header's `alg`. COSE envelopes are not verified (they do not count).
 
-use crate::registry::names::Digest;
+use crate::types::names::Digest;
 use base64::Engine as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Deserialize;
 use std::collections::HashMap;
 
-pub const ARTIFACT_TYPE: &str = "application/vnd.cncf.notary.signature";
 pub const JWS: &str = "application/jose+json";
 const PAYLOAD_TYPE: &str = "application/vnd.cncf.notary.payload.v1+json";
 /// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), DER content octets.

@@ -4,8 +4,8 @@
 
 use crate::config::trust::{ScannerConfig, Severity};
 use crate::config::Secret;
-use crate::registry::names::{Digest, RepoName};
 use crate::storage::{layout, Storage};
+use crate::types::names::{Digest, RepoName};
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::HashSet;

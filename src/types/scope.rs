@@ -49,9 +49,46 @@ pub fn expand(a: &Actions) -> Actions {
     }
 }
 
+/// A scope's resource type: the two distribution defines, and any other kept by its name (a
+/// token request may ask for types regate grants nothing on; they are echoed, never granted).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    Repository,
+    Registry,
+    /// A browser session of a local account: the only access entry of its cookie, which grants
+    /// nothing on the registry (a client cannot ask for it: scope types are lowercase words).
+    WebSession,
+    Other(String),
+}
+
+impl Resource {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "repository" => Resource::Repository,
+            "registry" => Resource::Registry,
+            "regate-web-session" => Resource::WebSession,
+            other => Resource::Other(other.to_owned()),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        match self {
+            Resource::Repository => "repository",
+            Resource::Registry => "registry",
+            Resource::WebSession => "regate-web-session",
+            Resource::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Scope {
-    pub kind: String,
+    pub resource: Resource,
     pub class: Option<String>,
     pub name: String,
     pub actions: Actions,
@@ -60,7 +97,7 @@ pub struct Scope {
 impl Scope {
     pub fn repository(name: &str, actions: &[Action]) -> Self {
         Scope {
-            kind: "repository".into(),
+            resource: Resource::Repository,
             class: None,
             name: name.to_owned(),
             actions: actions.iter().copied().collect(),
@@ -69,7 +106,7 @@ impl Scope {
 
     pub fn catalog() -> Self {
         Scope {
-            kind: "registry".into(),
+            resource: Resource::Registry,
             class: None,
             name: "catalog".into(),
             actions: [Action::All].into_iter().collect(),
@@ -93,7 +130,7 @@ impl Scope {
         }
         let actions: Actions = actions.split(',').filter_map(Action::parse).collect();
         Some(Scope {
-            kind: kind.to_owned(),
+            resource: Resource::parse(kind),
             class: class.map(str::to_owned),
             name: name.to_owned(),
             actions,
@@ -110,7 +147,7 @@ impl Scope {
             if let Some(sc) = Scope::parse(s) {
                 match out
                     .iter_mut()
-                    .find(|o| o.kind == sc.kind && o.name == sc.name && o.class == sc.class)
+                    .find(|o| o.resource == sc.resource && o.name == sc.name && o.class == sc.class)
                 {
                     Some(o) => o.actions.extend(sc.actions),
                     None => out.push(sc),
@@ -123,7 +160,7 @@ impl Scope {
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.kind)?;
+        f.write_str(self.resource.as_str())?;
         if let Some(c) = &self.class {
             write!(f, "({c})")?;
         }
@@ -140,7 +177,7 @@ mod tests {
     #[test]
     fn parse_scopes() {
         let s = Scope::parse("repository:library/ubuntu:pull,push").unwrap();
-        assert_eq!(s.kind, "repository");
+        assert_eq!(s.resource, Resource::Repository);
         assert_eq!(s.name, "library/ubuntu");
         assert_eq!(s.actions, [Action::Pull, Action::Push].into_iter().collect());
         let s = Scope::parse("repository:localhost:5000/x/y:pull").unwrap();

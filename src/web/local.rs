@@ -13,9 +13,6 @@ use std::time::Duration;
 
 /// The cookie of a local account's browser session.
 pub(super) const LOCAL_COOKIE: &str = "regate_local";
-/// The access-entry type marking a token as a local browser session; the policy never grants it.
-const LOCAL_SESSION: &str = "regate-web-session";
-
 /// Who the browser is: a Gitee session, or a local account's.
 pub(super) struct User {
     pub(super) s: Session,
@@ -46,7 +43,7 @@ fn local_session(tokens: &crate::auth::endpoint::TokenService, headers: &HeaderM
     let c = session::cookie(headers, LOCAL_COOKIE)?;
     let claims = tokens.keys.verify(c, crate::util::now_secs()).ok()?;
     let [entry] = claims.access.as_slice() else { return None };
-    if entry.kind != LOCAL_SESSION || !tokens.creds.is_local(&claims.sub) {
+    if entry.kind != crate::types::scope::Resource::WebSession.as_str() || !tokens.creds.is_local(&claims.sub) {
         return None;
     }
     Some(Session {
@@ -71,7 +68,7 @@ impl Web<'_> {
     /// The signed-in browser: a Gitee session, or a local account's session whose account
     /// still exists.
     pub(super) fn user_of(&self, headers: &HeaderMap) -> Option<User> {
-        if let Some(s) = self.gitee.and_then(|g| session_of(g, headers)) {
+        if let Some(s) = self.gitee.and_then(|_| session_of(self.signer, headers)) {
             return Some(User { s, local: false });
         }
         Some(User {
@@ -83,8 +80,8 @@ impl Web<'_> {
     /// The cookie of a local session for `login` (`sid` binds its forms); it lasts the token
     /// lifetime and is renewed by every page it opens.
     pub(super) fn local_cookie(&self, login: &str, groups: &[String], sid: &str) -> Option<String> {
-        let scope = crate::auth::scope::Scope {
-            kind: LOCAL_SESSION.into(),
+        let scope = crate::types::scope::Scope {
+            resource: crate::types::scope::Resource::WebSession,
             class: None,
             name: sid.to_owned(),
             actions: Default::default(),
@@ -106,7 +103,7 @@ impl Web<'_> {
     /// The value forms of this session carry.
     pub(super) fn csrf(&self, u: &User) -> String {
         match (u.local, self.gitee) {
-            (false, Some(g)) => g.signer.csrf(&u.s.sid),
+            (false, Some(_)) => self.signer.csrf(&u.s.sid),
             _ => u.s.sid.clone(),
         }
     }
@@ -114,7 +111,7 @@ impl Web<'_> {
     pub(super) fn csrf_ok(&self, u: &User, token: Option<&str>) -> bool {
         let Some(t) = token else { return false };
         match (u.local, self.gitee) {
-            (false, Some(g)) => g.signer.check_csrf(&u.s.sid, t),
+            (false, Some(_)) => self.signer.check_csrf(&u.s.sid, t),
             _ => {
                 use subtle::ConstantTimeEq;
                 bool::from(t.as_bytes().ct_eq(u.s.sid.as_bytes()))

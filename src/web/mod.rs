@@ -7,34 +7,26 @@
 //! access), so it needs no key of its own and every replica accepts it. Server-rendered; the only
 //! script is the copy button's, allowed by its hash.
 
-use super::session::{self, LoginState, Session, LOGIN_COOKIE, SESSION_COOKIE};
-use super::{Gitee, GiteeError};
 use crate::auth::credentials::{Identity, Source};
-use crate::auth::scope::Action;
-use crate::auth::stored::{Grant, Kind, Record};
-use crate::http::{self, query_get, query_pairs, BodyReader, Resp};
+use crate::auth::stored::{Kind, Mint, MintError, Record, MAX_DESCRIPTION};
+use crate::gitee::{Gitee, GiteeError};
+use crate::http::html::{esc, page};
+use crate::http::{self, query_get, query_pairs, ApiError, BodyReader, Resp};
+use crate::types::scope::Action;
 use ::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
+use session::{LoginState, Session, Signer, LOGIN_COOKIE, SESSION_COOKIE};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 mod admin;
 mod local;
+pub mod session;
 
 pub use local::local_identity;
 use local::{User, LOCAL_COOKIE};
 
 const LOGIN_TTL: u64 = 600;
-
-/// Copies the text of the element a `data-copy` button names (clipboard API, or selecting it
-/// where that API is missing, e.g. over plain HTTP).
-const COPY_SCRIPT: &str = "document.querySelectorAll('button[data-copy]').forEach(function(b){b.hidden=false;b.addEventListener('click',function(){var e=document.getElementById(b.getAttribute('data-copy'));var t=e.textContent.trim();var ok=function(){b.textContent='Copied';};if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(t).then(ok);}else{var r=document.createRange();r.selectNodeContents(e);var s=window.getSelection();s.removeAllRanges();s.addRange(r);if(document.execCommand('copy')){ok();}}});});";
-
-fn copy_script_hash() -> String {
-    use base64::Engine as _;
-    use sha2::Digest as _;
-    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(COPY_SCRIPT.as_bytes()))
-}
 
 /// A block of text to copy (a secret, a command) with its copy button.
 fn copyable(id: &str, class: &str, text: &str) -> String {
@@ -46,6 +38,8 @@ fn copyable(id: &str, class: &str, text: &str) -> String {
 
 pub struct Web<'a> {
     pub gitee: Option<&'a Gitee>,
+    /// Signs the session and sign-in cookies.
+    pub signer: &'a Signer,
     pub tokens: &'a crate::auth::endpoint::TokenService,
     pub registry: &'a crate::registry::Registry,
     pub public_url: &'a str,
@@ -59,9 +53,9 @@ pub struct Web<'a> {
 const TAGS_PER_PAGE: usize = 100;
 
 /// The browser's session, if its cookie is present, authentic and unexpired.
-pub fn session_of(g: &Gitee, headers: &HeaderMap) -> Option<Session> {
+pub fn session_of(signer: &Signer, headers: &HeaderMap) -> Option<Session> {
     let c = session::cookie(headers, SESSION_COOKIE)?;
-    let s: Session = g.signer.verify("session", c)?;
+    let s: Session = signer.verify("session", c)?;
     (s.exp > crate::util::now_secs()).then_some(s)
 }
 
@@ -97,61 +91,8 @@ fn human(n: u64) -> String {
     }
 }
 
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-fn page(code: StatusCode, title: &str, body: &str) -> Resp {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{t} · regate</title><style>body{{font:15px/1.5 system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-code,pre{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}}pre{{padding:.6rem;white-space:pre-wrap;overflow-wrap:anywhere;margin:.4rem 0}}\
-.wide{{overflow-x:auto}}table{{border-collapse:collapse;width:100%}}\
-td,th{{border-bottom:1px solid #ddd;padding:.3rem;text-align:left;vertical-align:top}}.nowrap{{white-space:nowrap}}\
-.secret{{font-size:1.1rem;background:#fff8d6;word-break:break-all}}.copy{{display:flex;gap:.5rem;align-items:flex-start}}.copy pre{{flex:1;min-width:0}}\
-header{{display:flex;flex-wrap:wrap;gap:.5rem;justify-content:space-between;align-items:baseline}}\
-form.signin label{{display:block;margin:.4rem 0}}input{{max-width:100%}}.error{{color:#a00}}</style></head><body>{b}<script>{s}</script></body></html>",
-        t = esc(title),
-        b = body,
-        s = COPY_SCRIPT
-    );
-    let mut r = Resp::new(http::full(html));
-    *r.status_mut() = code;
-    http::set(&mut r, header::CONTENT_TYPE, "text/html; charset=utf-8");
-    http::set(&mut r, header::CACHE_CONTROL, "no-store");
-    http::set(
-        &mut r,
-        header::CONTENT_SECURITY_POLICY,
-        &format!(
-            "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            copy_script_hash()
-        ),
-    );
-    http::set(&mut r, header::REFERRER_POLICY, "no-referrer");
-    r
-}
-
 fn message(code: StatusCode, title: &str, text: &str) -> Resp {
-    page(
-        code,
-        title,
-        &format!(
-            "<h1>{}</h1><p>{}</p><p><a href=\"/login\">Sign in again</a></p>",
-            esc(title),
-            esc(text)
-        ),
-    )
+    ApiError::html(code, title, text).into_response()
 }
 
 fn redirect(to: &str) -> Resp {
@@ -313,7 +254,7 @@ impl Web<'_> {
             exp: crate::util::now_secs() + LOGIN_TTL,
         };
         let mut r = redirect(&g.authorize_url(&st.state, &session::pkce_challenge(&st.verifier)));
-        let c = g.signer.sign("login", &st);
+        let c = self.signer.sign("login", &st);
         add_cookie(
             &mut r,
             &session::set_cookie(LOGIN_COOKIE, &c, "/login", LOGIN_TTL, self.secure()),
@@ -322,7 +263,8 @@ impl Web<'_> {
     }
 
     async fn callback(&self, g: &Gitee, q: &[(String, String)], headers: &HeaderMap) -> (Resp, Option<String>) {
-        let st: Option<LoginState> = session::cookie(headers, LOGIN_COOKIE).and_then(|c| g.signer.verify("login", c));
+        let st: Option<LoginState> =
+            session::cookie(headers, LOGIN_COOKIE).and_then(|c| self.signer.verify("login", c));
         let Some(st) = st.filter(|s| s.exp > crate::util::now_secs()) else {
             return (
                 message(
@@ -418,7 +360,7 @@ impl Web<'_> {
             &mut r,
             &session::set_cookie(
                 SESSION_COOKIE,
-                &g.signer.sign("session", &s),
+                &self.signer.sign("session", &s),
                 "/",
                 g.opts.session_ttl,
                 self.secure(),
@@ -541,9 +483,9 @@ impl Web<'_> {
         };
         let id = u.identity();
         let policy = self.tokens.policy.get();
-        let scopes: Vec<crate::auth::scope::Scope> = all
+        let scopes: Vec<crate::types::scope::Scope> = all
             .iter()
-            .map(|n| crate::auth::scope::Scope::repository(n.as_str(), &[Action::Pull]))
+            .map(|n| crate::types::scope::Scope::repository(n.as_str(), &[Action::Pull]))
             .collect();
         let (subject, err) = self.tokens.subject(&id, self.ip, &policy, &scopes).await;
         let admin = policy.catalog(&subject);
@@ -629,12 +571,12 @@ impl Web<'_> {
                 "It does not exist, or you may not pull it.",
             )
         };
-        let Some(repo) = crate::registry::names::RepoName::parse(name) else {
+        let Some(repo) = crate::types::names::RepoName::parse(name) else {
             return not_found();
         };
         let id = u.identity();
         let policy = self.tokens.policy.get();
-        let scope = [crate::auth::scope::Scope::repository(repo.as_str(), &[Action::Pull])];
+        let scope = [crate::types::scope::Scope::repository(repo.as_str(), &[Action::Pull])];
         let (subject, _) = self.tokens.subject(&id, self.ip, &policy, &scope).await;
         if !policy.actions(&subject, repo.as_str()).contains(&Action::Pull) {
             return not_found();
@@ -667,7 +609,7 @@ impl Web<'_> {
             for t in &tags {
                 let scan = match (
                     self.trust,
-                    t.digest.as_deref().and_then(crate::registry::names::Digest::parse),
+                    t.digest.as_deref().and_then(crate::types::names::Digest::parse),
                 ) {
                     (Some(tr), Some(d)) if scans => tr.scan_summary(&d).await.map(|s| {
                         format!(
@@ -743,41 +685,28 @@ impl Web<'_> {
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty())
             .collect();
-        if repos.is_empty() || repos.len() > 100 || repos.iter().any(|r| r.len() > 256) {
-            return message(
-                StatusCode::BAD_REQUEST,
-                "Not created",
-                "List 1 to 100 repository patterns.",
-            );
-        }
-        let grants = repos
-            .into_iter()
-            .map(|repository| Grant {
-                repository,
-                actions: actions.clone(),
-            })
+        let desc: String = query_get(form, "description")
+            .unwrap_or("")
+            .chars()
+            .take(MAX_DESCRIPTION)
             .collect();
-        let desc: String = query_get(form, "description").unwrap_or("").chars().take(200).collect();
         let now = crate::util::now_secs();
-        match st
-            .create(
-                Kind::Cli,
-                &s.login,
-                grants,
-                vec![],
-                true,
-                true,
-                now + days * 86_400,
-                &desc,
-                now,
-            )
-            .await
-        {
+        let mint = Mint {
+            kind: Kind::Cli,
+            account: &s.login,
+            repositories: &repos,
+            actions,
+            ttl: Some(Duration::from_secs(days * 86_400)),
+            description: &desc,
+            parent: None,
+            gitee: true,
+        };
+        match st.mint(mint, now).await {
             Ok((rec, secret)) => {
                 tracing::info!(target: "regate::audit", event = "cli_password", action = "POST", account = %s.login, id = %rec.id, "created in the browser");
                 self.home(u, Some((&rec, &secret))).await
             }
-            Err(e) => {
+            Err(MintError::Storage(e)) => {
                 tracing::error!(error = %e, "credential storage");
                 message(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -785,6 +714,12 @@ impl Web<'_> {
                     "Credential storage is not reachable; retry.",
                 )
             }
+            Err(MintError::Repositories) => message(
+                StatusCode::BAD_REQUEST,
+                "Not created",
+                "List 1 to 100 repository patterns.",
+            ),
+            Err(e) => message(StatusCode::BAD_REQUEST, "Not created", &e.to_string()),
         }
     }
 

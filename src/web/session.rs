@@ -47,7 +47,7 @@ pub struct Signer {
 impl Signer {
     pub fn new(master: &[u8]) -> Self {
         Signer {
-            key: super::vault::derive_key(master, "regate session cookie v1"),
+            key: crate::gitee::vault::derive_key(master, "regate session cookie v1"),
         }
     }
 

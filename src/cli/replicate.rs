@@ -1,6 +1,6 @@
 //! `regate replicate status` and `regate replicate run NAME`.
 
-use crate::cli::Failure;
+use crate::bootstrap::Failure;
 use crate::config;
 use crate::registry::Registry;
 use clap::Subcommand;
@@ -40,12 +40,12 @@ pub fn run(cmd: ReplicateCmd, env: config::Env) -> Result<(), Failure> {
     let path = match &cmd {
         ReplicateCmd::Status { config } | ReplicateCmd::Run { config, .. } => config.clone(),
     };
-    let cfg = crate::cli::load_valid(path, &env)?;
+    let cfg = crate::bootstrap::load_valid(path, &env)?;
     if cfg.replication.is_empty() {
         return Err(Failure::Config(vec!["the config has no replication: rules".into()]));
     }
     let spool = cfg.data_dir().join(".regate-replicate");
-    let rep = super::Replicator::new(&cfg.replication, &spool).map_err(|m| Failure::Config(vec![m]))?;
+    let rep = crate::replicate::Replicator::new(&cfg.replication, &spool).map_err(|m| Failure::Config(vec![m]))?;
     match cmd {
         ReplicateCmd::Status { .. } => {
             for r in rep.rules() {
@@ -73,11 +73,11 @@ pub fn run(cmd: ReplicateCmd, env: config::Env) -> Result<(), Failure> {
                     known.join(", ")
                 )]));
             };
-            let rt = crate::cli::runtime()?;
+            let rt = crate::bootstrap::runtime()?;
             rt.block_on(async move {
-                let store = Arc::new(crate::cli::open_storage(&cfg)?);
+                let store = Arc::new(crate::bootstrap::open_storage(&cfg)?);
                 let public = cfg.public_url.clone().unwrap_or_default();
-                let reg = Registry::new(store, crate::cli::registry_options(&cfg, &public));
+                let reg = Registry::new(store, crate::bootstrap::registry_options(&cfg, &public));
                 match rule.full_pass(&reg).await {
                     Ok(n) => {
                         println!("replication {name}: {n} tag(s) copied");

@@ -757,13 +757,13 @@ notifications:
     #[test]
     fn htpasswd_users_keep_push_and_pull_everywhere() {
         use crate::auth::policy::Subject;
-        use crate::auth::scope::Action;
+        use crate::types::scope::Action;
         let src =
             "auth: { htpasswd: { realm: r, path: /auth/htpasswd } }\nstorage: { filesystem: { rootdirectory: /r } }\n";
         let (yaml, _) = convert(src).unwrap();
         let c = crate::config::parse(&yaml, "converted", &vec![]).unwrap();
         assert!(c.validate(false).is_empty(), "{:?}", c.validate(false));
-        let policy = crate::cli::build_policy(&c);
+        let policy = crate::bootstrap::build_policy(&c);
         let alice = Subject {
             account: "alice".into(),
             groups: vec![],
