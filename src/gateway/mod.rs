@@ -1,5 +1,6 @@
 //! The gateway: every request passes the same stages, each in its own file, sharing one
-//! per-request record ([`Log`]):
+//! per-request context (`respond::Ctx`: the client's address, the connection, what the access
+//! log will say):
 //!
 //! 1. client address and allowlist (`client.rs`): who is really asking, and may they ask at all;
 //! 2. hygiene (`hygiene.rs`): refuse what no well-behaved client sends, strip what clients may not set;
@@ -7,26 +8,28 @@
 //! 4. authenticate and authorise (`authorize.rs`): one step shared by `/v2/` (`v2.rs`) and
 //!    `/nginx/auth` (`nginx_auth.rs`);
 //! 5. dispatch: registry, token service, API, pages, upstream;
-//! 6. respond: the headers every answer carries, then one access-log event and the metrics.
+//! 6. respond (`respond.rs`): the headers every answer carries, then one access-log event and
+//!    the metrics.
 
 mod authorize;
 mod client;
 mod hygiene;
 mod nginx_auth;
+mod respond;
 mod v2;
 
 pub use client::NetLists;
+use respond::{content_length, Ctx};
 
 use crate::auth::endpoint::{TokenAudit, TokenService};
 use crate::auth::token::Claims;
 use crate::http::{self, ApiError, Code, Resp};
 use crate::registry::Registry;
 use crate::server::ConnInfo;
-use ::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use ::http::{header, HeaderValue, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct App {
     pub public_url: String,
@@ -49,21 +52,6 @@ pub struct App {
     gitee: Option<Arc<crate::gitee::Gitee>>,
     signer: crate::web::session::Signer,
     token_cache: moka::sync::Cache<String, Arc<Claims>>,
-}
-
-/// What one request did, for the access log.
-#[derive(Default)]
-struct Log {
-    account: Option<String>,
-    route: &'static str,
-    repo: Option<String>,
-    digest: Option<String>,
-    denied: Option<&'static str>,
-    bytes_in: Option<u64>,
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// The endpoints the gateway serves, from the request path alone.
@@ -150,56 +138,28 @@ impl App {
         }
     }
 
+    /// One request through every stage.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Resp {
-        let start = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let ip = self.client_ip(req.headers(), conn.peer.ip());
-        let mut log = Log::default();
-        let mut resp = if !self.allowed_ip(ip) {
-            log.denied = Some("network not allowed");
-            ApiError::new(Code::Denied, format!("requests from {ip} are not allowed")).into_response()
+        let mut cx = Ctx::new(&req, self.client_ip(req.headers(), conn.peer.ip()), conn.tls);
+        let resp = if !self.allowed_ip(cx.ip) {
+            cx.log.denied = Some("network not allowed");
+            ApiError::new(Code::Denied, format!("requests from {} are not allowed", cx.ip)).into_response()
         } else if let Some(r) = self.hygiene(&mut req) {
             r
         } else {
-            self.dispatch(req, ip, &mut log).await
+            self.dispatch(req, &mut cx).await
         };
-        self.finish(&mut resp, conn.tls);
-        let status = resp.status().as_u16();
-        let elapsed = start.elapsed().as_secs_f64();
-        self.metrics.request(log.route, method.as_str(), status, elapsed);
-        if let Some(n) = content_length(resp.headers()) {
-            crate::metrics::Metrics::add(&self.metrics.bytes_out, n);
-        }
-        if let Some(n) = log.bytes_in {
-            crate::metrics::Metrics::add(&self.metrics.bytes_in, n);
-        }
-        if (status == 500 || status == 503) && log.route != "token" && log.route != "health" {
-            crate::metrics::Metrics::add(&self.metrics.storage_errors, 1);
-        }
-        tracing::info!(
-            target: "regate::access",
-            %ip,
-            method = %method,
-            path = %path,
-            status,
-            ms = elapsed * 1000.0,
-            account = log.account.as_deref().unwrap_or("-"),
-            route = log.route,
-            repo = log.repo.as_deref().unwrap_or("-"),
-            digest = log.digest.as_deref().unwrap_or("-"),
-            denied = log.denied.unwrap_or("-"),
-            "request"
-        );
-        resp
+        self.respond(resp, cx)
     }
 
-    async fn dispatch(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
+    async fn dispatch(&self, req: Request<Incoming>, cx: &mut Ctx) -> Resp {
+        let ip = cx.ip;
+        let log = &mut cx.log;
         log.bytes_in = content_length(req.headers());
         match Endpoint::of(req.uri().path()) {
             Endpoint::V2 => {
                 log.route = "v2";
-                self.v2(req, ip, log).await
+                self.v2(req, cx).await
             }
             Endpoint::Token => {
                 log.route = "token";
@@ -288,7 +248,7 @@ impl App {
             }
             Endpoint::NginxAuth => {
                 log.route = "nginx_auth";
-                self.nginx_auth(req, ip, log).await
+                self.nginx_auth(req, cx).await
             }
             Endpoint::Jwks => {
                 log.route = "jwks";
@@ -341,20 +301,6 @@ impl App {
             Endpoint::Unknown => {
                 log.route = "other";
                 ApiError::json(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint").into_response()
-            }
-        }
-    }
-
-    fn finish(&self, r: &mut Resp, tls: bool) {
-        let h = r.headers_mut();
-        h.insert(
-            HeaderName::from_static("docker-distribution-api-version"),
-            HeaderValue::from_static("registry/2.0"),
-        );
-        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        if tls {
-            if let Some(v) = &self.hsts {
-                h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
             }
         }
     }

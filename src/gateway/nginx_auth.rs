@@ -2,21 +2,22 @@
 //! registry behind it will read it.
 
 use super::authorize::{need_for, Denial, Need, Principal};
-use super::{App, Log};
+use super::{App, Ctx};
 use crate::http::{self, query_pairs, ApiError, Code, Resp};
 use crate::registry::{self as reg};
 use crate::types::names::RepoName;
 use crate::types::scope::Action;
 use ::http::{header, HeaderMap, HeaderName, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use std::net::IpAddr;
 
 impl App {
     /// nginx `auth_request` target: decides for the request nginx describes in
     /// `X-Original-URI`/`X-Original-Method` (or for `?repository=&actions=`), from the caller's
     /// Bearer token or Basic credential. 200 with `X-Auth-Request-User`/`-Email`/`-Groups`;
     /// 401 with the challenge for nginx to pass on; 403 when signed in but not allowed.
-    pub(super) async fn nginx_auth(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
+    pub(super) async fn nginx_auth(&self, req: Request<Incoming>, cx: &mut Ctx) -> Resp {
+        let ip = cx.ip;
+        let log = &mut cx.log;
         let h = req.headers();
         let q = query_pairs(req.uri().query());
         let forbidden = |m: &str| ApiError::new(Code::Denied, m).into_response();

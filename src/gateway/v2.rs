@@ -2,7 +2,7 @@
 //! the upstream one.
 
 use super::authorize::{need_for, Denial, Need, Perms, Principal};
-use super::{App, Log};
+use super::{App, Ctx};
 use crate::http::{self, query_pairs, Resp};
 use crate::registry::error::{ApiError, Code};
 use crate::registry::{self as reg, Route, RouteError};
@@ -13,7 +13,9 @@ use hyper::body::Incoming;
 use std::net::IpAddr;
 
 impl App {
-    pub(super) async fn v2(&self, req: Request<Incoming>, ip: IpAddr, log: &mut Log) -> Resp {
+    pub(super) async fn v2(&self, req: Request<Incoming>, cx: &mut Ctx) -> Resp {
+        let ip = cx.ip;
+        let log = &mut cx.log;
         let rest = req.uri().path().strip_prefix("/v2").unwrap_or("");
         let rest = rest.strip_prefix('/').unwrap_or(rest);
         let route = match reg::classify(rest) {
