@@ -837,6 +837,9 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         let l = std::mem::replace(&mut app.token_limit, crate::ratelimit::Limiter::new(0.0, 0.0));
         app.token_limit = l.shared(s.clone(), "token");
     }
+    if let Some(r) = &replicator {
+        app.metrics.register_collector(Box::new(r.clone()));
+    }
     app.replicator = replicator;
     if let Some(u) = &cfg.upstream {
         app.upstream = Some(crate::proxy::Upstream::new(u, cfg.upstream_h2c).map_err(|m| Failure::Config(vec![m]))?);
