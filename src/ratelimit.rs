@@ -4,6 +4,17 @@
 //! instead (fixed windows of one bucket refill time, so N replicas allow what one would); when
 //! Redis does not answer within a few milliseconds' budget the local bucket decides, so Redis
 //! being down never blocks a sign-in.
+//!
+//! Why not `governor` (issue #17; checked against governor 0.10's keyed limiter API): its
+//! keyed `RateLimiter` only decides by consuming (`check_key`, `check_key_n`,
+//! `check_key_any_n` all test *and update*) and exposes no bucket level, so the failed-sign-in
+//! limiter's [`Limiter::check`] (is a token left, without taking it) and
+//! [`Limiter::untouched`] (is the bucket full) have no counterpart. Its keyed state is an
+//! unbounded `DashMap`/`HashMap` trimmed only when the owner calls `retain_recent()`, while
+//! these buckets live in a moka cache capped at 100 000 keys with a 10-minute idle expiry, so a
+//! flood of unique client addresses cannot grow memory between sweeps. The Redis-shared mode
+//! (fixed windows in a Lua script) is outside governor's scope either way. Emulating the
+//! missing parts would need a custom `StateStore`, more code than the bucket below.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

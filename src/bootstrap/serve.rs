@@ -93,6 +93,9 @@ async fn serve_async(cfg: Config, path: Option<PathBuf>, env: config::Env) -> Re
         None => token_limit,
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    if let Some(r) = &replicator {
+        metrics.register_collector(Box::new(r.clone()));
+    }
     let spool = data.join(".regate-notify");
     let notifier = if cfg.notifications.is_empty() {
         None

@@ -256,12 +256,10 @@ impl App {
             }
             Endpoint::Metrics => {
                 log.route = "metrics";
-                let mut text = self.metrics.render();
-                if let Some(rep) = &self.replicator {
-                    text.push_str(&rep.metrics());
-                }
+                let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let (text, content_type) = self.metrics.render(accept);
                 let mut r = Resp::new(http::full(text));
-                http::set(&mut r, header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+                http::set(&mut r, header::CONTENT_TYPE, content_type);
                 r
             }
             Endpoint::Healthz => {

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use vault::{Origin, StoredToken, Vault};
@@ -47,6 +47,8 @@ pub enum GiteeError {
     /// Gitee did not answer in time, or answered with a server error or rate limit.
     Unreachable(String),
 }
+
+impl std::error::Error for GiteeError {}
 
 impl std::fmt::Display for GiteeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,9 +105,63 @@ pub struct Options {
     pub groups: Vec<String>,
 }
 
+/// Gitee's answers at `/oauth/token` carry `created_at` besides the standard fields.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+struct GiteeTokenFields {
+    #[serde(default)]
+    created_at: Option<u64>,
+}
+
+impl oauth2::ExtraTokenFields for GiteeTokenFields {}
+
+type GiteeTokenResponse = oauth2::StandardTokenResponse<GiteeTokenFields, oauth2::basic::BasicTokenType>;
+
+/// The OAuth2 client for Gitee: authorization and token endpoints set, client credentials
+/// sent as form parameters (what Gitee wants).
+type OAuthClient = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    GiteeTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+type TokenError = oauth2::RequestTokenError<GiteeError, oauth2::basic::BasicErrorResponse>;
+
+/// The `oauth2` client's HTTP calls, made by [`Gitee::token_call`]; keeps the last status.
+struct TokenHttp<'a> {
+    gitee: &'a Gitee,
+    status: AtomicU16,
+}
+
+impl<'a> TokenHttp<'a> {
+    fn new(gitee: &'a Gitee) -> Self {
+        TokenHttp {
+            gitee,
+            status: AtomicU16::new(0),
+        }
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp<'_> {
+    type Error = GiteeError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, GiteeError>> + Send + 'c>>;
+
+    fn call(&'c self, req: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(self.gitee.token_call(req, &self.status))
+    }
+}
+
 pub struct Gitee {
     pub opts: Options,
     http: reqwest::Client,
+    oauth: OAuthClient,
     pub vault: Vault,
     /// hash(user, secret) -> verified login (or `None`: Gitee said no)
     logins: moka::future::Cache<[u8; 32], Option<Arc<Login>>>,
@@ -133,9 +189,20 @@ impl Gitee {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("auth.gitee: cannot build the HTTP client: {e}"))?;
+        let bad =
+            |what: &'static str| move |e: oauth2::url::ParseError| format!("auth.gitee: {what} is not a URL: {e}");
+        let mut oauth = oauth2::Client::new(oauth2::ClientId::new(opts.client_id.clone()))
+            .set_auth_type(oauth2::AuthType::RequestBody)
+            .set_auth_uri(oauth2::AuthUrl::new(format!("{}/oauth/authorize", opts.base_url)).map_err(bad("base_url"))?)
+            .set_token_uri(oauth2::TokenUrl::new(format!("{}/oauth/token", opts.base_url)).map_err(bad("base_url"))?)
+            .set_redirect_uri(oauth2::RedirectUrl::new(opts.redirect_url.clone()).map_err(bad("redirect_url"))?);
+        if let Some(s) = &opts.client_secret {
+            oauth = oauth.set_client_secret(oauth2::ClientSecret::new(s.clone()));
+        }
         let ttl = opts.cache_ttl;
         Ok(Gitee {
             http,
+            oauth,
             vault,
             logins: moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -155,25 +222,21 @@ impl Gitee {
         })
     }
 
-    pub fn scope_param(&self) -> String {
-        self.opts.scopes.join(" ")
+    fn scopes(&self) -> impl Iterator<Item = oauth2::Scope> + '_ {
+        self.opts.scopes.iter().map(|s| oauth2::Scope::new(s.clone()))
     }
 
-    /// Where `/login` sends the browser.
-    pub fn authorize_url(&self, state: &str, challenge: &str) -> String {
-        format!(
-            "{}/oauth/authorize?{}",
-            self.opts.base_url,
-            form_encode(&[
-                ("client_id", &self.opts.client_id),
-                ("redirect_uri", &self.opts.redirect_url),
-                ("response_type", "code"),
-                ("scope", &self.scope_param()),
-                ("state", state),
-                ("code_challenge", challenge),
-                ("code_challenge_method", "S256"),
-            ])
-        )
+    /// Where `/login` sends the browser: the authorization endpoint with `state` and the PKCE
+    /// S256 challenge of `verifier`.
+    pub fn authorize_url(&self, state: &str, verifier: &str) -> String {
+        let verifier = oauth2::PkceCodeVerifier::new(verifier.to_owned());
+        let (url, _) = self
+            .oauth
+            .authorize_url(|| oauth2::CsrfToken::new(state.to_owned()))
+            .add_scopes(self.scopes())
+            .set_pkce_challenge(oauth2::PkceCodeChallenge::from_code_verifier_sha256(&verifier))
+            .url();
+        url.into()
     }
 
     fn unreachable(e: reqwest::Error) -> GiteeError {
@@ -187,74 +250,91 @@ impl Gitee {
         GiteeError::Unreachable(what)
     }
 
-    /// `POST {base_url}/oauth/token` with the client credentials as form parameters.
-    async fn token_request(&self, grant: &[(&str, &str)]) -> Result<TokenSet, GiteeError> {
-        let mut form: Vec<(&str, &str)> = grant.to_vec();
-        form.push(("client_id", &self.opts.client_id));
-        if let Some(s) = &self.opts.client_secret {
-            form.push(("client_secret", s));
-        }
+    /// One call to the token endpoint for the `oauth2` client, on this client (its deadline, no
+    /// redirects). Gitee busy (5xx, 429) counts as unreachable; `status` keeps the answer's status
+    /// for [`Self::token_error`].
+    async fn token_call(
+        &self,
+        req: oauth2::HttpRequest,
+        status: &AtomicU16,
+    ) -> Result<oauth2::HttpResponse, GiteeError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let r = self
-            .http
-            .post(format!("{}/oauth/token", self.opts.base_url))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(form_encode(&form))
-            .send()
-            .await
-            .map_err(Self::unreachable)?;
-        let status = r.status();
+        let req = reqwest::Request::try_from(req).map_err(Self::unreachable)?;
+        let r = self.http.execute(req).await.map_err(Self::unreachable)?;
+        let code = r.status();
+        status.store(code.as_u16(), Ordering::Relaxed);
+        if code.is_server_error() || code.as_u16() == 429 {
+            return Err(GiteeError::Unreachable(format!("token endpoint answered {code}")));
+        }
+        let headers = r.headers().clone();
         let body = r.bytes().await.map_err(Self::unreachable)?;
-        if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map_err(|_| GiteeError::Unreachable("unexpected answer from the token endpoint".into()));
+        let mut resp = oauth2::HttpResponse::new(body.to_vec());
+        *resp.status_mut() = code;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+
+    /// Gitee's refusal in its own words (`error: error_description`); an answer that is not
+    /// OAuth2 is a refusal when its status is one, else Gitee is not working as it should.
+    fn token_error(e: TokenError, status: u16) -> GiteeError {
+        match e {
+            oauth2::RequestTokenError::Request(e) => e,
+            oauth2::RequestTokenError::ServerResponse(e) => GiteeError::Denied(match e.error_description() {
+                Some(d) if !d.is_empty() => format!("{}: {d}", e.error()),
+                _ => e.error().to_string(),
+            }),
+            oauth2::RequestTokenError::Parse(..) | oauth2::RequestTokenError::Other(_) => {
+                match reqwest::StatusCode::from_u16(status) {
+                    Ok(s) if !s.is_success() => GiteeError::Denied(s.to_string()),
+                    _ => GiteeError::Unreachable("unexpected answer from the token endpoint".into()),
+                }
+            }
         }
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(GiteeError::Unreachable(format!("token endpoint answered {status}")));
+    }
+
+    fn token_set(t: GiteeTokenResponse) -> TokenSet {
+        use oauth2::TokenResponse as _;
+        TokenSet {
+            access_token: t.access_token().secret().clone(),
+            expires_in: t.expires_in().map(|d| d.as_secs()),
+            refresh_token: t.refresh_token().map(|r| r.secret().clone()),
+            created_at: t.extra_fields().created_at,
         }
-        #[derive(Deserialize)]
-        struct E {
-            #[serde(default)]
-            error: String,
-            #[serde(default)]
-            error_description: String,
-        }
-        let e: E = serde_json::from_slice(&body).unwrap_or(E {
-            error: status.to_string(),
-            error_description: String::new(),
-        });
-        Err(GiteeError::Denied(if e.error_description.is_empty() {
-            e.error
-        } else {
-            format!("{}: {}", e.error, e.error_description)
-        }))
     }
 
     pub async fn exchange_code(&self, code: &str, verifier: &str) -> Result<TokenSet, GiteeError> {
-        self.token_request(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", &self.opts.redirect_url),
-            ("code_verifier", verifier),
-        ])
-        .await
+        let call = TokenHttp::new(self);
+        self.oauth
+            .exchange_code(oauth2::AuthorizationCode::new(code.to_owned()))
+            .set_pkce_verifier(oauth2::PkceCodeVerifier::new(verifier.to_owned()))
+            .request_async(&call)
+            .await
+            .map(Self::token_set)
+            .map_err(|e| Self::token_error(e, call.status.load(Ordering::Relaxed)))
     }
 
     async fn password_grant(&self, user: &str, pass: &str) -> Result<TokenSet, GiteeError> {
-        let scope = self.scope_param();
-        self.token_request(&[
-            ("grant_type", "password"),
-            ("username", user),
-            ("password", pass),
-            ("scope", &scope),
-        ])
-        .await
+        let call = TokenHttp::new(self);
+        let user = oauth2::ResourceOwnerUsername::new(user.to_owned());
+        let pass = oauth2::ResourceOwnerPassword::new(pass.to_owned());
+        self.oauth
+            .exchange_password(&user, &pass)
+            .add_scopes(self.scopes())
+            .request_async(&call)
+            .await
+            .map(Self::token_set)
+            .map_err(|e| Self::token_error(e, call.status.load(Ordering::Relaxed)))
     }
 
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, GiteeError> {
-        self.token_request(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)])
+        let call = TokenHttp::new(self);
+        let rt = oauth2::RefreshToken::new(refresh_token.to_owned());
+        self.oauth
+            .exchange_refresh_token(&rt)
+            .request_async(&call)
             .await
+            .map(Self::token_set)
+            .map_err(|e| Self::token_error(e, call.status.load(Ordering::Relaxed)))
     }
 
     /// `GET {api_url}{path}` with the token as `access_token`; `Ok(None)` on 404.
@@ -584,5 +664,35 @@ mod tests {
         assert!(!Perm::Read.actions().contains(&Action::Push));
         assert!(Perm::Public.actions().contains(&Action::Pull));
         assert!(Perm::None.actions().is_empty());
+    }
+
+    #[test]
+    fn token_endpoint_errors_are_refusals_or_unreachable() {
+        use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType};
+        use oauth2::RequestTokenError;
+        let refused = BasicErrorResponse::new(
+            BasicErrorResponseType::InvalidGrant,
+            Some("the authorization code is invalid or was used".into()),
+            None,
+        );
+        assert_eq!(
+            Gitee::token_error(RequestTokenError::ServerResponse(refused), 401),
+            GiteeError::Denied("invalid_grant: the authorization code is invalid or was used".into())
+        );
+        let bare = BasicErrorResponse::new(BasicErrorResponseType::InvalidClient, None, None);
+        assert_eq!(
+            Gitee::token_error(RequestTokenError::ServerResponse(bare), 401),
+            GiteeError::Denied("invalid_client".into())
+        );
+        assert_eq!(
+            Gitee::token_error(RequestTokenError::Other("empty".into()), 400),
+            GiteeError::Denied("400 Bad Request".into())
+        );
+        assert!(matches!(
+            Gitee::token_error(RequestTokenError::Other("not JSON".into()), 200),
+            GiteeError::Unreachable(_)
+        ));
+        let busy = GiteeError::Unreachable("token endpoint answered 503 Service Unavailable".into());
+        assert_eq!(Gitee::token_error(RequestTokenError::Request(busy.clone()), 503), busy);
     }
 }

@@ -731,49 +731,77 @@ impl Replicator {
             .await;
         }
     }
+}
 
-    /// The rules' state in Prometheus text format (rule names come from the config).
-    pub fn metrics(&self) -> String {
-        use std::fmt::Write as _;
-        let mut o = String::new();
-        let fams: [(&str, &str, &str); 5] = [
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator").field("rules", &self.rules.len()).finish()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// The rules' state at each scrape of `/metrics` (rule names come from the config).
+impl prometheus_client::collector::Collector for Replicator {
+    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let rules: Vec<(RuleLabel, Status)> = self
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    RuleLabel {
+                        rule: r.cfg.name.clone(),
+                    },
+                    r.status(),
+                )
+            })
+            .collect();
+        type Field = fn(&Status) -> u64;
+        let gauges: [(&str, &str, Field); 3] = [
             (
                 "regate_replication_queue_depth",
-                "gauge",
                 "Changes waiting to be copied, by rule.",
+                |s| s.queued as u64,
             ),
             (
                 "regate_replication_last_success_timestamp_seconds",
-                "gauge",
                 "Time of the last successful copy, by rule.",
+                |s| s.last_success.unwrap_or(0),
             ),
             (
                 "regate_replication_lag_seconds",
-                "gauge",
                 "Seconds between a change and its copy, for the last copy, by rule.",
-            ),
-            ("regate_replication_copies_total", "counter", "Copies done, by rule."),
-            (
-                "regate_replication_failures_total",
-                "counter",
-                "Copy attempts that failed, by rule.",
+                |s| s.lag_seconds.unwrap_or(0),
             ),
         ];
-        for (name, kind, help) in fams {
-            let _ = writeln!(o, "# HELP {name} {help}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-            for r in &self.rules {
-                let s = r.status();
-                let v = match name {
-                    "regate_replication_queue_depth" => s.queued as u64,
-                    "regate_replication_last_success_timestamp_seconds" => s.last_success.unwrap_or(0),
-                    "regate_replication_lag_seconds" => s.lag_seconds.unwrap_or(0),
-                    "regate_replication_copies_total" => s.copied,
-                    _ => s.failed,
-                };
-                let _ = writeln!(o, "{name}{{rule=\"{}\"}} {v}", r.cfg.name);
+        for (name, help, f) in gauges {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (l, s) in &rules {
+                ConstGauge::new(f(s)).encode(m.encode_family(l)?)?;
             }
         }
-        o
+        // counters are named without `_total`: the encoders add it to the samples
+        let counters: [(&str, &str, Field); 2] = [
+            ("regate_replication_copies", "Copies done, by rule.", |s| s.copied),
+            (
+                "regate_replication_failures",
+                "Copy attempts that failed, by rule.",
+                |s| s.failed,
+            ),
+        ];
+        for (name, help, f) in counters {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (l, s) in &rules {
+                ConstCounter::new(f(s)).encode(m.encode_family(l)?)?;
+            }
+        }
+        Ok(())
     }
 }

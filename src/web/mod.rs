@@ -253,7 +253,7 @@ impl Web<'_> {
             rd: session::safe_return(rd),
             exp: crate::util::now_secs() + LOGIN_TTL,
         };
-        let mut r = redirect(&g.authorize_url(&st.state, &session::pkce_challenge(&st.verifier)));
+        let mut r = redirect(&g.authorize_url(&st.state, &st.verifier));
         let c = self.signer.sign("login", &st);
         add_cookie(
             &mut r,

@@ -132,12 +132,6 @@ pub fn random_token() -> String {
     B64.encode(b)
 }
 
-/// PKCE S256 challenge of a verifier (RFC 7636).
-pub fn pkce_challenge(verifier: &str) -> String {
-    use sha2::Digest as _;
-    B64.encode(Sha256::digest(verifier.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,7 +180,10 @@ mod tests {
     #[test]
     fn pkce_matches_rfc7636_example() {
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            oauth2::PkceCodeChallenge::from_code_verifier_sha256(&oauth2::PkceCodeVerifier::new(
+                "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into()
+            ))
+            .as_str(),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
