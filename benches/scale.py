@@ -13,7 +13,8 @@ Workloads: /v2/_catalog walked in pages of 100 and 1,000 (with RSS before and af
 time); tags/list whole and paged on the big repository, manifest GET by tag there; gc dry run and
 real at both sizes (time and peak RSS from wait4); a fleet of 50 clients pulling one 3-layer image
 (curl, token fetched by each client) and then 50 pushing distinct small images (skopeo); and
-docker push/pull of a multi-layer image (the Docker engine on this machine).
+docker push/pull of a multi-layer image (the Docker engine on this machine; `--repeat N` rounds on
+fresh registries, the rows their medians).
 """
 import argparse
 import datetime
@@ -502,7 +503,10 @@ def fleet_workload(regate, work, res, clients, layer_mib, ca):
             shutil.rmtree(d, ignore_errors=True)
 
 
-def docker_workload(regate, work, res, layers, layer_mib, ca):
+def docker_workload(regate, work, res, layers, layer_mib, ca, repeat=1):
+    """docker push then pull against each peer, `repeat` times (each time on fresh, empty
+    registries at new ports, so no layer is already there or mountable, and the peers in a rotated
+    order); the rows are the medians, the samples go to the JSON"""
     if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         log("docker engine not reachable: docker rows skipped")
         return
@@ -515,9 +519,8 @@ def docker_workload(regate, work, res, layers, layer_mib, ca):
     os.makedirs(dcfg, exist_ok=True)
     env = dict(os.environ, DOCKER_CONFIG=dcfg)
     certs = []
-    procs = [("regate (TLS)", regate_proc(regate, work, "regate-docker-tls", os.path.join(work, "root-docker-rt"))),
-             ("regate", regate_proc(regate, work, "regate-docker", os.path.join(work, "root-docker-r"), tls=False)),
-             ("distribution", dist_proc(work, "dist-docker", os.path.join(work, "root-docker-d")))]
+    procs = []
+    samples = {}
 
     def docker(*a, check=True):
         out = subprocess.run(["docker", *a], capture_output=True, text=True, env=env)
@@ -526,44 +529,57 @@ def docker_workload(regate, work, res, layers, layer_mib, ca):
         return out
 
     try:
-        for label, proc in procs:
-            proc.start()
-            host = f"127.0.0.1:{proc.port}"
-            if label == "regate (TLS)":
-                d = f"/etc/docker/certs.d/{host}"
-                os.makedirs(d, exist_ok=True)
-                shutil.copy(ca, os.path.join(d, "ca.crt"))
-                certs.append(d)
-            if label.startswith("regate"):
-                out = subprocess.run(["docker", "login", "-u", USER, "--password-stdin", host], input=PASSWORD,
-                                     capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    raise RuntimeError(f"docker login {host}: {out.stderr[-500:]}")
-            ref = f"{host}/scale/docker:v1"
-            docker("load", "-i", archive)
-            docker("tag", "scale/docker:v1", ref)
-            t0 = time.perf_counter()
-            docker("push", ref)
-            push = time.perf_counter() - t0
-            docker("rmi", ref, "scale/docker:v1")
-            t0 = time.perf_counter()
-            docker("pull", ref)
-            pull = time.perf_counter() - t0
-            docker("rmi", ref)
-            key = {"regate (TLS)": "docker_tls", "regate": "docker_plain", "distribution": "docker_plain"}[label]
-            peer = "distribution" if label == "distribution" else "regate"
-            res[peer][f"{key}_push_s"], res[peer][f"{key}_pull_s"] = push, pull
-            proc.stop()
+        for rep in range(repeat):
+            round_ = [("regate (TLS)", regate_proc(regate, work, f"regate-docker-tls-{rep}",
+                                                   os.path.join(work, f"root-docker-rt-{rep}"))),
+                      ("regate", regate_proc(regate, work, f"regate-docker-{rep}",
+                                             os.path.join(work, f"root-docker-r-{rep}"), tls=False)),
+                      ("distribution", dist_proc(work, f"dist-docker-{rep}", os.path.join(work, f"root-docker-d-{rep}")))]
+            round_ = round_[rep % 3:] + round_[:rep % 3]
+            procs += [p for _, p in round_]
+            for label, proc in round_:
+                proc.start()
+                host = f"127.0.0.1:{proc.port}"
+                if label == "regate (TLS)":
+                    d = f"/etc/docker/certs.d/{host}"
+                    os.makedirs(d, exist_ok=True)
+                    shutil.copy(ca, os.path.join(d, "ca.crt"))
+                    certs.append(d)
+                if label.startswith("regate"):
+                    out = subprocess.run(["docker", "login", "-u", USER, "--password-stdin", host], input=PASSWORD,
+                                         capture_output=True, text=True, env=env)
+                    if out.returncode != 0:
+                        raise RuntimeError(f"docker login {host}: {out.stderr[-500:]}")
+                ref = f"{host}/scale/docker:v1"
+                docker("load", "-i", archive)
+                docker("tag", "scale/docker:v1", ref)
+                t0 = time.perf_counter()
+                docker("push", ref)
+                push = time.perf_counter() - t0
+                docker("rmi", ref, "scale/docker:v1")
+                t0 = time.perf_counter()
+                docker("pull", ref)
+                pull = time.perf_counter() - t0
+                docker("rmi", ref)
+                key = {"regate (TLS)": "docker_tls", "regate": "docker_plain", "distribution": "docker_plain"}[label]
+                peer = "distribution" if label == "distribution" else "regate"
+                samples.setdefault((peer, f"{key}_push_s"), []).append(push)
+                samples.setdefault((peer, f"{key}_pull_s"), []).append(pull)
+                log(f"docker round {rep + 1}/{repeat}, {label}: push {push:.2f} s, pull {pull:.2f} s")
+                proc.stop()
     except RuntimeError as e:
         log(f"docker rows incomplete: {e}")
     finally:
-        for _, p in procs:
+        for p in procs:
             p.stop()
         docker("rmi", "scale/docker:v1", check=False)
         for d in certs:
             shutil.rmtree(d, ignore_errors=True)
         for d in (img, dcfg, archive):
             shutil.rmtree(d, ignore_errors=True) if os.path.isdir(d) else (os.path.exists(d) and os.unlink(d))
+        for (peer, k), v in samples.items():
+            res[peer][k] = statistics.median(v)
+            res[peer][k[:-2] + "_samples_s"] = v
 
 
 # ---------------------------------------------------------------- report
@@ -607,7 +623,8 @@ def rows(meta):
         ("fleet_push_p50_s", "  p50 per client", "s", False),
         ("fleet_push_p99_s", "  p99 per client", "s", False),
         ("fleet_push_errors", "  errors", "", False),
-        ("docker_plain_push_s", f"docker push, {meta['docker_layers']}x{meta['docker_layer_mib']} MiB, plain HTTP", "s", False),
+        ("docker_plain_push_s", f"docker push, {meta['docker_layers']}x{meta['docker_layer_mib']} MiB, plain HTTP"
+         + (f" (median of {meta['docker_repeat']})" if meta.get("docker_repeat", 1) > 1 else ""), "s", False),
         ("docker_plain_pull_s", "docker pull, plain HTTP", "s", False),
         ("docker_tls_push_s", "docker push, regate over TLS", "s", False),
         ("docker_tls_pull_s", "docker pull, regate over TLS", "s", False),
@@ -735,6 +752,8 @@ def main():
     ap.add_argument("--json", help="where to write the JSON (default: target/bench/scale-<time>.json)")
     ap.add_argument("--duration", type=int, help="seconds per rate measurement (default 5, --quick 2)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="docker push/pull rounds, each on fresh registries; the rows are the medians (default 1)")
     ap.add_argument("--only", help="comma-separated workloads, of " + ",".join(WORKLOADS) + " (default: all)")
     a = ap.parse_args()
     only = set(WORKLOADS if not a.only else a.only.split(","))
@@ -787,7 +806,8 @@ def main():
             partial(json_path, meta, res)
         if "docker" in only:
             log("docker push/pull")
-            docker_workload(regate, work, res, meta["docker_layers"], meta["docker_layer_mib"], ca)
+            meta["docker_repeat"] = max(1, a.repeat)
+            docker_workload(regate, work, res, meta["docker_layers"], meta["docker_layer_mib"], ca, meta["docker_repeat"])
         meta.update({
             "when": datetime.datetime.now().isoformat(timespec="seconds"), "quick": a.quick,
             "rate_seconds": duration, "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),

@@ -6,7 +6,8 @@
 #   bash benches/scale.sh --quick    # every size at 1/10
 #
 # Options are passed to benches/scale.py (see `--help`): --quick, --dir DIR, --json FILE,
-# --duration SECS, --keep, --only catalog,tags,gc,fleet,docker. Prints one table with ratios and the
+# --duration SECS, --keep, --only catalog,tags,gc,fleet,docker, --repeat N (docker push/pull
+# rounds on fresh registries, rows are medians). Prints one table with ratios and the
 # issue's targets, and writes the same figures as JSON (target/bench/scale-<time>.json).
 # Needs what compare.sh needs (docker-registry nginx skopeo apache2-utils openssl curl python3) and
 # GNU time (peak RSS of the gc runs), and

@@ -6,6 +6,7 @@
 use crate::registry::{Manifest, SWEEP_TTL};
 use crate::storage::{layout, Storage};
 use crate::types::names::{Algorithm, Digest, Hasher, RepoName};
+use futures_util::TryStreamExt as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
@@ -218,6 +219,9 @@ async fn needed_again(
     Ok(need)
 }
 
+/// How many candidate blobs are marked, or deleted, at once.
+const SWEEP_PARALLEL: usize = 16;
+
 /// Deletes the candidate blobs, safely against pushes running meanwhile. A manifest pushed
 /// after the mark phase may reference a candidate (a client that found the blob still there),
 /// so each candidate first gets a sweep marker; then the manifests that appeared since marking
@@ -239,9 +243,18 @@ async fn sweep(
             .unwrap_or(0),
     ));
     let started = std::time::Instant::now();
+    // markers need no fsync: they only stop pushes while this run lives (and are believed for
+    // SWEEP_TTL at most), and a crash that could lose one ends the run before it deletes more
+    // (with fsync, each marker cost a journal commit: most of a real run's time on local disk)
+    let mut marking = futures_util::stream::FuturesUnordered::new();
     for d in &candidates {
-        store.put(&layout::blob_sweep_marker(d), stamp.clone()).await?;
+        if marking.len() == SWEEP_PARALLEL {
+            marking.try_next().await?;
+        }
+        marking.push(mark(store, d, stamp.clone()));
     }
+    while marking.try_next().await?.is_some() {}
+    drop(marking);
     // manifests pushed since the mark phase
     let mut spared: BTreeSet<Digest> = BTreeSet::new();
     for repo in repositories(store).await? {
@@ -255,25 +268,53 @@ async fn sweep(
             spared.insert(d);
         }
     }
-    for d in candidates {
-        let marker = layout::blob_sweep_marker(&d);
-        if spared.contains(&d) || started.elapsed() > SWEEP_TTL / 2 {
-            store.delete(&marker).await?;
-            continue;
+    // each candidate on its own, a few at a time (every step is a storage round trip); the
+    // report keeps the candidates' order
+    let mut sweeping = futures_util::stream::FuturesOrdered::new();
+    let mut rest = candidates.into_iter();
+    loop {
+        while sweeping.len() < SWEEP_PARALLEL {
+            let Some(d) = rest.next() else { break };
+            sweeping.push_back(sweep_one(store, d, &spared, started, opts.grace));
         }
-        // referenced again (a HEAD or a manifest check refreshes its time) since it was chosen
-        let meta = store.stat(&layout::blob_data(&d)).await?;
-        match meta {
-            Some(m) if older_than(m.modified, opts.grace) => {
-                report.blobs.push((d.clone(), m.size));
-                // the bytes before the marker: a push that finds no marker then finds no blob
-                store.delete(&layout::blob_data(&d)).await?;
-                store.delete_all(&layout::blob_dir(&d)).await?;
-            }
-            _ => store.delete(&marker).await?,
+        match sweeping.try_next().await? {
+            Some(deleted) => report.blobs.extend(deleted),
+            None => return Ok(()),
         }
     }
-    Ok(())
+}
+
+async fn mark(store: &Storage, d: &Digest, stamp: bytes::Bytes) -> io::Result<()> {
+    store.put_unsynced(&layout::blob_sweep_marker(d), stamp).await
+}
+
+/// One candidate of [`sweep`]: its blob (digest and size) when it was deleted; otherwise its
+/// marker is removed and it stays.
+async fn sweep_one(
+    store: &Storage,
+    d: Digest,
+    spared: &BTreeSet<Digest>,
+    started: std::time::Instant,
+    grace: Duration,
+) -> io::Result<Option<(Digest, u64)>> {
+    let marker = layout::blob_sweep_marker(&d);
+    if spared.contains(&d) || started.elapsed() > SWEEP_TTL / 2 {
+        store.delete(&marker).await?;
+        return Ok(None);
+    }
+    // referenced again (a HEAD or a manifest check refreshes its time) since it was chosen
+    match store.stat(&layout::blob_data(&d)).await? {
+        Some(m) if older_than(m.modified, grace) => {
+            // the bytes before the marker: a push that finds no marker then finds no blob
+            store.delete(&layout::blob_data(&d)).await?;
+            store.delete_all(&layout::blob_dir(&d)).await?;
+            Ok(Some((d, m.size)))
+        }
+        _ => {
+            store.delete(&marker).await?;
+            Ok(None)
+        }
+    }
 }
 
 /// Deletes the tags of `repo` that the first matching retention rule does not keep. Returns

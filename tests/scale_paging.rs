@@ -1,7 +1,9 @@
 //! Catalog and tag pages over storage written in distribution's on-disk layout at a size where a
-//! page must not cost the whole tree (issue #23): 2,000 repositories and a repository with 3,000
-//! tags, walked page by page through Link headers with `n` and `last`. How much a catalog page
-//! reads is bounded by the unit test of the walk (src/registry/listing.rs), which counts it.
+//! page must not cost the whole tree (issue #23): 2,000 repositories and repositories with 3,000
+//! and 10,500 tags, walked page by page through Link headers with `n` and `last`. How much a
+//! catalog page reads is bounded by the unit test of the walk (src/registry/listing.rs), which
+//! counts it; how many names a tag page holds, by the unit tests of `Storage::list_after`
+//! (src/storage/mod.rs and fs.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -66,7 +68,14 @@ async fn catalog_and_tag_pages_over_a_distribution_root() {
     for t in &tags {
         link(&root, &format!("ci/builds/_manifests/tags/{t}/current"));
     }
+    // 10,500 tags numbered without padding, so their lexical order is not the numeric one
+    let mut many: Vec<String> = (0..10_500).map(|i| format!("r{i}")).collect();
+    for t in &many {
+        link(&root, &format!("ci/many/_manifests/tags/{t}/current"));
+    }
+    many.sort();
     names.push("ci/builds".to_owned());
+    names.push("ci/many".to_owned());
     names.sort();
     let s = Server::start_in(dir, "");
     let admin = s.admin();
@@ -120,4 +129,27 @@ async fn catalog_and_tag_pages_over_a_distribution_root() {
     );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["build-01500", "build-01501"]));
+
+    // with no `n`, or a larger one, an answer holds at most 10,000 tags and links to the rest
+    let pull = token(&s, Some((&admin.0, &admin.1)), &["repository:ci/many:pull"]).await;
+    for first in ["/v2/ci/many/tags/list", "/v2/ci/many/tags/list?n=20000"] {
+        let r = client()
+            .get(format!("{}{first}", s.url))
+            .bearer_auth(&pull)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let l = next(&r).unwrap();
+        assert_eq!(l, format!("/v2/ci/many/tags/list?n=10000&last={}", many[9999]));
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["tags"], serde_json::json!(many[..10_000]), "{first}");
+        let (rest, pages) = walk(&s, &pull, &l, "tags", 10_000).await;
+        assert_eq!((rest.as_slice(), pages), (&many[10_000..], 1));
+    }
+    // pages of 1,000 from a `last` that is not a tag, in lexical order
+    let (all, pages) = walk(&s, &pull, "/v2/ci/many/tags/list?n=1000&last=r5", "tags", 1000).await;
+    let after: Vec<String> = many.iter().filter(|t| t.as_str() > "r5").cloned().collect();
+    assert_eq!(pages, after.len().div_ceil(1000));
+    assert_eq!(all, after);
 }

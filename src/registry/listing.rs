@@ -5,35 +5,35 @@ use super::manifests::OCI_INDEX;
 use super::{Permissions, Registry};
 use crate::http::{self, query_get, Resp};
 use crate::storage::{layout, Entry};
-use crate::types::names::{Algorithm, Digest, RepoName};
+use crate::types::names::{Algorithm, Digest, RepoName, Tag};
 use ::http::{header, HeaderName, StatusCode};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-/// The most entries one page may hold, whatever `n` asks for.
+/// The most entries one catalog or referrers page may hold, whatever `n` asks for.
 pub const MAX_PAGE: usize = 1000;
 
-fn page_size(query: &[(String, String)]) -> Result<Option<usize>, ApiError> {
+/// The most tags one answer holds, whatever `n` asks for, and its size when `n` is not given.
+/// distribution answers every tag at once when there is no `n`; the OCI distribution spec lets
+/// the server answer fewer with a `Link` to the rest. A page is read in one pass over the tags
+/// directory holding only the page (tags are at most 128 bytes: 10,000 of them at most 1.3 MB
+/// of names), so a whole list of 50,000 tags takes 5 such passes instead of the 50 that a bound
+/// of 1,000 cost, while no answer grows with the tag count.
+pub const MAX_TAGS_PAGE: usize = 10_000;
+
+fn page_size(query: &[(String, String)], cap: usize) -> Result<Option<usize>, ApiError> {
     match query_get(query, "n") {
         None | Some("") => Ok(None),
-        Some(n) => n.parse::<usize>().map(|n| Some(n.min(MAX_PAGE))).map_err(|_| {
+        Some(n) => n.parse::<usize>().map(|n| Some(n.min(cap))).map_err(|_| {
             ApiError::new(Code::Unsupported, "n must be a non-negative integer").with_status(StatusCode::BAD_REQUEST)
         }),
     }
 }
 
-/// Applies `last` and `n` to a sorted list; returns the page and whether more follow.
-fn paginate(all: Vec<String>, query: &[(String, String)]) -> Result<(Vec<String>, bool), ApiError> {
-    let n = page_size(query)?;
-    let mut items: Vec<String> = match query_get(query, "last") {
-        Some(last) if !last.is_empty() => all.into_iter().filter(|t| t.as_str() > last).collect(),
-        _ => all,
-    };
-    let limit = n.unwrap_or(MAX_PAGE);
-    let more = items.len() > limit;
-    items.truncate(limit);
-    Ok((items, more))
+/// What a tags page counts: a directory under `_manifests/tags` whose name is a valid tag.
+fn is_tag(e: &Entry) -> bool {
+    e.is_dir && Tag::parse(&e.name).is_some()
 }
 
 fn link_next(r: &mut Resp, path: &str, n: usize, last: Option<&String>) {
@@ -134,16 +134,23 @@ where
 }
 
 impl Registry {
+    /// One page of tags: the storage reads the tags directory once and holds only the `n` + 1
+    /// smallest names after `last` (lexical order, `last` exclusive), so a page costs one pass
+    /// over the tags and memory for the page, however many tags the repository has.
     pub(super) async fn tags(&self, name: &RepoName, query: &[(String, String)]) -> Result<Resp, ApiError> {
-        let mut tags: Vec<String> = self.tags_of(name).await?.into_iter().map(|t| t.to_string()).collect();
-        if tags.is_empty() && !self.repo_exists(name).await? {
+        let limit = page_size(query, MAX_TAGS_PAGE)?.unwrap_or(MAX_TAGS_PAGE);
+        let last = query_get(query, "last").filter(|l| !l.is_empty());
+        let (page, more) = self
+            .store
+            .list_after(&layout::tags_dir(name), last, limit, is_tag)
+            .await?;
+        if page.is_empty() && !more && !self.repo_exists(name).await? {
             return Err(ApiError::new(
                 Code::NameUnknown,
                 format!("repository {name} is not known"),
             ));
         }
-        tags.sort();
-        let (page, more) = paginate(tags, query)?;
+        let page: Vec<String> = page.into_iter().map(|e| e.name).collect();
         let n = page.len();
         let mut r = http::json(StatusCode::OK, &json!({ "name": name.as_str(), "tags": page }));
         if more {
@@ -174,7 +181,7 @@ impl Registry {
     /// and stops after `n` (+1, to know whether more follow) names the caller may pull, so a page
     /// costs the directories on the way to it, not the whole tree.
     pub(super) async fn catalog(&self, query: &[(String, String)], perms: &dyn Permissions) -> Result<Resp, ApiError> {
-        let limit = page_size(query)?.unwrap_or(MAX_PAGE);
+        let limit = page_size(query, MAX_PAGE)?.unwrap_or(MAX_PAGE);
         let last = query_get(query, "last").filter(|l| !l.is_empty());
         let (page, more) = walk_repositories(
             |d| async move { self.store.list(&d).await },
@@ -200,7 +207,7 @@ impl Registry {
     ) -> Result<Resp, ApiError> {
         let filter = query_get(query, "artifactType").filter(|s| !s.is_empty());
         // in pages of `n` (at most MAX_PAGE) by digest, after `last`, as tags and the catalog
-        let limit = page_size(query)?.unwrap_or(MAX_PAGE);
+        let limit = page_size(query, MAX_PAGE)?.unwrap_or(MAX_PAGE);
         let last = query_get(query, "last").filter(|l| !l.is_empty());
         let mut found = Vec::new();
         for a in Algorithm::ALL {
@@ -292,20 +299,57 @@ mod tests {
     }
 
     #[test]
-    fn pagination() {
-        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+    fn page_sizes() {
+        assert_eq!(page_size(&q(&[("n", "2")]), MAX_PAGE).unwrap(), Some(2));
+        assert_eq!(page_size(&q(&[("n", "")]), MAX_PAGE).unwrap(), None);
+        assert_eq!(page_size(&q(&[]), MAX_PAGE).unwrap(), None);
+        assert!(page_size(&q(&[("n", "-1")]), MAX_PAGE).is_err());
         assert_eq!(
-            paginate(all.clone(), &q(&[("n", "2")])).unwrap(),
-            (vec!["a".into(), "b".into()], true)
+            page_size(&q(&[("n", "99999999999")]), MAX_PAGE).unwrap(),
+            Some(MAX_PAGE)
         );
         assert_eq!(
-            paginate(all.clone(), &q(&[("n", "2"), ("last", "b")])).unwrap(),
-            (vec!["c".into(), "d".into()], false)
+            page_size(&q(&[("n", "99999999999")]), MAX_TAGS_PAGE).unwrap(),
+            Some(MAX_TAGS_PAGE)
         );
-        assert_eq!(paginate(all.clone(), &q(&[("n", "0")])).unwrap(), (vec![], true));
-        assert_eq!(paginate(all.clone(), &q(&[])).unwrap().0.len(), 4);
-        assert!(paginate(all.clone(), &q(&[("n", "-1")])).is_err());
-        assert_eq!(page_size(&q(&[("n", "99999999999")])).unwrap(), Some(MAX_PAGE));
+    }
+
+    #[tokio::test]
+    async fn tag_pages_count_only_tags_in_lexical_order_after_last() {
+        use crate::storage::{memory::MemStore, Storage};
+        let s = Storage::Memory(MemStore::default());
+        let tags = ["1.0", "B", "_x", "a", "a-b", "a.c", "a0", "latest", "v1", "v10", "v2"];
+        for t in tags {
+            s.put(&format!("r/tags/{t}/current/link"), bytes::Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        // a file and directories whose names are not tags are not counted
+        for k in ["r/tags/a1", "r/tags/.hidden/current/link", "r/tags/-x/current/link"] {
+            s.put(k, bytes::Bytes::from_static(b"x")).await.unwrap();
+        }
+        let page = |last: Option<&'static str>, n: usize| {
+            let s = &s;
+            async move {
+                let (p, more) = s.list_after("r/tags", last, n, is_tag).await.unwrap();
+                (p.into_iter().map(|e| e.name).collect::<Vec<_>>(), more)
+            }
+        };
+        let all: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        assert_eq!(page(None, MAX_TAGS_PAGE).await, (all.clone(), false));
+        for (i, last) in tags.iter().enumerate() {
+            for n in [0, 1, 2, 3, 100] {
+                let want: Vec<String> = all[i + 1..].iter().take(n).cloned().collect();
+                assert_eq!(
+                    page(Some(last), n).await,
+                    (want, all.len() > i + 1 + n),
+                    "last={last} n={n}"
+                );
+            }
+        }
+        // `last` need not be a tag
+        assert_eq!(page(Some("a-"), 2).await, (vec!["a-b".into(), "a.c".into()], true));
+        assert_eq!(page(Some("zzz"), 2).await, (vec![], false));
     }
 
     /// A tree of directories in distribution's layout, listed through a counter: the walk's work

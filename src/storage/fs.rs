@@ -306,32 +306,63 @@ impl FsStore {
         }
     }
 
-    pub async fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
-        let dir = if prefix.is_empty() {
+    fn dir(&self, prefix: &str) -> PathBuf {
+        if prefix.is_empty() {
             self.root.clone()
         } else {
             self.path(prefix)
-        };
-        let mut rd = match tokio::fs::read_dir(&dir).await {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
-                return Ok(Vec::new())
-            }
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        while let Some(e) = rd.next_entry().await? {
-            let Ok(name) = e.file_name().into_string() else {
-                continue;
-            };
-            if name == TMP_DIR {
-                continue;
-            }
-            let is_dir = e.file_type().await?.is_dir();
-            out.push(Entry { name, is_dir });
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+    }
+
+    /// A directory is read in one trip to the blocking pool (`tokio::fs::read_dir` makes one per
+    /// 32 entries: 1,560 for a repository of 50,000 tags).
+    pub async fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
+        let dir = self.dir(prefix);
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            read_dir(&dir, |name, e| {
+                out.push(Entry {
+                    name: name.to_owned(),
+                    is_dir: e.file_type()?.is_dir(),
+                });
+                Ok(())
+            })?;
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// [`super::Storage::list_after`]: the directory is read in one blocking call, and only the
+    /// `limit` + 1 smallest names after `after` are held (a name that cannot be kept is compared
+    /// in place, never copied).
+    pub async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: super::Keep,
+    ) -> io::Result<(Vec<Entry>, bool)> {
+        let dir = self.dir(prefix);
+        let mut page = super::Smallest::new(after, limit);
+        tokio::task::spawn_blocking(move || {
+            read_dir(&dir, |name, e| {
+                if page.wants(name) {
+                    let e = Entry {
+                        name: name.to_owned(),
+                        is_dir: e.file_type()?.is_dir(),
+                    };
+                    if keep(&e) {
+                        page.insert(e);
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(page.finish())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     pub async fn touch(&self, key: &str) -> io::Result<()> {
@@ -367,6 +398,33 @@ impl FsStore {
         }
         Ok(())
     }
+}
+
+/// Calls `f` with the name (when it is UTF-8) of every entry of `dir` but regate's temporary
+/// directory; a missing directory has none, and an entry gone while `f` looked at it is skipped.
+/// Blocking.
+fn read_dir(dir: &Path, mut f: impl FnMut(&str, &std::fs::DirEntry) -> io::Result<()>) -> io::Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name == TMP_DIR {
+            continue;
+        }
+        match f(name, &e) {
+            // gone since the directory was read (its type needed a stat)
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 /// Less room than this on the root's filesystem counts as full.
@@ -736,6 +794,58 @@ impl FsAppender {
 mod tests {
     use super::*;
     use sha2::{Digest as _, Sha256};
+
+    #[tokio::test]
+    async fn listings_read_a_directory_in_one_call_and_pages_hold_only_the_page() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(d.path(), false).unwrap();
+        let mut tags: Vec<String> = (0..3000).map(|i| format!("v{i}")).collect();
+        for t in &tags {
+            std::fs::create_dir_all(d.path().join("r/tags").join(t).join("current")).unwrap();
+        }
+        std::fs::write(d.path().join("r/tags/file"), b"x").unwrap();
+        std::fs::create_dir_all(d.path().join("r/tags").join(TMP_DIR)).unwrap();
+        tags.sort();
+        let all = s.list("r/tags").await.unwrap();
+        assert_eq!(all.len(), 3001);
+        assert!(all.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(all.iter().all(|e| e.is_dir == (e.name != "file")));
+        assert!(s.list("").await.unwrap().iter().all(|e| e.name != TMP_DIR));
+        assert_eq!(s.list("missing/dir").await.unwrap(), vec![]);
+        assert_eq!(s.list("r/tags/file").await.unwrap(), vec![]);
+
+        let dirs: super::super::Keep = |e| e.is_dir;
+        // pages of 7 through `last`, as a client follows Link
+        let (mut last, mut seen) = (None::<String>, Vec::new());
+        loop {
+            let (page, more) = s.list_after("r/tags", last.as_deref(), 7, dirs).await.unwrap();
+            assert!(page.len() <= 7 && (!more || page.len() == 7));
+            assert!(page.iter().all(|e| e.is_dir));
+            seen.extend(page.into_iter().map(|e| e.name));
+            last = seen.last().cloned();
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, tags);
+        let (page, more) = s.list_after("r/tags", Some("v2998"), 3, dirs).await.unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["v2999", "v3", "v30"]
+        );
+        assert!(more);
+        let (page, more) = s.list_after("r/tags", Some("v997"), 7, dirs).await.unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["v998", "v999"]
+        );
+        assert!(!more);
+        let (page, more) = s.list_after("r/tags", Some("v999"), 7, |_| true).await.unwrap();
+        assert_eq!((page.len(), more), (0, false));
+        let (page, more) = s.list_after("r/tags", None, 0, dirs).await.unwrap();
+        assert_eq!((page.len(), more), (0, true));
+        assert_eq!(s.list_after("missing", None, 5, dirs).await.unwrap(), (vec![], false));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn durable_writes_with_early_writeback_keep_every_byte() {

@@ -311,6 +311,17 @@ impl LfsStore {
         Box::pin(self.inner.meta.list(prefix)).await
     }
 
+    /// Listings are the metadata store's (blob records included, as in [`Self::list`]).
+    pub async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: super::Keep,
+    ) -> io::Result<(Vec<Entry>, bool)> {
+        Box::pin(self.inner.meta.list_after(prefix, after, limit, keep)).await
+    }
+
     pub async fn touch(&self, key: &str) -> io::Result<()> {
         match oid_of(key) {
             Some(oid) => Box::pin(self.inner.meta.touch(&record_key(oid))).await,

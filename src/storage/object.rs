@@ -350,6 +350,58 @@ impl ObjectStore {
         Ok(out)
     }
 
+    /// [`super::Storage::list_after`]: where the service lists from a key (S3 and OSS
+    /// `start-after`; OpenDAL does not offer it for COS) the listing starts at `prefix/after`,
+    /// so a later page does not fetch the names before it; the rest is streamed and only the
+    /// `limit` + 1 smallest names are held. The stream is read to its end: a delimited listing
+    /// comes in key order (`a-b/` before `a/`, and each response's prefixes before its objects),
+    /// not name order, so stopping early could miss a smaller name.
+    pub async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: super::Keep,
+    ) -> io::Result<(Vec<Entry>, bool)> {
+        use futures_util::TryStreamExt as _;
+        let dir = if prefix.is_empty() {
+            "/".to_owned()
+        } else {
+            format!("{prefix}/")
+        };
+        let mut page = super::Smallest::new(after, limit);
+        let from = after.filter(|_| self.op.info().full_capability().list_with_start_after);
+        let lister = match from {
+            // every name after `after` has a key after `<dir><after>` (keys of names at or
+            // before it that also follow are dropped by `page`)
+            Some(a) => self.op.lister_with(&dir).start_after(&format!("{dir}{a}")).await,
+            None => self.op.lister(&dir).await,
+        };
+        let mut lister = match lister {
+            Ok(l) => l,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(page.finish()),
+            Err(e) => return Err(io_err(e)),
+        };
+        while let Some(e) = lister.try_next().await.map_err(io_err)? {
+            if e.path() == dir || e.name().is_empty() || e.name() == "/" {
+                continue;
+            }
+            let is_dir = e.name().ends_with('/');
+            let name = e.name().trim_end_matches('/');
+            if (!is_dir && name.ends_with(TOUCH_SUFFIX)) || !page.wants(name) {
+                continue;
+            }
+            let e = Entry {
+                name: name.to_owned(),
+                is_dir,
+            };
+            if keep(&e) {
+                page.insert(e);
+            }
+        }
+        Ok(page.finish())
+    }
+
     /// Buckets cannot change an object's time in place: small objects are written again, large
     /// ones get a `<key>.touched` marker whose time [`Self::stat`] reports.
     pub async fn touch(&self, key: &str) -> io::Result<()> {
@@ -540,6 +592,21 @@ mod tests {
                             "POST" if has("uploadId") => {
                                 xml("<CompleteMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>\
                                  <ETag>\"e\"</ETag></CompleteMultipartUploadResult>")
+                            }
+                            // a delimited listing (OSS `list-type=2`, COS v1) of tags t0..t5,
+                            // the service answering from `start-after` when asked
+                            "GET" if has("delimiter") => {
+                                let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                                let prefix = get("prefix").unwrap_or_default();
+                                let from = get("start-after").unwrap_or_default();
+                                let mut out = String::from("<ListBucketResult><IsTruncated>false</IsTruncated>");
+                                for t in ["t0", "t1", "t2", "t3", "t4", "t5"] {
+                                    let key = format!("{prefix}{t}/");
+                                    if key > from {
+                                        out += &format!("<CommonPrefixes><Prefix>{key}</Prefix></CommonPrefixes>");
+                                    }
+                                }
+                                xml(&(out + "</ListBucketResult>"))
                             }
                             "GET" => ("200 OK", "abc".to_owned()),
                             "DELETE" => ("204 No Content", String::new()),
@@ -842,6 +909,54 @@ mod tests {
 
     /// Every request regate sends to COS goes to `<bucket>-<appid>.cos.<region>.myqcloud.com` and
     /// carries the documented q-signature over the headers and parameters it lists.
+    /// A tag page: OSS is asked to list from `<dir>/<last>` (COS, which OpenDAL cannot ask, lists
+    /// the whole directory), and either way the page holds the names after `last`, in order.
+    #[tokio::test]
+    async fn list_after_starts_after_last_where_the_service_can() {
+        let dirs: super::super::Keep = |e| e.is_dir;
+        for (yaml, sends_start_after) in [
+            (
+                "backend: oss\noss: { bucket: b, endpoint: http://oss-cn-hangzhou.aliyuncs.com, \
+                 access_key_id: a, access_key_secret: s, root: /reg }\n",
+                true,
+            ),
+            (
+                "backend: cos\ncos: { bucket: b-1250000000, endpoint: http://cos.ap-guangzhou.myqcloud.com, \
+                 secret_id: a, secret_key: s }\n",
+                false,
+            ),
+        ] {
+            let (proxy, log) = capture().await;
+            let s = store_via(yaml, &proxy);
+            let (page, more) = s.list_after("r/_manifests/tags", Some("t1"), 2, dirs).await.unwrap();
+            let names: Vec<&str> = page.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!((names, more), (vec!["t2", "t3"], true), "{yaml}");
+            let (page, more) = s.list_after("r/_manifests/tags", Some("t4"), 2, dirs).await.unwrap();
+            let names: Vec<&str> = page.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!((names, more), (vec!["t5"], false), "{yaml}");
+            let (page, more) = s.list_after("r/_manifests/tags", None, 10, dirs).await.unwrap();
+            assert_eq!((page.len(), more), (6, false), "{yaml}");
+            let reqs = log.lock().unwrap().clone();
+            assert_eq!(reqs.len(), 3, "{reqs:#?}");
+            let from: Vec<Option<String>> = reqs
+                .iter()
+                .map(|c| c.query().into_iter().find(|(k, _)| k == "start-after").map(|(_, v)| v))
+                .collect();
+            if sends_start_after {
+                assert_eq!(
+                    from,
+                    [
+                        Some("reg/r/_manifests/tags/t1".to_owned()),
+                        Some("reg/r/_manifests/tags/t4".to_owned()),
+                        None
+                    ]
+                );
+            } else {
+                assert_eq!(from, [None, None, None]);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn cos_requests_are_virtual_hosted_and_signed_as_documented() {
         let (proxy, log) = capture().await;
