@@ -162,16 +162,16 @@ impl FsStore {
     /// A small object in one trip to the blocking pool: written beside, flushed when `fsync`,
     /// renamed into place (and the directory entry flushed when `fsync`).
     pub async fn put_with(&self, key: &str, data: Bytes, fsync: bool) -> io::Result<()> {
-        let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
+        let tmp_dir = self.tmp.clone();
         let dest = self.path(key);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let write = || -> io::Result<()> {
-                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let write = |tmp: &Path| -> io::Result<()> {
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(tmp)?;
                 f.write_all(&data)?;
                 if fsync {
                     f.sync_data()?;
                 }
-                rename_into_place(&tmp, &dest)?;
+                rename_into_place(tmp, &dest)?;
                 if fsync {
                     if let Some(dir) = dest.parent() {
                         std::fs::File::open(dir)?.sync_all()?;
@@ -179,11 +179,24 @@ impl FsStore {
                 }
                 Ok(())
             };
-            let r = write();
-            if r.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+            // a directory on the way that a concurrent prune (the collector, a delete) took
+            // away at the wrong instant is made again by writing the object afresh
+            let mut tries = 0;
+            loop {
+                let tmp = tmp_dir.join(uuid::Uuid::new_v4().to_string());
+                let r = write(&tmp);
+                if r.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                match r {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {
+                        tries += 1;
+                        tracing::debug!(key = %dest.display(), error = %e, "small object write raced a prune; writing again");
+                        let _ = std::fs::create_dir_all(&tmp_dir);
+                    }
+                    r => return r,
+                }
             }
-            r
         })
         .await
         .map_err(io::Error::other)?
@@ -458,7 +471,7 @@ fn rename_into_place(tmp: &Path, dest: &Path) -> io::Result<()> {
         if let Some(dir) = dest.parent() {
             // a parent pruned between the levels create_dir_all makes is made again
             match std::fs::create_dir_all(dir) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 8 => {
                     tries += 1;
                     continue;
                 }
@@ -466,7 +479,7 @@ fn rename_into_place(tmp: &Path, dest: &Path) -> io::Result<()> {
             }
         }
         match std::fs::rename(tmp, dest) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 && tmp.exists() => tries += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 8 && tmp.exists() => tries += 1,
             r => return r,
         }
     }
