@@ -29,7 +29,7 @@ struct MintRequest {
     description: Option<String>,
 }
 
-fn err(code: StatusCode, msg: &str) -> Resp {
+fn err(code: StatusCode, msg: &str) -> ApiError {
     let word = match code {
         StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
         StatusCode::FORBIDDEN => "DENIED",
@@ -39,11 +39,11 @@ fn err(code: StatusCode, msg: &str) -> Resp {
         StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
         _ => "BAD_REQUEST",
     };
-    let mut e = ApiError::json(code, word, msg);
+    let e = ApiError::json(code, word, msg);
     if code == StatusCode::UNAUTHORIZED {
-        e = e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
+        return e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
     }
-    e.into_response()
+    e
 }
 
 /// Whether a browser says the request comes from another site (`Sec-Fetch-Site`), or names an
@@ -81,7 +81,8 @@ fn view(r: &Record, token: Option<&str>) -> serde_json::Value {
 }
 
 /// `session`: the browser's signed-in Gitee identity, when the request carried a valid session
-/// cookie (used only when there is no `Authorization` header).
+/// cookie (used only when there is no `Authorization` header). The answer, and the account it was
+/// for (for the access log) once one is known.
 pub async fn tokens(
     creds: &Credentials,
     method: &Method,
@@ -91,6 +92,24 @@ pub async fn tokens(
     ip: std::net::IpAddr,
     session: Option<Identity>,
 ) -> (Resp, Option<String>) {
+    let me = match caller(creds, method, headers, ip, session).await {
+        Ok(me) => me,
+        Err((e, who)) => return (e.into_response(), who),
+    };
+    let who = Some(me.account.clone());
+    let r = serve(creds, method, path, body, me).await;
+    (r.unwrap_or_else(ApiError::into_response), who)
+}
+
+/// Who is asking: Basic credentials, or else the browser session (whose writes must be
+/// same-site JSON). A refusal names the account it was for, when there was one.
+async fn caller(
+    creds: &Credentials,
+    method: &Method,
+    headers: &HeaderMap,
+    ip: std::net::IpAddr,
+    session: Option<Identity>,
+) -> Result<Identity, (ApiError, Option<String>)> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -105,49 +124,34 @@ pub async fn tokens(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
             if method != Method::GET && cross_site(headers) {
-                return (
-                    err(
-                        StatusCode::FORBIDDEN,
-                        "cross-site requests may not change CLI passwords",
-                    ),
-                    Some(me.account),
+                let e = err(
+                    StatusCode::FORBIDDEN,
+                    "cross-site requests may not change CLI passwords",
                 );
+                return Err((e, Some(me.account)));
             }
             if method == Method::POST && !json {
-                return (
-                    err(StatusCode::FORBIDDEN, "send the request as application/json"),
-                    Some(me.account),
-                );
+                let e = err(StatusCode::FORBIDDEN, "send the request as application/json");
+                return Err((e, Some(me.account)));
             }
-            return serve(creds, method, path, body, me).await;
+            return Ok(me);
         }
         (None, None) => {
-            return (
-                err(
-                    StatusCode::UNAUTHORIZED,
-                    "sign in with Basic credentials or a browser session from /login",
-                ),
-                None,
-            )
+            let e = err(
+                StatusCode::UNAUTHORIZED,
+                "sign in with Basic credentials or a browser session from /login",
+            );
+            return Err((e, None));
         }
     };
-    let me: Identity = match creds.authenticate_from(&user, &pass, ip).await {
-        Ok(i) => i,
-        Err(AuthError::BadCredentials) => {
-            return (
-                err(StatusCode::UNAUTHORIZED, "incorrect username or password"),
-                Some(user),
-            )
-        }
-        Err(AuthError::Limited(d)) => return (crate::auth::endpoint::limited(d), Some(user)),
-        Err(AuthError::Unavailable(_)) => {
-            return (
-                err(StatusCode::SERVICE_UNAVAILABLE, "credential check unavailable; retry"),
-                Some(user),
-            )
-        }
-    };
-    serve(creds, method, path, body, me).await
+    creds.authenticate_from(&user, &pass, ip).await.map_err(|e| {
+        let e = match e {
+            AuthError::BadCredentials => err(StatusCode::UNAUTHORIZED, "incorrect username or password"),
+            AuthError::Limited(d) => crate::auth::endpoint::limited(d),
+            AuthError::Unavailable(_) => err(StatusCode::SERVICE_UNAVAILABLE, "credential check unavailable; retry"),
+        };
+        (e, Some(user))
+    })
 }
 
 async fn serve(
@@ -156,14 +160,10 @@ async fn serve(
     path: &str,
     body: Incoming,
     me: Identity,
-) -> (Resp, Option<String>) {
-    let who = Some(me.account.clone());
-    let Some(st) = creds.stored() else {
-        return (
-            err(StatusCode::SERVICE_UNAVAILABLE, "credential storage unavailable"),
-            who,
-        );
-    };
+) -> Result<Resp, ApiError> {
+    let st = creds
+        .stored()
+        .ok_or_else(|| err(StatusCode::SERVICE_UNAVAILABLE, "credential storage unavailable"))?;
     let now = crate::util::now_secs();
     let storage_err = |e: std::io::Error| {
         tracing::error!(error = %e, "credential storage");
@@ -173,24 +173,16 @@ async fn serve(
         .strip_prefix("/api/v1/tokens")
         .unwrap_or("")
         .trim_start_matches('/');
-    let r = match (method, id.is_empty()) {
+    match (method, id.is_empty()) {
         (&Method::POST, true) => {
-            let raw = match BodyReader::new(body, Duration::from_secs(30)).read_all(16 * 1024).await {
-                Ok(b) => b,
-                Err(_) => {
-                    return (
-                        err(StatusCode::BAD_REQUEST, "request body too large or unreadable"),
-                        who,
-                    )
-                }
-            };
+            let raw = BodyReader::new(body, Duration::from_secs(30))
+                .read_all(16 * 1024)
+                .await
+                .map_err(|_| err(StatusCode::BAD_REQUEST, "request body too large or unreadable"))?;
             let req: MintRequest = if raw.iter().all(|b| b.is_ascii_whitespace()) {
                 MintRequest::default()
             } else {
-                match serde_json::from_slice(&raw) {
-                    Ok(r) => r,
-                    Err(e) => return (err(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")), who),
-                }
+                serde_json::from_slice(&raw).map_err(|e| err(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")))?
             };
             let repos = req.repositories.unwrap_or_else(|| vec!["*".into()]);
             let mint = Mint {
@@ -203,37 +195,33 @@ async fn serve(
                 parent: me.limit.as_deref(),
                 gitee: me.gitee,
             };
-            match st.mint(mint, now).await {
-                Ok((rec, secret)) => http::json(StatusCode::CREATED, &view(&rec, Some(&secret))),
-                Err(MintError::Storage(e)) => storage_err(e),
-                Err(e) => err(StatusCode::BAD_REQUEST, &e.to_string()),
-            }
+            let (rec, secret) = st.mint(mint, now).await.map_err(|e| match e {
+                MintError::Storage(e) => storage_err(e),
+                e => err(StatusCode::BAD_REQUEST, &e.to_string()),
+            })?;
+            Ok(http::json(StatusCode::CREATED, &view(&rec, Some(&secret))))
         }
-        (&Method::GET, true) => match st.list().await {
-            Ok(all) => {
-                let mine: Vec<_> = all
-                    .iter()
-                    .filter(|r| r.kind == Kind::Cli && r.account == me.account && (r.expires == 0 || r.expires > now))
-                    .map(|r| view(r, None))
-                    .collect();
-                http::json(StatusCode::OK, &mine)
+        (&Method::GET, true) => {
+            let all = st.list().await.map_err(storage_err)?;
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|r| r.kind == Kind::Cli && r.account == me.account && (r.expires == 0 || r.expires > now))
+                .map(|r| view(r, None))
+                .collect();
+            Ok(http::json(StatusCode::OK, &mine))
+        }
+        (&Method::DELETE, false) => match st.get(id).await.map_err(storage_err)? {
+            Some(r) if r.kind == Kind::Cli && r.account == me.account => {
+                st.revoke(id).await.map_err(storage_err)?;
+                Ok(http::status(StatusCode::NO_CONTENT))
             }
-            Err(e) => storage_err(e),
+            _ => Err(err(StatusCode::NOT_FOUND, "no such token")),
         },
-        (&Method::DELETE, false) => match st.get(id).await {
-            Ok(Some(r)) if r.kind == Kind::Cli && r.account == me.account => match st.revoke(id).await {
-                Ok(()) => http::status(StatusCode::NO_CONTENT),
-                Err(e) => storage_err(e),
-            },
-            Ok(_) => err(StatusCode::NOT_FOUND, "no such token"),
-            Err(e) => storage_err(e),
-        },
-        _ => err(
+        _ => Err(err(
             StatusCode::METHOD_NOT_ALLOWED,
             "use POST or GET on /api/v1/tokens, DELETE on /api/v1/tokens/{id}",
-        ),
-    };
-    (r, who)
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -33,24 +33,23 @@ pub struct TokenAudit {
     pub oidc: Option<String>,
 }
 
-fn error(code: StatusCode, oauth_error: &'static str, details: &str) -> Resp {
-    let mut e = ApiError::oauth(code, oauth_error, details);
+fn error(code: StatusCode, oauth_error: &'static str, details: &str) -> ApiError {
+    let e = ApiError::oauth(code, oauth_error, details);
     if code == StatusCode::UNAUTHORIZED {
-        e = e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
+        return e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"regate\"");
     }
-    e.into_response()
+    e
 }
 
 /// 429 with `Retry-After`.
-pub fn limited(d: Duration) -> Resp {
+pub fn limited(d: Duration) -> ApiError {
     let secs = d.as_secs().max(1);
-    let mut r = error(
+    error(
         StatusCode::TOO_MANY_REQUESTS,
         "slow_down",
         &format!("too many attempts; retry in {secs} seconds"),
-    );
-    http::set(&mut r, header::RETRY_AFTER, &secs.to_string());
-    r
+    )
+    .with_header(header::RETRY_AFTER, secs.to_string())
 }
 
 const BAD_CREDENTIALS: &str = "incorrect username or password (use your regate account, or a CLI password from /login)";
@@ -104,6 +103,22 @@ impl TokenService {
         now: u64,
         audit: &mut TokenAudit,
     ) -> Resp {
+        self.route(method, headers, query, body, ip, now, audit)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn route(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: Incoming,
+        ip: IpAddr,
+        now: u64,
+        audit: &mut TokenAudit,
+    ) -> Result<Resp, ApiError> {
         match *method {
             Method::GET => {
                 let q = query_pairs(query);
@@ -115,29 +130,28 @@ impl TokenService {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if !ct.starts_with("application/x-www-form-urlencoded") {
-                    return error(
+                    return Err(error(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         "POST /token takes an application/x-www-form-urlencoded form",
-                    );
+                    ));
                 }
                 let form = match BodyReader::new(body, Duration::from_secs(30)).read_all(64 * 1024).await {
                     Ok(b) => query_pairs(std::str::from_utf8(&b).ok()),
                     Err(_) => {
-                        return error(
+                        return Err(error(
                             StatusCode::BAD_REQUEST,
                             "invalid_request",
                             "form body too large or unreadable",
-                        )
+                        ))
                     }
                 };
                 self.post(&form, ip, now, audit).await
             }
-            _ => {
-                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET or POST");
-                http::set(&mut r, header::ALLOW, "GET, POST");
-                r
-            }
+            _ => Err(
+                error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET or POST")
+                    .with_header(header::ALLOW, "GET, POST"),
+            ),
         }
     }
 
@@ -152,7 +166,7 @@ impl TokenService {
         ip: IpAddr,
         now: u64,
         audit: &mut TokenAudit,
-    ) -> Resp {
+    ) -> Result<Resp, ApiError> {
         let scopes = Self::scopes(q);
         audit.asked = scopes.iter().map(|s| s.to_string()).collect();
         let basic = headers
@@ -163,31 +177,31 @@ impl TokenService {
             None => None,
             Some(Err(())) => {
                 audit.denied_reason = Some("malformed authorization");
-                return error(
+                return Err(error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_request",
                     "malformed Authorization header; use Basic credentials",
-                );
+                ));
             }
             Some(Ok((user, pass))) => match self.creds.authenticate_from(&user, &pass, ip).await {
                 Ok(id) => Some(id),
                 Err(AuthError::BadCredentials) => {
                     audit.account = Some(user);
                     audit.denied_reason = Some("bad credentials");
-                    return error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS);
+                    return Err(error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS));
                 }
                 Err(AuthError::Limited(d)) => {
                     audit.account = Some(user);
                     audit.denied_reason = Some("rate limited");
-                    return limited(d);
+                    return Err(limited(d));
                 }
                 Err(AuthError::Unavailable(m)) => {
                     tracing::error!(error = %m, "credential check failed");
-                    return error(
+                    return Err(error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "temporarily_unavailable",
                         "credential check unavailable; retry",
-                    );
+                    ));
                 }
             },
         };
@@ -195,17 +209,23 @@ impl TokenService {
         self.answer(identity, &scopes, offline, false, ip, now, audit).await
     }
 
-    async fn post(&self, form: &[(String, String)], ip: IpAddr, now: u64, audit: &mut TokenAudit) -> Resp {
+    async fn post(
+        &self,
+        form: &[(String, String)],
+        ip: IpAddr,
+        now: u64,
+        audit: &mut TokenAudit,
+    ) -> Result<Resp, ApiError> {
         let scopes = Self::scopes(form);
         audit.asked = scopes.iter().map(|s| s.to_string()).collect();
         match query_get(form, "grant_type") {
             Some("password") => {
                 let (Some(user), Some(pass)) = (query_get(form, "username"), query_get(form, "password")) else {
-                    return error(
+                    return Err(error(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         "username and password are required",
-                    );
+                    ));
                 };
                 audit.account = Some(user.to_owned());
                 match self.creds.authenticate_from(user, pass, ip).await {
@@ -215,40 +235,44 @@ impl TokenService {
                     }
                     Err(AuthError::BadCredentials) => {
                         audit.denied_reason = Some("bad credentials");
-                        error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS)
+                        Err(error(StatusCode::UNAUTHORIZED, "invalid_grant", BAD_CREDENTIALS))
                     }
                     Err(AuthError::Limited(d)) => {
                         audit.denied_reason = Some("rate limited");
-                        limited(d)
+                        Err(limited(d))
                     }
-                    Err(AuthError::Unavailable(_)) => error(
+                    Err(AuthError::Unavailable(_)) => Err(error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "temporarily_unavailable",
                         "credential check unavailable; retry",
-                    ),
+                    )),
                 }
             }
             Some("refresh_token") => {
                 let Some(rt) = query_get(form, "refresh_token") else {
-                    return error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required");
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "refresh_token is required",
+                    ));
                 };
                 let rec = match self.refresh.lookup(rt, now).await {
                     Ok(Some(r)) => r,
                     Ok(None) => {
                         audit.denied_reason = Some("unknown refresh token");
-                        return error(
+                        return Err(error(
                             StatusCode::UNAUTHORIZED,
                             "invalid_grant",
                             "this login has expired or was revoked; run docker login again",
-                        );
+                        ));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "refresh token lookup failed");
-                        return error(
+                        return Err(error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "temporarily_unavailable",
                             "token storage unavailable; retry",
-                        );
+                        ));
                     }
                 };
                 let id = rec.identity();
@@ -257,28 +281,32 @@ impl TokenService {
                     Ok(Some(id)) => id,
                     Ok(None) => {
                         audit.denied_reason = Some("credential changed");
-                        return error(
+                        return Err(error(
                             StatusCode::UNAUTHORIZED,
                             "invalid_grant",
                             "the password behind this login changed, expired or was revoked; run docker login again",
-                        );
+                        ));
                     }
                     Err(_) => {
-                        return error(
+                        return Err(error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "temporarily_unavailable",
                             "credential check unavailable; retry",
-                        )
+                        ))
                     }
                 };
                 self.answer(Some(id), &scopes, false, true, ip, now, audit).await
             }
-            Some(other) => error(
+            Some(other) => Err(error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 &format!("grant_type {other:?} is not supported (password, refresh_token)"),
-            ),
-            None => error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
+            )),
+            None => Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is required",
+            )),
         }
     }
 
@@ -292,7 +320,7 @@ impl TokenService {
         ip: IpAddr,
         now: u64,
         audit: &mut TokenAudit,
-    ) -> Resp {
+    ) -> Result<Resp, ApiError> {
         let policy = self.policy.get();
         let (subject, gitee_err) = match &id {
             Some(i) => self.subject(i, ip, &policy, scopes).await,
@@ -311,11 +339,11 @@ impl TokenService {
             if short {
                 audit.account = Some(subject.account.clone());
                 audit.denied_reason = Some("gitee unreachable");
-                return error(
+                return Err(error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
                     &format!("{e}; permissions mirrored from Gitee cannot be checked right now, retry shortly"),
-                );
+                ));
             }
         }
         audit.account = Some(subject.account.clone());
@@ -344,11 +372,11 @@ impl TokenService {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "token signing failed");
-                return error(
+                return Err(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",
                     "token signing failed",
-                );
+                ));
             }
         };
         let mut body = json!({
@@ -367,17 +395,17 @@ impl TokenService {
                     Ok(rt) => body["refresh_token"] = json!(rt),
                     Err(e) => {
                         tracing::error!(error = %e, "storing refresh token failed");
-                        return error(
+                        return Err(error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "temporarily_unavailable",
                             "token storage unavailable; retry",
-                        );
+                        ));
                     }
                 }
             }
         }
         let mut r = http::json(StatusCode::OK, &body);
         http::set(&mut r, header::CACHE_CONTROL, "no-store");
-        r
+        Ok(r)
     }
 }

@@ -253,6 +253,26 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A new token signing key: EC P-256.
+pub fn generate_key() -> Result<rcgen::KeyPair, String> {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate a token signing key: {e}"))
+}
+
+/// The self-signed certificate registries are given to trust `kp`'s tokens (`rootcertbundle`).
+pub fn self_signed(kp: &rcgen::KeyPair, issuer: &str) -> Result<rcgen::Certificate, String> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| format!("cannot build a signing certificate: {e}"))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    params
+        .self_signed(kp)
+        .map_err(|e| format!("cannot self-sign the signing certificate: {e}"))
+}
+
 impl TokenKeys {
     /// Loads the signing key and certificate, generating an EC P-256 key and a self-signed
     /// certificate for it when the files do not exist yet.
@@ -267,9 +287,7 @@ impl TokenKeys {
         let key_pem = match std::fs::read_to_string(key_path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                    .map_err(|e| format!("cannot generate a token signing key: {e}"))?;
-                let pem = kp.serialize_pem();
+                let pem = generate_key()?.serialize_pem();
                 write_private(key_path, pem.as_bytes())
                     .map_err(|e| format!("cannot write the token signing key {}: {e}", key_path.display()))?;
                 tracing::info!(path = %key_path.display(), "generated token signing key");
@@ -316,16 +334,7 @@ impl TokenKeys {
                 der.to_vec()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-                    .map_err(|e| format!("cannot build a signing certificate: {e}"))?;
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
-                params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-                params.not_after = rcgen::date_time_ymd(2099, 12, 31);
-                let cert = params
-                    .self_signed(&kp)
-                    .map_err(|e| format!("cannot self-sign the signing certificate: {e}"))?;
+                let cert = self_signed(&kp, issuer)?;
                 write_private(cert_path, cert.pem().as_bytes())
                     .map_err(|e| format!("cannot write auth.signing_cert {}: {e}", cert_path.display()))?;
                 tracing::info!(path = %cert_path.display(), "generated token signing certificate");

@@ -195,18 +195,8 @@ pub fn save_admin_password(dir: &Path, pw: &str) -> Result<PathBuf, Failure> {
 pub fn ephemeral_signing_key(issuer: &str) -> Result<(PathBuf, PathBuf, Vec<std::fs::File>, String), Failure> {
     use std::io::Write;
     use std::os::fd::{AsRawFd, FromRawFd};
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| Failure::Other(format!("cannot generate a token signing key: {e}")))?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| Failure::Other(format!("cannot build a signing certificate: {e}")))?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
-    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
-    let cert = params
-        .self_signed(&kp)
-        .map_err(|e| Failure::Other(format!("cannot self-sign the signing certificate: {e}")))?;
+    let kp = crate::auth::token::generate_key().map_err(Failure::Other)?;
+    let cert = crate::auth::token::self_signed(&kp, issuer).map_err(Failure::Other)?;
     let key_pem = kp.serialize_pem();
     let mut files = Vec::new();
     let mut paths = Vec::new();

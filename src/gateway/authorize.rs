@@ -5,7 +5,6 @@ use super::App;
 use crate::auth::credentials::{parse_basic, AuthError, Identity};
 use crate::auth::policy::{Policy, Subject};
 use crate::auth::token::{Claims, VerifyError};
-use crate::http::{self, Resp};
 use crate::registry::error::{ApiError, Code};
 use crate::registry::{Permissions, Route};
 use crate::types::names::RepoName;
@@ -218,7 +217,7 @@ impl App {
     }
 
     /// The 401 that tells a client where to get a token and for what.
-    pub(super) fn challenge(&self, need: &Need, mount_from: &[RepoName], d: Denial) -> Resp {
+    pub(super) fn challenge(&self, need: &Need, mount_from: &[RepoName], d: Denial) -> ApiError {
         let mut scopes: Vec<String> = match need {
             Need::Authenticated | Need::Account => vec![],
             Need::Catalog => vec![Scope::catalog().to_string()],
@@ -255,13 +254,11 @@ impl App {
                 )
             }
             Denial::Unavailable => {
-                return ApiError::new(Code::Unavailable, "credential check unavailable; retry").into_response();
+                return ApiError::new(Code::Unavailable, "credential check unavailable; retry");
             }
             Denial::Limited(d) => {
-                let mut r =
-                    ApiError::new(Code::TooManyRequests, "too many failed sign-ins; retry later").into_response();
-                http::set(&mut r, header::RETRY_AFTER, &d.as_secs().max(1).to_string());
-                return r;
+                return ApiError::new(Code::TooManyRequests, "too many failed sign-ins; retry later")
+                    .with_header(header::RETRY_AFTER, d.as_secs().max(1).to_string());
             }
         };
         let mut e = ApiError::new(code, msg);
@@ -278,9 +275,7 @@ impl App {
                 })
                 .collect::<Vec<_>>()));
         }
-        let mut r = e.into_response();
-        http::set(&mut r, header::WWW_AUTHENTICATE, &v);
-        r
+        e.with_header(header::WWW_AUTHENTICATE, v)
     }
 }
 

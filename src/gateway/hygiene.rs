@@ -2,7 +2,7 @@
 //! a client may not set are dropped.
 
 use super::App;
-use crate::http::{ApiError, Code, Resp};
+use crate::http::{ApiError, Code};
 use ::http::{header, HeaderName, Request, StatusCode};
 use hyper::body::Incoming;
 
@@ -22,16 +22,10 @@ fn is_identity_header(name: &str) -> bool {
 
 impl App {
     /// Refuses requests no well-behaved client sends and strips headers clients may not set.
-    pub(super) fn hygiene(&self, req: &mut Request<Incoming>) -> Option<Resp> {
+    pub(super) fn hygiene(&self, req: &mut Request<Incoming>) -> Result<(), ApiError> {
         // a request no client of the spec sends: refused in the registry's format with the
         // spec's code for an operation it does not support
-        let bad = |m: &str| {
-            Some(
-                ApiError::new(Code::Unsupported, m)
-                    .with_status(StatusCode::BAD_REQUEST)
-                    .into_response(),
-            )
-        };
+        let bad = |m: &str| Err(ApiError::new(Code::Unsupported, m).with_status(StatusCode::BAD_REQUEST));
         if req.version() < ::http::Version::HTTP_2 && req.uri().scheme().is_some() {
             return bad("absolute-form request targets are not accepted");
         }
@@ -46,13 +40,10 @@ impl App {
         if !path.starts_with('/') || path.contains("//") || path.split('/').any(|s| s == ".." || s == ".") {
             // under /v2/ the name part is what is malformed: the spec's NAME_INVALID
             if path.starts_with("/v2/") {
-                return Some(
-                    crate::registry::error::ApiError::new(
-                        crate::registry::error::Code::NameInvalid,
-                        "invalid repository name: empty, '.' or '..' path segments",
-                    )
-                    .into_response(),
-                );
+                return Err(ApiError::new(
+                    Code::NameInvalid,
+                    "invalid repository name: empty, '.' or '..' path segments",
+                ));
             }
             return bad("malformed path");
         }
@@ -71,7 +62,7 @@ impl App {
         for n in drop {
             req.headers_mut().remove(n);
         }
-        None
+        Ok(())
     }
 }
 

@@ -143,16 +143,20 @@ impl App {
         let mut cx = Ctx::new(&req, self.client_ip(req.headers(), conn.peer.ip()), conn.tls);
         let resp = if !self.allowed_ip(cx.ip) {
             cx.log.denied = Some("network not allowed");
-            ApiError::new(Code::Denied, format!("requests from {} are not allowed", cx.ip)).into_response()
-        } else if let Some(r) = self.hygiene(&mut req) {
-            r
+            Err(ApiError::new(
+                Code::Denied,
+                format!("requests from {} are not allowed", cx.ip),
+            ))
+        } else if let Err(e) = self.hygiene(&mut req) {
+            Err(e)
         } else {
             self.dispatch(req, &mut cx).await
         };
-        self.respond(resp, cx)
+        self.respond(resp.unwrap_or_else(ApiError::into_response), cx)
     }
 
-    async fn dispatch(&self, req: Request<Incoming>, cx: &mut Ctx) -> Resp {
+    /// The endpoint's answer: what it produced, or the error it ended with.
+    async fn dispatch(&self, req: Request<Incoming>, cx: &mut Ctx) -> Result<Resp, ApiError> {
         let ip = cx.ip;
         let log = &mut cx.log;
         log.bytes_in = content_length(req.headers());
@@ -165,7 +169,7 @@ impl App {
                 log.route = "token";
                 if let Err(d) = self.token_limit.take_async(&ip.to_string()).await {
                     log.denied = Some("rate limited");
-                    return crate::auth::endpoint::limited(d);
+                    return Err(crate::auth::endpoint::limited(d));
                 }
                 let (parts, body) = req.into_parts();
                 let mut audit = TokenAudit::default();
@@ -200,7 +204,7 @@ impl App {
                     oidc = audit.oidc.as_deref().unwrap_or("-"),
                     "token"
                 );
-                r
+                Ok(r)
             }
             Endpoint::Api => {
                 log.route = "api";
@@ -221,7 +225,7 @@ impl App {
                     tracing::info!(target: "regate::audit", event = "cli_password", action = %parts.method, %ip,
                         account = log.account.as_deref().unwrap_or("-"), "api");
                 }
-                r
+                Ok(r)
             }
             Endpoint::Scans => {
                 log.route = "api";
@@ -244,7 +248,7 @@ impl App {
                     .handle(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body)
                     .await;
                 log.account = who;
-                r
+                Ok(r)
             }
             Endpoint::NginxAuth => {
                 log.route = "nginx_auth";
@@ -252,7 +256,7 @@ impl App {
             }
             Endpoint::Jwks => {
                 log.route = "jwks";
-                http::json(StatusCode::OK, self.tokens.keys.jwks())
+                Ok(http::json(StatusCode::OK, self.tokens.keys.jwks()))
             }
             Endpoint::Metrics => {
                 log.route = "metrics";
@@ -260,11 +264,11 @@ impl App {
                 let (text, content_type) = self.metrics.render(accept);
                 let mut r = Resp::new(http::full(text));
                 http::set(&mut r, header::CONTENT_TYPE, content_type);
-                r
+                Ok(r)
             }
             Endpoint::Healthz => {
                 log.route = "health";
-                http::json(StatusCode::OK, &serde_json::json!({"status":"ok"}))
+                Ok(http::json(StatusCode::OK, &serde_json::json!({"status":"ok"})))
             }
             Endpoint::Readyz => {
                 log.route = "health";
@@ -273,12 +277,12 @@ impl App {
                     None => true,
                 };
                 if !upstream_ok {
-                    return http::json(
+                    return Ok(http::json(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &serde_json::json!({"status":"unavailable","reason":"the upstream registry is not reachable"}),
-                    );
+                    ));
                 }
-                match self.registry.store().ready().await {
+                Ok(match self.registry.store().ready().await {
                     Ok(()) => http::json(StatusCode::OK, &serde_json::json!({"status":"ready"})),
                     Err(e) if crate::storage::is_full(&e) => {
                         tracing::warn!(error = %e, "storage is full");
@@ -294,11 +298,11 @@ impl App {
                             &serde_json::json!({"status":"unavailable","reason":"storage is not reachable"}),
                         )
                     }
-                }
+                })
             }
             Endpoint::Unknown => {
                 log.route = "other";
-                ApiError::json(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint").into_response()
+                Err(ApiError::json(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint"))
             }
         }
     }

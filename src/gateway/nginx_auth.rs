@@ -15,12 +15,12 @@ impl App {
     /// `X-Original-URI`/`X-Original-Method` (or for `?repository=&actions=`), from the caller's
     /// Bearer token or Basic credential. 200 with `X-Auth-Request-User`/`-Email`/`-Groups`;
     /// 401 with the challenge for nginx to pass on; 403 when signed in but not allowed.
-    pub(super) async fn nginx_auth(&self, req: Request<Incoming>, cx: &mut Ctx) -> Resp {
+    pub(super) async fn nginx_auth(&self, req: Request<Incoming>, cx: &mut Ctx) -> Result<Resp, ApiError> {
         let ip = cx.ip;
         let log = &mut cx.log;
         let h = req.headers();
         let q = query_pairs(req.uri().query());
-        let forbidden = |m: &str| ApiError::new(Code::Denied, m).into_response();
+        let forbidden = |m: &str| Err(ApiError::new(Code::Denied, m));
         // repositories whose pull a cross-repository mount also needs
         let mut mount_from: Vec<RepoName> = Vec::new();
         let need = if let Some(repo) = http::query_get(&q, "repository") {
@@ -97,13 +97,13 @@ impl App {
             // an anonymous token is no sign-in: ask for one
             Err(Denial::Insufficient | Denial::Anonymous) if matches!(need, Need::Account) => {
                 log.denied = Some("no valid credentials");
-                return self.challenge(&need, &mount_from, Denial::Missing);
+                return Err(self.challenge(&need, &mount_from, Denial::Missing));
             }
             Err(Denial::Insufficient) => return forbidden("requested access to the resource is denied"),
             Err(Denial::Limited(_)) => return forbidden("too many failed sign-ins; retry later"),
             Err(d) => {
                 log.denied = Some("no valid credentials");
-                return self.challenge(&need, &mount_from, d);
+                return Err(self.challenge(&need, &mount_from, d));
             }
         };
         for from in &mount_from {
@@ -114,7 +114,7 @@ impl App {
                     log.denied = Some("no pull on the mount source");
                     return forbidden("mounting needs pull access to the source repository");
                 }
-                Err(d) => return self.challenge(&need, &mount_from, d),
+                Err(d) => return Err(self.challenge(&need, &mount_from, d)),
             }
         }
         let (account, groups) = match &principal {
@@ -148,7 +148,7 @@ impl App {
             HeaderName::from_static("x-auth-request-groups"),
             &groups.join(","),
         );
-        r
+        Ok(r)
     }
 }
 

@@ -13,39 +13,32 @@ use hyper::body::Incoming;
 use std::net::IpAddr;
 
 impl App {
-    pub(super) async fn v2(&self, req: Request<Incoming>, cx: &mut Ctx) -> Resp {
+    pub(super) async fn v2(&self, req: Request<Incoming>, cx: &mut Ctx) -> Result<Resp, ApiError> {
         let ip = cx.ip;
         let log = &mut cx.log;
         let rest = req.uri().path().strip_prefix("/v2").unwrap_or("");
         let rest = rest.strip_prefix('/').unwrap_or(rest);
-        let route = match reg::classify(rest) {
-            Ok(r) => r,
-            Err(e) => {
-                let err = match e {
-                    RouteError::NotFound => ApiError::new(Code::NotFound, "no such API endpoint"),
-                    RouteError::NameInvalid => ApiError::new(Code::NameInvalid, "invalid repository name"),
-                    RouteError::DigestInvalid => ApiError::new(Code::DigestInvalid, "invalid digest"),
-                    // no manifest can have such a name: a read answers as for any unknown one
-                    RouteError::ReferenceInvalid if matches!(*req.method(), Method::GET | Method::HEAD) => {
-                        ApiError::new(
-                            Code::ManifestUnknown,
-                            "no manifest has this reference: it is not a valid tag",
-                        )
-                    }
-                    RouteError::ReferenceInvalid => ApiError::new(Code::TagInvalid, "invalid tag"),
-                    RouteError::UploadInvalid => ApiError::new(Code::BlobUploadUnknown, "no such upload"),
-                };
-                return err.into_response();
-            }
-        };
+        let route = reg::classify(rest).map_err(|e| match e {
+            RouteError::NotFound => ApiError::new(Code::NotFound, "no such API endpoint"),
+            RouteError::NameInvalid => ApiError::new(Code::NameInvalid, "invalid repository name"),
+            RouteError::DigestInvalid => ApiError::new(Code::DigestInvalid, "invalid digest"),
+            // no manifest can have such a name: a read answers as for any unknown one
+            RouteError::ReferenceInvalid if matches!(*req.method(), Method::GET | Method::HEAD) => ApiError::new(
+                Code::ManifestUnknown,
+                "no manifest has this reference: it is not a valid tag",
+            ),
+            RouteError::ReferenceInvalid => ApiError::new(Code::TagInvalid, "invalid tag"),
+            RouteError::UploadInvalid => ApiError::new(Code::BlobUploadUnknown, "no such upload"),
+        })?;
         log.route = route.kind();
         log.repo = route.repo().map(|r| r.to_string());
         let method = req.method().clone();
         let Some(need) = need_for(&route, &method) else {
             let allow = route.allowed_methods(self.registry.deletes_enabled());
-            return ApiError::new(Code::Unsupported, format!("{method} is not allowed on this endpoint"))
-                .with_header(header::ALLOW, allow)
-                .into_response();
+            return Err(
+                ApiError::new(Code::Unsupported, format!("{method} is not allowed on this endpoint"))
+                    .with_header(header::ALLOW, allow),
+            );
         };
         let query = query_pairs(req.uri().query());
         // a cross-repository mount also asks to read the source repository
@@ -72,7 +65,7 @@ impl App {
                     Denial::Unavailable => "credential check unavailable",
                     Denial::Limited(_) => "rate limited",
                 });
-                return self.challenge(&need, &mount_from, d);
+                return Err(self.challenge(&need, &mount_from, d));
             }
         };
         log.account = Some(match &principal {
@@ -81,7 +74,7 @@ impl App {
             Principal::Basic(i) => i.account.clone(),
         });
         if let Some(up) = &self.upstream {
-            return self.forward(up, req, &principal, &need, ip).await;
+            return Ok(self.forward(up, req, &principal, &need, ip).await);
         }
         let policy = self.tokens.policy.get();
         let perms = Perms {
@@ -106,76 +99,71 @@ impl App {
             body,
             perms: &perms,
         };
-        match self.registry.handle(route, r).await {
-            Ok(mut out) => {
-                if let Some(t) = &self.trust {
-                    let mint = |n: &RepoName| {
-                        let scope = Scope::repository(n.as_str(), &[Action::Pull]);
-                        self.tokens
-                            .keys
-                            .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
-                            .ok()
-                    };
-                    t.after(gate, &self.registry, &mut out, &mint).await;
-                }
-                let notifier = self.notifier.get();
-                if let (Some(ev), Some(n)) = (&out.event, notifier.as_ref()) {
-                    n.publish(
-                        ev.clone(),
-                        crate::notify::Context {
-                            actor: log.account.clone().unwrap_or_default(),
-                            addr: ip.to_string(),
-                            method: parts.method.to_string(),
-                            user_agent: parts
-                                .headers
-                                .get(header::USER_AGENT)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned(),
-                            host: self.public_url.split("://").nth(1).unwrap_or("").to_owned(),
-                        },
-                    )
-                    .await;
-                }
-                if let (Some(ev), Some(r)) = (&out.event, &self.replicator) {
-                    r.publish(ev).await;
-                }
-                if let Some(ev) = &out.event {
-                    self.metrics.event(ev.action);
-                    log.digest = Some(ev.digest.to_string());
-                    if ev.action != "pull" {
-                        tracing::info!(
-                            target: "regate::audit",
-                            event = ev.action,
-                            %ip,
-                            account = log.account.as_deref().unwrap_or("-"),
-                            repo = %ev.repo,
-                            digest = %ev.digest,
-                            tag = ev.tag.as_deref().unwrap_or("-"),
-                            "registry"
-                        );
-                    }
-                }
-                out.resp
-            }
-            Err(e) => e.into_response(),
+        let mut out = self.registry.handle(route, r).await?;
+        if let Some(t) = &self.trust {
+            let mint = |n: &RepoName| {
+                let scope = Scope::repository(n.as_str(), &[Action::Pull]);
+                self.tokens
+                    .keys
+                    .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
+                    .ok()
+            };
+            t.after(gate, &self.registry, &mut out, &mint).await;
         }
+        let notifier = self.notifier.get();
+        if let (Some(ev), Some(n)) = (&out.event, notifier.as_ref()) {
+            n.publish(
+                ev.clone(),
+                crate::notify::Context {
+                    actor: log.account.clone().unwrap_or_default(),
+                    addr: ip.to_string(),
+                    method: parts.method.to_string(),
+                    user_agent: parts
+                        .headers
+                        .get(header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned(),
+                    host: self.public_url.split("://").nth(1).unwrap_or("").to_owned(),
+                },
+            )
+            .await;
+        }
+        if let (Some(ev), Some(r)) = (&out.event, &self.replicator) {
+            r.publish(ev).await;
+        }
+        if let Some(ev) = &out.event {
+            self.metrics.event(ev.action);
+            log.digest = Some(ev.digest.to_string());
+            if ev.action != "pull" {
+                tracing::info!(
+                    target: "regate::audit",
+                    event = ev.action,
+                    %ip,
+                    account = log.account.as_deref().unwrap_or("-"),
+                    repo = %ev.repo,
+                    digest = %ev.digest,
+                    tag = ev.tag.as_deref().unwrap_or("-"),
+                    "registry"
+                );
+            }
+        }
+        Ok(out.resp)
     }
 
     /// `GET /api/v1/scans/<repository>/<digest>`: the stored scan report, to callers who may pull.
-    pub(super) async fn scan_report(&self, req: Request<Incoming>, ip: IpAddr) -> Resp {
+    pub(super) async fn scan_report(&self, req: Request<Incoming>, ip: IpAddr) -> Result<Resp, ApiError> {
         let (Some(t), Some((repo, d))) = (&self.trust, crate::trust::Trust::api_target(req.uri().path())) else {
-            return ApiError::new(
+            return Err(ApiError::new(
                 Code::NotFound,
                 "no scan reports here (no policy:, or not /api/v1/scans/<repository>/<digest>)",
-            )
-            .into_response();
+            ));
         };
         let need = Need::Repo(repo.clone(), vec![Action::Pull]);
-        match self.authorize(req.headers(), &need, ip).await {
-            Ok(_) => t.api_report(&self.registry, &repo, &d).await,
-            Err(e) => self.challenge(&need, &[], e),
-        }
+        self.authorize(req.headers(), &need, ip)
+            .await
+            .map_err(|e| self.challenge(&need, &[], e))?;
+        Ok(t.api_report(&self.registry, &repo, &d).await)
     }
 
     /// Upstream mode: hands the authorised request to the upstream registry. A Bearer token the

@@ -9,19 +9,21 @@
 
 use crate::auth::credentials::{Identity, Source};
 use crate::auth::stored::{Kind, Mint, MintError, Record, MAX_DESCRIPTION};
-use crate::gitee::{Gitee, GiteeError};
+use crate::gitee::Gitee;
 use crate::http::html::{esc, page};
 use crate::http::{self, query_get, query_pairs, ApiError, BodyReader, Resp};
 use crate::types::scope::Action;
 use ::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
-use session::{LoginState, Session, Signer, LOGIN_COOKIE, SESSION_COOKIE};
+use session::{Session, Signer, SESSION_COOKIE};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 mod admin;
 mod local;
+mod repos;
 pub mod session;
+mod signin;
 
 pub use local::local_identity;
 use local::{User, LOCAL_COOKIE};
@@ -50,8 +52,6 @@ pub struct Web<'a> {
     pub trust: Option<&'a crate::trust::Trust>,
 }
 
-const TAGS_PER_PAGE: usize = 100;
-
 /// The browser's session, if its cookie is present, authentic and unexpired.
 pub fn session_of(signer: &Signer, headers: &HeaderMap) -> Option<Session> {
     let c = session::cookie(headers, SESSION_COOKIE)?;
@@ -75,20 +75,12 @@ fn urlenc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// Bytes in a unit people read (1024-based, one decimal).
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+fn credentials_down() -> ApiError {
+    ApiError::html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        "Credential storage is not reachable; retry.",
+    )
 }
 
 fn message(code: StatusCode, title: &str, text: &str) -> Resp {
@@ -148,7 +140,10 @@ impl Web<'_> {
             },
             (&Method::POST, "/login") => self.signin(body).await,
             (&Method::GET, "/login/callback") => match self.gitee {
-                Some(g) => self.callback(g, &q, headers).await,
+                Some(g) => match self.callback(g, &q, headers).await {
+                    Ok((r, login)) => (r, Some(login)),
+                    Err(e) => (e.into_response(), None),
+                },
                 None => (
                     message(
                         StatusCode::NOT_FOUND,
@@ -183,7 +178,7 @@ impl Web<'_> {
                     self.repo(u, p.trim_start_matches("/ui/repos/"), query_get(&q, "last"))
                         .await
                 };
-                (r, who)
+                (r.unwrap_or_else(ApiError::into_response), who)
             }
             (&Method::GET, "/ui/admin") => match &user {
                 Some(u) => (self.admin(u).await, who),
@@ -217,7 +212,7 @@ impl Web<'_> {
                 } else {
                     self.revoke(&u.s, &form).await
                 };
-                (r, who)
+                (r.unwrap_or_else(ApiError::into_response), who)
             }
             _ => {
                 let mut r = message(
@@ -244,129 +239,6 @@ impl Web<'_> {
             }
         }
         (r, who)
-    }
-
-    fn login(&self, g: &Gitee, rd: Option<&str>) -> Resp {
-        let st = LoginState {
-            state: session::random_token(),
-            verifier: session::random_token(),
-            rd: session::safe_return(rd),
-            exp: crate::util::now_secs() + LOGIN_TTL,
-        };
-        let mut r = redirect(&g.authorize_url(&st.state, &st.verifier));
-        let c = self.signer.sign("login", &st);
-        add_cookie(
-            &mut r,
-            &session::set_cookie(LOGIN_COOKIE, &c, "/login", LOGIN_TTL, self.secure()),
-        );
-        r
-    }
-
-    async fn callback(&self, g: &Gitee, q: &[(String, String)], headers: &HeaderMap) -> (Resp, Option<String>) {
-        let st: Option<LoginState> =
-            session::cookie(headers, LOGIN_COOKIE).and_then(|c| self.signer.verify("login", c));
-        let Some(st) = st.filter(|s| s.exp > crate::util::now_secs()) else {
-            return (
-                message(
-                    StatusCode::BAD_REQUEST,
-                    "Sign-in expired",
-                    "This sign-in was not started from this browser or took too long. Start again.",
-                ),
-                None,
-            );
-        };
-        let state_ok = query_get(q, "state").is_some_and(|s| {
-            use subtle::ConstantTimeEq;
-            bool::from(s.as_bytes().ct_eq(st.state.as_bytes()))
-        });
-        if !state_ok {
-            tracing::warn!(target: "regate::audit", event = "login_state_mismatch", "sign-in refused: state does not match");
-            return (
-                message(
-                    StatusCode::BAD_REQUEST,
-                    "Sign-in refused",
-                    "The answer from Gitee does not belong to the sign-in this browser started.",
-                ),
-                None,
-            );
-        }
-        let clear = |r: &mut Resp| add_cookie(r, &session::set_cookie(LOGIN_COOKIE, "", "/login", 0, self.secure()));
-        if let Some(e) = query_get(q, "error") {
-            let mut r = message(
-                StatusCode::FORBIDDEN,
-                "Sign-in cancelled",
-                &format!("Gitee answered: {e}."),
-            );
-            clear(&mut r);
-            return (r, None);
-        }
-        let Some(code) = query_get(q, "code") else {
-            let mut r = message(StatusCode::BAD_REQUEST, "Sign-in refused", "Gitee sent no code.");
-            clear(&mut r);
-            return (r, None);
-        };
-        let tokens = match g.exchange_code(code, &st.verifier).await {
-            Ok(t) => t,
-            Err(e) => {
-                let (status, text) = match &e {
-                    GiteeError::Denied(m) => (
-                        StatusCode::FORBIDDEN,
-                        format!("Gitee did not accept this sign-in ({m}). Codes work once; start again."),
-                    ),
-                    GiteeError::Unreachable(m) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("Gitee is unreachable ({m}). Try again shortly."),
-                    ),
-                };
-                tracing::warn!(target: "regate::audit", event = "login_failed", error = %e, "sign-in failed");
-                let mut r = message(status, "Sign-in failed", &text);
-                clear(&mut r);
-                return (r, None);
-            }
-        };
-        let login = match g.complete_login(&tokens).await {
-            Ok(l) => l,
-            Err(e) => {
-                let mut r = message(StatusCode::SERVICE_UNAVAILABLE, "Sign-in failed", &e.to_string());
-                clear(&mut r);
-                return (r, None);
-            }
-        };
-        if self.tokens.creds.is_local(&login.user.login) {
-            let mut r = message(
-                StatusCode::FORBIDDEN,
-                "Account name taken",
-                &format!(
-                    "The Gitee account {} has the same name as a local regate account, so it cannot sign in here. Ask an administrator.",
-                    login.user.login
-                ),
-            );
-            clear(&mut r);
-            return (r, Some(login.user.login));
-        }
-        let s = Session {
-            login: login.user.login.clone(),
-            id: login.user.id,
-            name: login.user.name.clone(),
-            email: login.user.email.clone(),
-            groups: login.groups.clone(),
-            exp: crate::util::now_secs() + g.opts.session_ttl,
-            sid: session::random_token(),
-        };
-        tracing::info!(target: "regate::audit", event = "login", account = %s.login, gitee_id = s.id, "signed in with Gitee");
-        let mut r = redirect(&st.rd);
-        clear(&mut r);
-        add_cookie(
-            &mut r,
-            &session::set_cookie(
-                SESSION_COOKIE,
-                &self.signer.sign("session", &s),
-                "/",
-                g.opts.session_ttl,
-                self.secure(),
-            ),
-        );
-        (r, Some(s.login))
     }
 
     async fn home(&self, u: &User, fresh: Option<(&Record, &str)>) -> Resp {
@@ -469,211 +341,24 @@ impl Web<'_> {
         page(StatusCode::OK, "regate", &b)
     }
 
-    /// The repositories this session may pull (with Gitee's permissions looked up first).
-    async fn pullable(&self, u: &User) -> Result<(Vec<String>, bool), Resp> {
-        let all = match self.registry.repositories().await {
-            Ok(a) => a,
-            Err(_) => {
-                return Err(message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Unavailable",
-                    "Storage is not reachable right now; retry.",
-                ))
-            }
-        };
-        let id = u.identity();
-        let policy = self.tokens.policy.get();
-        let scopes: Vec<crate::types::scope::Scope> = all
-            .iter()
-            .map(|n| crate::types::scope::Scope::repository(n.as_str(), &[Action::Pull]))
-            .collect();
-        let (subject, err) = self.tokens.subject(&id, self.ip, &policy, &scopes).await;
-        let admin = policy.catalog(&subject);
-        let names = all
-            .iter()
-            .filter(|n| policy.actions(&subject, n.as_str()).contains(&Action::Pull))
-            .map(|n| n.to_string())
-            .collect();
-        if let Some(e) = err {
-            tracing::warn!(error = %e, "repository page: some Gitee permissions could not be checked");
-        }
-        Ok((names, admin))
-    }
-
-    async fn repos(&self, u: &User) -> Resp {
-        let (names, admin) = match self.pullable(u).await {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
-        let mut b = String::from("<header><h1>Repositories</h1><a href=\"/\">Your account</a></header>");
-        if names.is_empty() {
-            b.push_str("<p id=\"no-repos\">There is nothing you may pull yet.</p>");
-        } else {
-            b.push_str("<ul id=\"repos\">");
-            for n in &names {
-                let _ = write!(b, "<li><a href=\"/ui/repos/{}\">{}</a></li>", esc(n), esc(n));
-            }
-            b.push_str("</ul>");
-        }
-        if admin {
-            b.push_str("<h2>Robot accounts</h2>");
-            match self.tokens.creds.stored() {
-                Some(st) => match st.list().await {
-                    Ok(all) => {
-                        let now = crate::util::now_secs();
-                        let robots: Vec<&Record> = all
-                            .iter()
-                            .filter(|r| r.kind == Kind::Robot && (r.expires == 0 || r.expires > now))
-                            .collect();
-                        if robots.is_empty() {
-                            b.push_str("<p>No robot accounts (create them with <code>regate robot add</code>).</p>");
-                        } else {
-                            b.push_str("<table id=\"robots\"><tr><th>Name</th><th>Repositories</th><th>Actions</th><th>Expires</th></tr>");
-                            for r in robots {
-                                let _ = write!(
-                                    b,
-                                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                                    esc(&r.account),
-                                    esc(&r
-                                        .grants
-                                        .iter()
-                                        .map(|g| g.repository.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")),
-                                    esc(&r
-                                        .grants
-                                        .first()
-                                        .map(|g| g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","))
-                                        .unwrap_or_default()),
-                                    if r.expires == 0 {
-                                        "never".into()
-                                    } else {
-                                        esc(&crate::util::rfc3339(r.expires))
-                                    },
-                                );
-                            }
-                            b.push_str("</table>");
-                        }
-                    }
-                    Err(_) => b.push_str("<p>Credential storage is not reachable right now.</p>"),
-                },
-                None => b.push_str("<p>Credential storage is not available.</p>"),
-            }
-        }
-        page(StatusCode::OK, "Repositories", &b)
-    }
-
-    async fn repo(&self, u: &User, name: &str, last: Option<&str>) -> Resp {
-        let not_found = || {
-            message(
-                StatusCode::NOT_FOUND,
-                "No such repository",
-                "It does not exist, or you may not pull it.",
-            )
-        };
-        let Some(repo) = crate::types::names::RepoName::parse(name) else {
-            return not_found();
-        };
-        let id = u.identity();
-        let policy = self.tokens.policy.get();
-        let scope = [crate::types::scope::Scope::repository(repo.as_str(), &[Action::Pull])];
-        let (subject, _) = self.tokens.subject(&id, self.ip, &policy, &scope).await;
-        if !policy.actions(&subject, repo.as_str()).contains(&Action::Pull) {
-            return not_found();
-        }
-        let (tags, more) = match self.registry.tag_page(&repo, last, TAGS_PER_PAGE).await {
-            Ok(x) => x,
-            Err(_) => {
-                return message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Unavailable",
-                    "Storage is not reachable right now; retry.",
-                )
-            }
-        };
-        let host = self.host();
-        let mut b = format!(
-            "<header><h1>{n}</h1><a href=\"/ui/repos\">All repositories</a></header><pre id=\"pull\">docker pull {h}/{n}:&lt;tag&gt;</pre>",
-            n = esc(repo.as_str()),
-            h = esc(host)
-        );
-        if tags.is_empty() {
-            b.push_str("<p id=\"no-tags\">No tags.</p>");
-        } else {
-            let scans = self.trust.filter(|t| t.has_scanner()).is_some();
-            b.push_str("<div class=\"wide\"><table id=\"tags\"><tr><th>Tag</th><th class=\"nowrap\">Size</th><th>Platforms</th><th>Pushed</th><th>Digest</th><th>Pull</th>");
-            if scans {
-                b.push_str("<th>Scan</th>");
-            }
-            b.push_str("</tr>");
-            for t in &tags {
-                let scan = match (
-                    self.trust,
-                    t.digest.as_deref().and_then(crate::types::names::Digest::parse),
-                ) {
-                    (Some(tr), Some(d)) if scans => tr.scan_summary(&d).await.map(|s| {
-                        format!(
-                            "<td class=\"scan\"><a href=\"/api/v1/scans/{}/{}\">{}</a></td>",
-                            esc(repo.as_str()),
-                            esc(&d.to_string()),
-                            esc(&s)
-                        )
-                    }),
-                    (_, _) if scans => Some("<td class=\"scan\">-</td>".to_owned()),
-                    _ => None,
-                };
-                let pushed = t
-                    .pushed
-                    .and_then(|p| p.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| crate::util::rfc3339(d.as_secs()))
-                    .unwrap_or_default();
-                let _ = write!(
-                    b,
-                    "<tr><td>{tag}</td><td class=\"nowrap\">{size}</td><td>{plat}</td><td class=\"nowrap\">{pushed}</td><td><code title=\"{dg}\">{short}</code></td><td><code>docker pull {h}/{n}:{tag}</code></td></tr>",
-                    tag = esc(&t.tag),
-                    size = human(t.size),
-                    plat = esc(&t.platforms.join(", ")),
-                    pushed = esc(&pushed),
-                    dg = esc(t.digest.as_deref().unwrap_or("")),
-                    short = esc(t.digest.as_deref().map(|d| &d[..d.len().min(19)]).unwrap_or("")),
-                    h = esc(host),
-                    n = esc(repo.as_str()),
-                );
-                if let Some(cell) = scan {
-                    // the row's closing tag was written above: put the cell before it
-                    b.truncate(b.len() - "</tr>".len());
-                    b.push_str(&cell);
-                    b.push_str("</tr>");
-                }
-            }
-            b.push_str("</table></div>");
-        }
-        if let (true, Some(t)) = (more, tags.last()) {
-            let _ = write!(
-                b,
-                "<p><a id=\"next\" href=\"/ui/repos/{}?last={}\">Next {} tags</a></p>",
-                esc(repo.as_str()),
-                esc(&urlenc(&t.tag)),
-                TAGS_PER_PAGE
-            );
-        }
-        page(StatusCode::OK, repo.as_str(), &b)
-    }
-
-    async fn mint(&self, u: &User, form: &[(String, String)]) -> Resp {
+    async fn mint(&self, u: &User, form: &[(String, String)]) -> Result<Resp, ApiError> {
         let s = &u.s;
-        let Some(st) = self.tokens.creds.stored() else {
-            return message(
+        let st = self.tokens.creds.stored().ok_or_else(|| {
+            ApiError::html(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
                 "Credential storage is not available.",
-            );
-        };
+            )
+        })?;
         let days: u64 = query_get(form, "days")
             .and_then(|d| d.trim().parse().ok())
             .unwrap_or(30);
         if !(1..=365).contains(&days) {
-            return message(StatusCode::BAD_REQUEST, "Not created", "Choose between 1 and 365 days.");
+            return Err(ApiError::html(
+                StatusCode::BAD_REQUEST,
+                "Not created",
+                "Choose between 1 and 365 days.",
+            ));
         }
         let actions: Vec<Action> = match query_get(form, "actions").unwrap_or("pull,push") {
             "pull" => vec![Action::Pull],
@@ -701,50 +386,34 @@ impl Web<'_> {
             parent: None,
             gitee: true,
         };
-        match st.mint(mint, now).await {
-            Ok((rec, secret)) => {
-                tracing::info!(target: "regate::audit", event = "cli_password", action = "POST", account = %s.login, id = %rec.id, "created in the browser");
-                self.home(u, Some((&rec, &secret))).await
-            }
-            Err(MintError::Storage(e)) => {
+        let (rec, secret) = st.mint(mint, now).await.map_err(|e| match e {
+            MintError::Storage(e) => {
                 tracing::error!(error = %e, "credential storage");
-                message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Unavailable",
-                    "Credential storage is not reachable; retry.",
-                )
+                credentials_down()
             }
-            Err(MintError::Repositories) => message(
+            MintError::Repositories => ApiError::html(
                 StatusCode::BAD_REQUEST,
                 "Not created",
                 "List 1 to 100 repository patterns.",
             ),
-            Err(e) => message(StatusCode::BAD_REQUEST, "Not created", &e.to_string()),
-        }
+            e => ApiError::html(StatusCode::BAD_REQUEST, "Not created", e.to_string()),
+        })?;
+        tracing::info!(target: "regate::audit", event = "cli_password", action = "POST", account = %s.login, id = %rec.id, "created in the browser");
+        Ok(self.home(u, Some((&rec, &secret))).await)
     }
 
-    async fn revoke(&self, s: &Session, form: &[(String, String)]) -> Resp {
+    async fn revoke(&self, s: &Session, form: &[(String, String)]) -> Result<Resp, ApiError> {
+        let no_such = || ApiError::html(StatusCode::NOT_FOUND, "Not revoked", "No such CLI password.");
         let (Some(st), Some(id)) = (self.tokens.creds.stored(), query_get(form, "id")) else {
-            return message(StatusCode::BAD_REQUEST, "Not revoked", "No such CLI password.");
+            return Err(no_such().with_status(StatusCode::BAD_REQUEST));
         };
-        match st.get(id).await {
-            Ok(Some(r)) if r.kind == Kind::Cli && r.account == s.login => match st.revoke(id).await {
-                Ok(()) => {
-                    tracing::info!(target: "regate::audit", event = "cli_password", action = "DELETE", account = %s.login, %id, "revoked in the browser");
-                    redirect("/")
-                }
-                Err(_) => message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Unavailable",
-                    "Credential storage is not reachable; retry.",
-                ),
-            },
-            Ok(_) => message(StatusCode::NOT_FOUND, "Not revoked", "No such CLI password."),
-            Err(_) => message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "Credential storage is not reachable; retry.",
-            ),
+        match st.get(id).await.map_err(|_| credentials_down())? {
+            Some(r) if r.kind == Kind::Cli && r.account == s.login => {
+                st.revoke(id).await.map_err(|_| credentials_down())?;
+                tracing::info!(target: "regate::audit", event = "cli_password", action = "DELETE", account = %s.login, %id, "revoked in the browser");
+                Ok(redirect("/"))
+            }
+            _ => Err(no_such()),
         }
     }
 }
