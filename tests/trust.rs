@@ -158,6 +158,26 @@ impl Reg<'_> {
             .send()
             .await
             .unwrap();
+        if r.status() == 202 {
+            // a registry without monolithic POST (distribution, in upstream mode): POST, PUT
+            let loc = r.headers()["location"].to_str().unwrap().to_owned();
+            let url = if loc.starts_with('/') {
+                format!("{}{loc}", self.s.url)
+            } else {
+                loc
+            };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let r = client()
+                .put(format!("{url}{sep}digest={}", digest(b)))
+                .basic_auth(self.user, Some(self.pw))
+                .header("content-type", "application/octet-stream")
+                .body(b.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "blob upload (PUT)");
+            return;
+        }
         assert_eq!(r.status(), 201, "blob upload");
     }
 
@@ -1704,4 +1724,141 @@ async fn cosign_bundles_count_when_they_bind_the_digest() {
         "{}",
         o.stderr
     );
+}
+
+impl Reg<'_> {
+    /// The referrers tag schema (`sha256-<hex>`), as clients keep it for a registry without the
+    /// referrers API: an index of the referrers of `target`.
+    async fn referrers_tag(&self, repo: &str, target: &str, referrers: &[(&str, &str)]) {
+        let ms: Vec<Value> = referrers
+            .iter()
+            .map(|(d, artifact)| json!({"mediaType":OCI_MANIFEST,"digest":d,"size":0,"artifactType":artifact}))
+            .collect();
+        let mut ms = ms;
+        for (m, (d, _)) in ms.iter_mut().zip(referrers) {
+            m["size"] = json!(self.manifest_bytes(repo, d).await.len());
+        }
+        let body = serde_json::to_vec(&json!({"schemaVersion":2,
+            "mediaType":"application/vnd.oci.image.index.v1+json","manifests":ms}))
+        .unwrap();
+        let r = client()
+            .put(format!(
+                "{}/v2/{repo}/manifests/{}",
+                self.s.url,
+                target.replace(':', "-")
+            ))
+            .basic_auth(self.user, Some(self.pw))
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "referrers tag: {}", r.text().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mode_enforces_the_policy() {
+    assert!(have("skopeo") && have("openssl") && have("docker-registry"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let (root, leaf_key, leaf, root_der) = notation_chain(&keys, "trusted");
+    // regate first alone, to make its token signing certificate for distribution to trust
+    let hp = htpasswd(dir.path(), USERS);
+    let first = Server::start_in(
+        dir,
+        &format!(
+            "auth:\n  htpasswd: {}\n  service: registry.test\n{}policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}], notation: [{}] }}\n",
+            hp.display(),
+            access(),
+            p1.display(),
+            root.display()
+        ),
+    );
+    let cert = first.data().join("token.crt");
+    let dir = first.into_dir();
+    let up = trust_support::distribution(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:1/token\n    service: registry.test\n    issuer: regate\n    rootcertbundle: {}\n",
+        cert.display()
+    ));
+    let cfg = dir.path().join("regate.yaml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("upstream: {}\n", up.url));
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::start_with_config(dir, &cfg);
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/app";
+    let reference = format!("{}/{repo}", s.host);
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/app:pull"]).await;
+    let pusher = token(&s, Some(("dev", "dev-pw")), &["repository:prod/app:pull,push"]).await;
+
+    // pushes pass (images and signatures): a under the .sig tag, b with a COSE envelope and
+    // c with a sigstore bundle, both referrers listed under the referrers tag schema (the
+    // upstream has no referrers API)
+    let a = dev.image(repo, "a", "up a").await;
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &a.0));
+    dev.cosign(repo, (&a.0, a.1), &payload(&reference, &a.0), &sig, Store::Tag)
+        .await;
+    let b = dev.image(repo, "b", "up b").await;
+    let env = cose_envelope(
+        &keys,
+        &leaf_key,
+        &[&leaf, &root_der],
+        &notary_payload((&b.0, b.1)),
+        &["io.cncf.notary.signingScheme"],
+        None,
+    );
+    let rb = dev.referrer(repo, (&b.0, b.1), NOTARY, "application/cose", &env).await;
+    dev.referrers_tag(repo, &b.0, &[(&rb, NOTARY)]).await;
+    let c = dev.image(repo, "c", "up c").await;
+    let st = trust_support::statement(&c.0, SIGN_PREDICATE);
+    let bundle = trust_support::bundle_dsse(&st, &openssl_raw(&keys, &k1, &trust_support::dsse_pae(&st), false));
+    let rc = dev
+        .referrer(repo, (&c.0, c.1), SIGSTORE_BUNDLE, SIGSTORE_BUNDLE, &bundle)
+        .await;
+    dev.referrers_tag(repo, &c.0, &[(&rc, SIGSTORE_BUNDLE)]).await;
+    let u = dev.image(repo, "u", "up u").await;
+
+    for t in ["a", "b", "c"] {
+        let o = skopeo_pull(&s, &format!("{repo}:{t}"), "reader:reader-pw", false);
+        assert!(o.ok, "signed {t} must pull through the upstream: {}", o.stderr);
+        let (st, h, body) = get(&s, &reader, repo, t, false).await;
+        assert_eq!((st, h.as_str()), (200, "verified"), "{t}: {body}");
+        assert_eq!(get(&s, &reader, repo, t, true).await.0, 200, "HEAD {t}");
+    }
+    let o = skopeo_pull(&s, &format!("{repo}:u"), "reader:reader-pw", false);
+    assert!(
+        !o.ok && o.stderr.contains("no signature from a trusted key") && o.stderr.contains(&u.0),
+        "unsigned u must not pull: {}",
+        o.stderr
+    );
+    let (st, _, body) = get(&s, &reader, repo, "u", false).await;
+    assert_eq!(st, 403, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    let msg = v["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("prod/app@{}", u.0)) && msg.contains("none found"),
+        "{msg}"
+    );
+    assert_eq!(get(&s, &reader, repo, &u.0, true).await.0, 403, "HEAD u by digest");
+    // a caller who may push reads it; the signature artifacts stay readable
+    assert_eq!(get(&s, &pusher, repo, "u", false).await.0, 200);
+    let sig_tag = a.0.replace(':', "-") + ".sig";
+    assert_eq!(get(&s, &reader, repo, &sig_tag, false).await.0, 200);
+    // signing u through regate counts at once
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &u.0));
+    dev.cosign(repo, (&u.0, u.1), &payload(&reference, &u.0), &sig, Store::Tag)
+        .await;
+    assert_eq!(get(&s, &reader, repo, "u", false).await.0, 200, "u after signing");
+    // a repository no rule covers
+    dev.image("other/x", "v1", "up other").await;
+    let t = token(&s, Some(("reader", "reader-pw")), &["repository:other/x:pull"]).await;
+    assert_eq!(get(&s, &t, "other/x", "v1", false).await.0, 200);
 }

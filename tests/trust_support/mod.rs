@@ -4,6 +4,56 @@
 //! DSSE's pre-authentication encoding). The raw signatures come from the caller (openssl).
 
 use base64::Engine as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian's docker-registry (distribution 2.8), as the upstream of upstream mode.
+pub struct Distribution {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// docker-registry on a free port (picked by binding and releasing it), `extra` appended to
+/// its configuration.
+pub fn distribution(extra: &str) -> Distribution {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root = dir.path().join("root");
+    let cfg = format!(
+        "version: 0.1\nlog: {{ level: warn }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\n  delete: {{ enabled: true }}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+        root.display()
+    );
+    std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry is installed by scripts/test-all.sh");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Distribution {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
 
 /// A CBOR data item.
 pub enum Cbor {
