@@ -1,11 +1,22 @@
 //! Trusted images: a per-repository policy enforced on manifest GET/HEAD after authorisation.
 //!
-//! A rule may require a signature (cosign, stored under the `sha256-<hex>.sig` tag or as an
-//! OCI 1.1 referrer) from one of its keys, and may block images with scan findings at or above a
-//! severity (reports from a Harbor Pluggable Scanner API adapter, see [`scanner`]). Reads by a
-//! caller who may push to the repository, by the scanner itself, and of signature artifacts are
-//! never gated. Verdicts are cached per repository and digest (signed 5 min, unsigned 30 s),
-//! dropped when a signature for the digest arrives here (tag or referrer) and on any delete.
+//! A rule may require a signature from one of its keys or roots and may block images with scan
+//! findings at or above a severity (reports from a Harbor Pluggable Scanner API adapter, see
+//! [`scanner`]). Signatures are looked for under the `<alg>-<hex>.sig` tag and among the
+//! digest's OCI 1.1 referrers, in the forms the clients write them: cosign's simple-signing
+//! layers and sigstore bundles (DSSE in-toto statement or message signature), checked with
+//! public keys ([`cosign`]); notation's JWS and COSE envelopes, checked against X.509 roots
+//! ([`notation`]). One counts only if it binds exactly the digest pulled.
+//!
+//! The reads go through [`ArtifactSource`] ([`source`]): the bundled [`Registry`]'s storage, or
+//! in `upstream:` mode the upstream registry (referrers API, else the referrers tag schema), read
+//! with a short-lived pull-only token regate mints for the one repository; there a GET is
+//! decided on the bytes actually served ([`Trust::after_upstream`]).
+//!
+//! Reads by a caller who may push to the repository, by the scanner itself, and of signature
+//! artifacts are never gated. Verdicts are cached per repository and digest (signed 5 min,
+//! unsigned 30 s), dropped when a signature for the digest arrives through regate (tag or
+//! referrer; in upstream mode any manifest push) and on any delete.
 
 pub mod cosign;
 pub mod notation;
