@@ -483,6 +483,84 @@ mod tests {
         );
     }
 
+    /// A Notary Project COSE envelope made by another implementation (tests/trust_support/
+    /// pycose_fixture.py): pycose signing
+    /// (ES256) with a P-256 leaf and root made by Python's `cryptography` (valid 2026-2036),
+    /// signing time 1780000000, over the descriptor of sha256("pycose fixture").
+    const PYCOSE_ENVELOPE: &str = concat!(
+        "d284589da501260281781c696f2e636e63662e6e6f746172792e7369676e696e67536368656d6503782b6170706c6963",
+        "6174696f6e2f766e642e636e63662e6e6f746172792e7061796c6f61642e76312b6a736f6e781c696f2e636e63662e6e",
+        "6f746172792e7369676e696e67536368656d656b6e6f746172792e78353039781a696f2e636e63662e6e6f746172792e",
+        "7369676e696e6754696d65c11a6a18a500a2182182590155308201513081f8a003020102020102300a06082a8648ce3d",
+        "04030230163114301206035504030c0b7079636f736520726f6f74301e170d3236303130313030303030305a170d3336",
+        "303130313030303030305a30183116301406035504030c0d7079636f7365207369676e65723059301306072a8648ce3d",
+        "020106082a8648ce3d030107034200042a4de84b5bcdf714eaaa476d4f20986247fbfbdeb803cdb26dd03408bd7ec2fe",
+        "7c300faa56f17fae6e15bc5e2a654c531af1ebbeeb5bb831d096766d1ce88c93a3353033300c0603551d130101ff0402",
+        "3000300e0603551d0f0101ff04040302078030130603551d25040c300a06082b06010505070303300a06082a8648ce3d",
+        "040302034800304502203493de3f1cf412c774a8a758f2811ceb567af3d7a2f79b0d08511ff69eddf5b702210085621e",
+        "add6b4fa678e8ba62a19f3de10679d5a7eb688131ad4e53b9c68cc7fe55901413082013d3081e4a00302010202010130",
+        "0a06082a8648ce3d04030230163114301206035504030c0b7079636f736520726f6f74301e170d323630313031303030",
+        "3030305a170d3336303130313030303030305a30163114301206035504030c0b7079636f736520726f6f743059301306",
+        "072a8648ce3d020106082a8648ce3d030107034200040bdf530fef781ae4af3bd17aab2c04a49d6f7b46474551b090d4",
+        "c8d0b65f60c48f23ca97884429bdc66f485e4388adc893cde8f03b6cabe9af4e9536580c5581a3233021300f0603551d",
+        "130101ff040530030101ff300e0603551d0f0101ff040403020106300a06082a8648ce3d040302034800304502204e8d",
+        "78403428cf2a9911596eef6586d46004bd13a564532bd34aa17d0d81926a022100af99b46cde9194dc974ca98443a6fd",
+        "349643b951940d92dd02489598c04a0136781b696f2e636e63662e6e6f746172792e7369676e696e674167656e746670",
+        "79636f736558b07b227461726765744172746966616374223a207b226d6564696154797065223a20226170706c696361",
+        "74696f6e2f766e642e6f63692e696d6167652e6d616e69666573742e76312b6a736f6e222c2022646967657374223a20",
+        "227368613235363a65666332643834396164353837326136336239613563356339643065363438343334646331643162",
+        "313530373264363335333964303366353433643438633037222c202273697a65223a2031347d7d584092e1eb2d77019f",
+        "d6bb4d0e72728044eb34d3ec9a4bbb866834e60085096f3b1b9b3fc5034a7004103ccadecc1692c96dcfc39c0d70d5f4",
+        "403cf8ad24c4d85ab4",
+    );
+    const PYCOSE_ROOT: &str = "-----BEGIN CERTIFICATE-----
+MIIBPTCB5KADAgECAgEBMAoGCCqGSM49BAMCMBYxFDASBgNVBAMMC3B5Y29zZSBy
+b290MB4XDTI2MDEwMTAwMDAwMFoXDTM2MDEwMTAwMDAwMFowFjEUMBIGA1UEAwwL
+cHljb3NlIHJvb3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQL31MP73ga5K87
+0XqrLASknW97RkdFUbCQ1MjQtl9gxI8jypeIRCm9xm9IXkOIrciTzejwO2yr6a9O
+lTZYDFWBoyMwITAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjAKBggq
+hkjOPQQDAgNIADBFAiBOjXhANCjPKpkRWW7vZYbUYAS9E6VkUyvTSqF9DYGSagIh
+AK+ZtGzekZTcl0yphEOm/TSWQ7lRlA2S3QJIlZjASgE2
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn an_envelope_signed_by_pycose_verifies() {
+        let env = hex::decode(PYCOSE_ENVELOPE).unwrap();
+        let roots = Roots {
+            certs: CertificateDer::pem_slice_iter(PYCOSE_ROOT.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+        };
+        let d = Digest::sha256_of(b"pycose fixture");
+        assert_eq!(
+            d.to_string(),
+            "sha256:efc2d849ad5872a63b9a5c5c9d0e648434dc1d1b15072d63539d03f543d48c07"
+        );
+        let now = 1_780_000_000;
+        assert_eq!(
+            check(&env, COSE, &d, &roots, now),
+            Ok("notation certificate (COSE)".to_owned())
+        );
+        assert_eq!(
+            check(&env, COSE, &Digest::sha256_of(b"other"), &roots, now),
+            Err("signature payload names another digest")
+        );
+        assert_eq!(
+            check(&env, COSE, &d, &Roots::default(), now),
+            Err("notation certificate does not chain to a trusted root")
+        );
+        // after the chain expired
+        assert!(check(&env, COSE, &d, &roots, 2_200_000_000).is_err());
+        let mut bad = env.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(
+            check(&bad, COSE, &d, &roots, now),
+            Err("no signature from a trusted key")
+        );
+    }
+
     #[test]
     fn garbage_is_refused() {
         let d = Digest::sha256_of(b"x");
