@@ -1852,6 +1852,18 @@ async fn upstream_mode_enforces_the_policy() {
     assert_eq!(get(&s, &pusher, repo, "u", false).await.0, 200);
     let sig_tag = a.0.replace(':', "-") + ".sig";
     assert_eq!(get(&s, &reader, repo, &sig_tag, false).await.0, 200);
+    // and so do the referrers tag schema's indexes (notation and cosign verify read them)
+    for t in [&b.0, &c.0] {
+        let tag = t.replace(':', "-");
+        let r = client()
+            .get(format!("{}/v2/{repo}/manifests/{tag}", s.url))
+            .bearer_auth(&reader)
+            .header("accept", "application/vnd.oci.image.index.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{tag}: {}", r.text().await.unwrap());
+    }
     // signing u through regate counts at once
     let sig = openssl_sign(&keys, &k1, &payload(&reference, &u.0));
     dev.cosign(repo, (&u.0, u.1), &payload(&reference, &u.0), &sig, Store::Tag)

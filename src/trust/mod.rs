@@ -128,7 +128,38 @@ fn layers(m: &Manifest) -> Vec<Layer> {
         .unwrap_or_default()
 }
 
+/// Artifact types of signature and attestation manifests, as an index lists them.
+const SIGNATURE_ARTIFACTS: &[&str] = &[
+    "application/vnd.dev.cosign.artifact.sig.v1+json",
+    "application/vnd.cncf.notary.signature",
+    "application/vnd.in-toto+json",
+    "application/vnd.dev.sigstore.bundle.v0.3+json",
+    "application/vnd.dev.sigstore.bundle+json;version=0.3",
+];
+
+#[derive(Deserialize)]
+struct Children {
+    #[serde(default)]
+    manifests: Vec<Child>,
+}
+
+#[derive(Deserialize)]
+struct Child {
+    #[serde(rename = "artifactType", default)]
+    artifact_type: String,
+}
+
+/// A signature or attestation, or an index of nothing else (the referrers tag schema's
+/// `<alg>-<hex>` index that clients keep on a registry without the referrers API).
 fn is_signature_artifact(m: &Manifest) -> bool {
+    if !m.children.is_empty() {
+        let c = serde_json::from_slice::<Children>(&m.bytes)
+            .map(|c| c.manifests)
+            .unwrap_or_default();
+        return !c.is_empty()
+            && c.iter()
+                .all(|c| SIGNATURE_ARTIFACTS.contains(&c.artifact_type.as_str()));
+    }
     let l = layers(m);
     !l.is_empty() && l.iter().all(|l| SIGNATURE_LAYERS.contains(&l.media_type.as_str()))
 }
@@ -785,6 +816,29 @@ mod tests {
             l("application/vnd.oci.image.layer.v1.tar+gzip")
         ))));
         assert!(!is_signature_artifact(&m("")));
+        let index = |types: &[&str]| {
+            let ms: Vec<String> = types
+                .iter()
+                .map(|t| {
+                    format!(
+                        r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":1{t}}}"#,
+                        Digest::sha256_of(t.as_bytes())
+                    )
+                })
+                .collect();
+            Manifest::parse(
+                bytes::Bytes::from(format!(
+                    r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+                    ms.join(",")
+                )),
+                None,
+            )
+            .unwrap()
+        };
+        let sig = r#","artifactType":"application/vnd.cncf.notary.signature""#;
+        let bundle = r#","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json""#;
+        assert!(is_signature_artifact(&index(&[sig, bundle])));
+        assert!(!is_signature_artifact(&index(&[sig, ""])), "a platform manifest");
     }
 
     #[test]
