@@ -483,10 +483,10 @@ mod tests {
         );
     }
 
-    /// A Notary Project COSE envelope made by another implementation (tests/trust_support/
-    /// pycose_fixture.py): pycose signing
-    /// (ES256) with a P-256 leaf and root made by Python's `cryptography` (valid 2026-2036),
-    /// signing time 1780000000, over the descriptor of sha256("pycose fixture").
+    /// A Notary Project COSE envelope made by another implementation
+    /// (`tests/trust_support/pycose_fixture.py`): pycose 1.1 signing ES256 with a P-256 leaf
+    /// and root made by Python's `cryptography` (valid 2026-2036), signing time 1780000000,
+    /// over the descriptor of sha256("pycose fixture").
     const PYCOSE_ENVELOPE: &str = concat!(
         "d284589da501260281781c696f2e636e63662e6e6f746172792e7369676e696e67536368656d6503782b6170706c6963",
         "6174696f6e2f766e642e636e63662e6e6f746172792e7061796c6f61642e76312b6a736f6e781c696f2e636e63662e6e",
