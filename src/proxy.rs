@@ -64,6 +64,15 @@ impl Upstream {
         })
     }
 
+    /// The pooled client (the trust policy reads signatures through it).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Whether the upstream answers HTTP at all (any status: `/v2/` may well want a token).
     pub async fn ready(&self) -> bool {
         self.client

@@ -158,6 +158,26 @@ impl Reg<'_> {
             .send()
             .await
             .unwrap();
+        if r.status() == 202 {
+            // a registry without monolithic POST (distribution, in upstream mode): POST, PUT
+            let loc = r.headers()["location"].to_str().unwrap().to_owned();
+            let url = if loc.starts_with('/') {
+                format!("{}{loc}", self.s.url)
+            } else {
+                loc
+            };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let r = client()
+                .put(format!("{url}{sep}digest={}", digest(b)))
+                .basic_auth(self.user, Some(self.pw))
+                .header("content-type", "application/octet-stream")
+                .body(b.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "blob upload (PUT)");
+            return;
+        }
         assert_eq!(r.status(), 201, "blob upload");
     }
 
@@ -1358,4 +1378,499 @@ async fn every_platform_signed_when_the_policy_says_so() {
             assert!(o.ok, "every platform signed: {}", o.stderr);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// notation COSE envelopes and cosign sigstore bundles, written from their specifications
+// (tests/trust_support) and signed with the openssl CLI
+
+mod trust_support;
+use trust_support::CoseHeaders;
+
+/// openssl's raw signature of `data` with SHA-256: ECDSA (ASN.1 DER), RSA PKCS#1 v1.5, or RSA
+/// PSS (salt as long as the hash) when `pss`.
+fn openssl_raw(dir: &Path, key: &Path, data: &[u8], pss: bool) -> Vec<u8> {
+    let n = rand_name();
+    let input = dir.join(format!("{n}.raw-in"));
+    let out = dir.join(format!("{n}.raw-sig"));
+    std::fs::write(&input, data).unwrap();
+    let pss_opts: &[&str] = if pss {
+        &["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]
+    } else {
+        &[]
+    };
+    openssl(
+        &[
+            &["dgst", "-sha256"][..],
+            pss_opts,
+            &[
+                "-sign",
+                key.to_str().unwrap(),
+                "-out",
+                out.to_str().unwrap(),
+                input.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// The Notary Project payload for `target`.
+fn notary_payload(target: (&str, usize)) -> Vec<u8> {
+    serde_json::to_vec(&json!({"targetArtifact":{"mediaType":OCI_MANIFEST,"digest":target.0,"size":target.1}})).unwrap()
+}
+
+/// A COSE envelope over `payload`, signed by `key` (PS256, or ES256 for an `ec…` key).
+fn cose_envelope(
+    dir: &Path,
+    key: &Path,
+    chain: &[&[u8]],
+    payload: &[u8],
+    crit: &[&str],
+    expiry: Option<u64>,
+) -> Vec<u8> {
+    let ec = key.file_name().unwrap().to_str().unwrap().starts_with("ec");
+    let extra: &[(&str, &str)] = if crit.contains(&"io.example.critical") {
+        &[("io.example.critical", "x")]
+    } else {
+        &[]
+    };
+    let protected = trust_support::cose_protected(&CoseHeaders {
+        alg: if ec { trust_support::ES256 } else { trust_support::PS256 },
+        crit,
+        signing_time: 1_764_763_200,
+        expiry,
+        extra,
+    });
+    let tbs = trust_support::cose_to_be_signed(&protected, payload);
+    let der = openssl_raw(dir, key, &tbs, !ec);
+    let sig = if ec { ecdsa_raw(&der, 32) } else { der };
+    trust_support::cose_envelope(&protected, chain, payload, &sig)
+}
+
+impl Reg<'_> {
+    /// A referrer of `target` whose one layer is `blob` (of media type `layer`); its digest.
+    async fn referrer(&self, repo: &str, target: (&str, usize), artifact: &str, layer: &str, blob: &[u8]) -> String {
+        self.blob(repo, blob).await;
+        self.blob(repo, b"{}").await;
+        let m = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,"artifactType":artifact,
+            "config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":digest(b"{}"),"size":2},
+            "layers":[{"mediaType":layer,"digest":digest(blob),"size":blob.len()}],
+            "subject":{"mediaType":OCI_MANIFEST,"digest":target.0,"size":target.1}});
+        let b = serde_json::to_vec(&m).unwrap();
+        self.manifest(repo, &digest(&b), &m).await.0
+    }
+
+    /// The bytes of a manifest, read as dev (who may push, so never gated).
+    async fn manifest_bytes(&self, repo: &str, d: &str) -> Vec<u8> {
+        let r = client()
+            .get(format!("{}/v2/{repo}/manifests/{d}", self.s.url))
+            .basic_auth(self.user, Some(self.pw))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let b = r.bytes().await.unwrap().to_vec();
+        assert_eq!(digest(&b), d);
+        b
+    }
+}
+
+const NOTARY: &str = "application/vnd.cncf.notary.signature";
+const SIGSTORE_BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+const SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notation_cose_envelopes_chain_to_a_trusted_root() {
+    assert!(have("skopeo") && have("openssl"));
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let (root, key, leaf, root_der) = notation_chain(&pki, "trusted");
+    let (ec_root, ec_key, ec_leaf, ec_root_der) = notation_chain(&pki, "ec");
+    let (_, other_key, other_leaf, other_root) = notation_chain(&pki, "other");
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ notation: [{}, {}] }}\n",
+            root.display(),
+            ec_root.display()
+        ),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/cose";
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/cose:pull"]).await;
+    let scheme = ["io.cncf.notary.signingScheme"];
+    let chain: &[&[u8]] = &[&leaf, &root_der];
+    let mut cases: Vec<(&str, String, &str)> = Vec::new();
+
+    // PS256 from an RSA leaf, ES256 from a P-256 leaf
+    let good = dev.image(repo, "good", "cose good").await;
+    let env = cose_envelope(&pki, &key, chain, &notary_payload((&good.0, good.1)), &scheme, None);
+    dev.referrer(repo, (&good.0, good.1), NOTARY, "application/cose", &env)
+        .await;
+    let ec = dev.image(repo, "ec", "cose ec").await;
+    let env = cose_envelope(
+        &pki,
+        &ec_key,
+        &[&ec_leaf, &ec_root_der],
+        &notary_payload((&ec.0, ec.1)),
+        &["io.cncf.notary.signingScheme", "io.cncf.notary.expiry"],
+        Some(4_000_000_000),
+    );
+    dev.referrer(repo, (&ec.0, ec.1), NOTARY, "application/cose", &env)
+        .await;
+    let o = skopeo_pull(&s, &format!("{repo}:good"), "reader:reader-pw", false);
+    assert!(o.ok, "a COSE-signed image must pull: {}", o.stderr);
+    for t in ["good", "ec"] {
+        let (st, h, body) = get(&s, &reader, repo, t, false).await;
+        assert_eq!((st, h.as_str()), (200, "verified"), "{t}: {body}");
+    }
+
+    // a chain to a root the rule does not name
+    let img = dev.image(repo, "untrusted", "cose untrusted").await;
+    let env = cose_envelope(
+        &pki,
+        &other_key,
+        &[&other_leaf, &other_root],
+        &notary_payload((&img.0, img.1)),
+        &scheme,
+        None,
+    );
+    dev.referrer(repo, (&img.0, img.1), NOTARY, "application/cose", &env)
+        .await;
+    cases.push(("untrusted", img.0, "does not chain to a trusted root"));
+    // good's valid envelope filed under another image
+    let img = dev.image(repo, "moved", "cose moved").await;
+    let env = cose_envelope(&pki, &key, chain, &notary_payload((&good.0, good.1)), &scheme, None);
+    dev.referrer(repo, (&img.0, img.1), NOTARY, "application/cose", &env)
+        .await;
+    cases.push(("moved", img.0, "names another digest"));
+    // signed for good, then its payload swapped for this image's descriptor
+    let img = dev.image(repo, "tampered", "cose tampered").await;
+    let protected = trust_support::cose_protected(&CoseHeaders {
+        alg: trust_support::PS256,
+        crit: &scheme,
+        signing_time: 1_764_763_200,
+        expiry: None,
+        extra: &[],
+    });
+    let sig = openssl_raw(
+        &pki,
+        &key,
+        &trust_support::cose_to_be_signed(&protected, &notary_payload((&good.0, good.1))),
+        true,
+    );
+    let env = trust_support::cose_envelope(&protected, chain, &notary_payload((&img.0, img.1)), &sig);
+    dev.referrer(repo, (&img.0, img.1), NOTARY, "application/cose", &env)
+        .await;
+    cases.push(("tampered", img.0, "1 checked: no signature from a trusted key"));
+    // a critical header this verifier does not know; an expired signature
+    let img = dev.image(repo, "crit", "cose crit").await;
+    let env = cose_envelope(
+        &pki,
+        &key,
+        chain,
+        &notary_payload((&img.0, img.1)),
+        &["io.cncf.notary.signingScheme", "io.example.critical"],
+        None,
+    );
+    dev.referrer(repo, (&img.0, img.1), NOTARY, "application/cose", &env)
+        .await;
+    cases.push(("crit", img.0, "unknown critical headers"));
+    let img = dev.image(repo, "expired", "cose expired").await;
+    let env = cose_envelope(
+        &pki,
+        &key,
+        chain,
+        &notary_payload((&img.0, img.1)),
+        &["io.cncf.notary.signingScheme", "io.cncf.notary.expiry"],
+        Some(1_000_000_000),
+    );
+    dev.referrer(repo, (&img.0, img.1), NOTARY, "application/cose", &env)
+        .await;
+    cases.push(("expired", img.0, "expired"));
+    // not CBOR at all
+    let img = dev.image(repo, "garbage", "cose garbage").await;
+    dev.referrer(repo, (&img.0, img.1), NOTARY, "application/cose", b"\xd2\x84garbage")
+        .await;
+    cases.push(("garbage", img.0, "not a COSE_Sign1_Tagged"));
+    for (tag, d, why) in &cases {
+        let (st, _, body) = get(&s, &reader, repo, tag, false).await;
+        assert_eq!(st, 403, "{tag}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "DENIED");
+        assert!(body.contains(d.as_str()) && body.contains(why), "{tag}: {body}");
+    }
+    let o = skopeo_pull(&s, &format!("{repo}:tampered"), "reader:reader-pw", false);
+    assert!(
+        !o.ok && o.stderr.contains("no signature from a trusted key"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosign_bundles_count_when_they_bind_the_digest() {
+    assert!(have("skopeo") && have("openssl"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let (k2, p2) = keypair(&keys, "k2", true);
+    let (k3, _) = keypair(&keys, "k3", false);
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}, {}] }}\n",
+            p1.display(),
+            p2.display()
+        ),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/bundle";
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/bundle:pull"]).await;
+    let dsse = |key: &Path, target: &str, predicate: &str| {
+        let st = trust_support::statement(target, predicate);
+        let sig = openssl_raw(&keys, key, &trust_support::dsse_pae(&st), false);
+        trust_support::bundle_dsse(&st, &sig)
+    };
+    // a: what `cosign sign --new-bundle-format` attaches (DSSE, in-toto statement), key 1;
+    // b: a message signature over the manifest bytes, the RSA key 2
+    let a = dev.image(repo, "a", "bundle a").await;
+    dev.referrer(
+        repo,
+        (&a.0, a.1),
+        SIGSTORE_BUNDLE,
+        SIGSTORE_BUNDLE,
+        &dsse(&k1, &a.0, SIGN_PREDICATE),
+    )
+    .await;
+    let b = dev.image(repo, "b", "bundle b").await;
+    let mb = dev.manifest_bytes(repo, &b.0).await;
+    let raw = hex::decode(b.0.trim_start_matches("sha256:")).unwrap();
+    let bundle = trust_support::bundle_message(&raw, &openssl_raw(&keys, &k2, &mb, false));
+    dev.referrer(repo, (&b.0, b.1), SIGSTORE_BUNDLE, SIGSTORE_BUNDLE, &bundle)
+        .await;
+    for t in ["a", "b"] {
+        let o = skopeo_pull(&s, &format!("{repo}:{t}"), "reader:reader-pw", false);
+        assert!(o.ok, "bundle-signed {t} must pull: {}", o.stderr);
+        let (st, h, body) = get(&s, &reader, repo, t, false).await;
+        assert_eq!((st, h.as_str()), (200, "verified"), "{t}: {body}");
+    }
+
+    let mut cases: Vec<(&str, String, &str)> = Vec::new();
+    // an untrusted key; a's statement filed under c; an attestation (not a signature);
+    // a's message digest with a signature over c's manifest
+    let img = dev.image(repo, "c", "bundle c").await;
+    dev.referrer(
+        repo,
+        (&img.0, img.1),
+        SIGSTORE_BUNDLE,
+        SIGSTORE_BUNDLE,
+        &dsse(&k3, &img.0, SIGN_PREDICATE),
+    )
+    .await;
+    cases.push(("c", img.0, "1 checked: no signature from a trusted key"));
+    let img = dev.image(repo, "d", "bundle d").await;
+    dev.referrer(
+        repo,
+        (&img.0, img.1),
+        SIGSTORE_BUNDLE,
+        SIGSTORE_BUNDLE,
+        &dsse(&k1, &a.0, SIGN_PREDICATE),
+    )
+    .await;
+    cases.push(("d", img.0, "names another digest"));
+    let img = dev.image(repo, "e", "bundle e").await;
+    let slsa = dsse(&k1, &img.0, "https://slsa.dev/provenance/v1");
+    dev.referrer(repo, (&img.0, img.1), SIGSTORE_BUNDLE, SIGSTORE_BUNDLE, &slsa)
+        .await;
+    cases.push(("e", img.0, "an attestation, not a cosign signature"));
+    let img = dev.image(repo, "f", "bundle f").await;
+    let mf = dev.manifest_bytes(repo, &img.0).await;
+    let raw = hex::decode(a.0.trim_start_matches("sha256:")).unwrap();
+    let bundle = trust_support::bundle_message(&raw, &openssl_raw(&keys, &k1, &mf, false));
+    dev.referrer(repo, (&img.0, img.1), SIGSTORE_BUNDLE, SIGSTORE_BUNDLE, &bundle)
+        .await;
+    cases.push(("f", img.0, "names another digest"));
+    // a DSSE statement signed by key 1, its payload then pointed at g
+    let img = dev.image(repo, "g", "bundle g").await;
+    let st = trust_support::statement(&a.0, SIGN_PREDICATE);
+    let sig = openssl_raw(&keys, &k1, &trust_support::dsse_pae(&st), false);
+    let bundle = trust_support::bundle_dsse(&trust_support::statement(&img.0, SIGN_PREDICATE), &sig);
+    dev.referrer(repo, (&img.0, img.1), SIGSTORE_BUNDLE, SIGSTORE_BUNDLE, &bundle)
+        .await;
+    cases.push(("g", img.0, "1 checked: no signature from a trusted key"));
+    for (tag, d, why) in &cases {
+        let (st, _, body) = get(&s, &reader, repo, tag, false).await;
+        assert_eq!(st, 403, "{tag}: {body}");
+        assert!(body.contains(d.as_str()) && body.contains(why), "{tag}: {body}");
+        assert_eq!(get(&s, &reader, repo, d, true).await.0, 403, "HEAD {tag}");
+    }
+    let o = skopeo_pull(&s, &format!("{repo}:d"), "reader:reader-pw", false);
+    assert!(
+        !o.ok && o.stderr.contains("no signature from a trusted key"),
+        "{}",
+        o.stderr
+    );
+}
+
+impl Reg<'_> {
+    /// The referrers tag schema (`sha256-<hex>`), as clients keep it for a registry without the
+    /// referrers API: an index of the referrers of `target`.
+    async fn referrers_tag(&self, repo: &str, target: &str, referrers: &[(&str, &str)]) {
+        let ms: Vec<Value> = referrers
+            .iter()
+            .map(|(d, artifact)| json!({"mediaType":OCI_MANIFEST,"digest":d,"size":0,"artifactType":artifact}))
+            .collect();
+        let mut ms = ms;
+        for (m, (d, _)) in ms.iter_mut().zip(referrers) {
+            m["size"] = json!(self.manifest_bytes(repo, d).await.len());
+        }
+        let body = serde_json::to_vec(&json!({"schemaVersion":2,
+            "mediaType":"application/vnd.oci.image.index.v1+json","manifests":ms}))
+        .unwrap();
+        let r = client()
+            .put(format!(
+                "{}/v2/{repo}/manifests/{}",
+                self.s.url,
+                target.replace(':', "-")
+            ))
+            .basic_auth(self.user, Some(self.pw))
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "referrers tag: {}", r.text().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mode_enforces_the_policy() {
+    assert!(have("skopeo") && have("openssl") && have("docker-registry"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let (root, leaf_key, leaf, root_der) = notation_chain(&keys, "trusted");
+    // regate first alone, to make its token signing certificate for distribution to trust
+    let hp = htpasswd(dir.path(), USERS);
+    let first = Server::start_in(
+        dir,
+        &format!(
+            "auth:\n  htpasswd: {}\n  service: registry.test\n{}policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}], notation: [{}] }}\n",
+            hp.display(),
+            access(),
+            p1.display(),
+            root.display()
+        ),
+    );
+    let cert = first.data().join("token.crt");
+    let dir = first.into_dir();
+    let up = trust_support::distribution(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:1/token\n    service: registry.test\n    issuer: regate\n    rootcertbundle: {}\n",
+        cert.display()
+    ));
+    let cfg = dir.path().join("regate.yaml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("upstream: {}\n", up.url));
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::start_with_config(dir, &cfg);
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/app";
+    let reference = format!("{}/{repo}", s.host);
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/app:pull"]).await;
+    let pusher = token(&s, Some(("dev", "dev-pw")), &["repository:prod/app:pull,push"]).await;
+
+    // pushes pass (images and signatures): a under the .sig tag, b with a COSE envelope and
+    // c with a sigstore bundle, both referrers listed under the referrers tag schema (the
+    // upstream has no referrers API)
+    let a = dev.image(repo, "a", "up a").await;
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &a.0));
+    dev.cosign(repo, (&a.0, a.1), &payload(&reference, &a.0), &sig, Store::Tag)
+        .await;
+    let b = dev.image(repo, "b", "up b").await;
+    let env = cose_envelope(
+        &keys,
+        &leaf_key,
+        &[&leaf, &root_der],
+        &notary_payload((&b.0, b.1)),
+        &["io.cncf.notary.signingScheme"],
+        None,
+    );
+    let rb = dev.referrer(repo, (&b.0, b.1), NOTARY, "application/cose", &env).await;
+    dev.referrers_tag(repo, &b.0, &[(&rb, NOTARY)]).await;
+    let c = dev.image(repo, "c", "up c").await;
+    let st = trust_support::statement(&c.0, SIGN_PREDICATE);
+    let bundle = trust_support::bundle_dsse(&st, &openssl_raw(&keys, &k1, &trust_support::dsse_pae(&st), false));
+    let rc = dev
+        .referrer(repo, (&c.0, c.1), SIGSTORE_BUNDLE, SIGSTORE_BUNDLE, &bundle)
+        .await;
+    dev.referrers_tag(repo, &c.0, &[(&rc, SIGSTORE_BUNDLE)]).await;
+    let u = dev.image(repo, "u", "up u").await;
+
+    for t in ["a", "b", "c"] {
+        let o = skopeo_pull(&s, &format!("{repo}:{t}"), "reader:reader-pw", false);
+        assert!(o.ok, "signed {t} must pull through the upstream: {}", o.stderr);
+        let (st, h, body) = get(&s, &reader, repo, t, false).await;
+        assert_eq!((st, h.as_str()), (200, "verified"), "{t}: {body}");
+        assert_eq!(get(&s, &reader, repo, t, true).await.0, 200, "HEAD {t}");
+    }
+    let o = skopeo_pull(&s, &format!("{repo}:u"), "reader:reader-pw", false);
+    assert!(
+        !o.ok && o.stderr.contains("no signature from a trusted key") && o.stderr.contains(&u.0),
+        "unsigned u must not pull: {}",
+        o.stderr
+    );
+    let (st, _, body) = get(&s, &reader, repo, "u", false).await;
+    assert_eq!(st, 403, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    let msg = v["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("prod/app@{}", u.0)) && msg.contains("none found"),
+        "{msg}"
+    );
+    assert_eq!(get(&s, &reader, repo, &u.0, true).await.0, 403, "HEAD u by digest");
+    // a caller who may push reads it; the signature artifacts stay readable
+    assert_eq!(get(&s, &pusher, repo, "u", false).await.0, 200);
+    let sig_tag = a.0.replace(':', "-") + ".sig";
+    assert_eq!(get(&s, &reader, repo, &sig_tag, false).await.0, 200);
+    // and so do the referrers tag schema's indexes (notation and cosign verify read them)
+    for t in [&b.0, &c.0] {
+        let tag = t.replace(':', "-");
+        let r = client()
+            .get(format!("{}/v2/{repo}/manifests/{tag}", s.url))
+            .bearer_auth(&reader)
+            .header("accept", "application/vnd.oci.image.index.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{tag}: {}", r.text().await.unwrap());
+    }
+    // signing u through regate counts at once
+    let sig = openssl_sign(&keys, &k1, &payload(&reference, &u.0));
+    dev.cosign(repo, (&u.0, u.1), &payload(&reference, &u.0), &sig, Store::Tag)
+        .await;
+    assert_eq!(get(&s, &reader, repo, "u", false).await.0, 200, "u after signing");
+    // a repository no rule covers
+    dev.image("other/x", "v1", "up other").await;
+    let t = token(&s, Some(("reader", "reader-pw")), &["repository:other/x:pull"]).await;
+    assert_eq!(get(&s, &t, "other/x", "v1", false).await.0, 200);
 }

@@ -73,15 +73,7 @@ impl App {
             Principal::Token(c) => c.sub.clone(),
             Principal::Basic(i) => i.account.clone(),
         });
-        if let Some(up) = &self.upstream {
-            return Ok(self.forward(up, req, &principal, &need, ip).await);
-        }
         let policy = self.tokens.policy.get();
-        let perms = Perms {
-            principal: &principal,
-            policy: &policy,
-            ip,
-        };
         // trusted images (policy:): a manifest read is checked once it resolved to a digest
         let gate = self.trust.as_ref().and_then(|t| {
             t.gate(&route, &method, |n| match &principal {
@@ -91,6 +83,37 @@ impl App {
                 Principal::Basic(id) => policy.actions(&id.subject(ip), n.as_str()).contains(&Action::Push),
             })
         });
+        // the scanner's credential: a pull-only token for one repository
+        let mint = |n: &RepoName| {
+            let scope = Scope::repository(n.as_str(), &[Action::Pull]);
+            self.tokens
+                .keys
+                .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
+                .ok()
+        };
+        if let Some(up) = &self.upstream {
+            let resp = self.forward(up, req, &principal, &need, ip).await;
+            let Some(t) = &self.trust else { return Ok(resp) };
+            t.upstream_wrote(&route, &method, resp.status());
+            // the policy's reads go to the upstream with a pull-only token for this repository
+            // that lives a minute (an upstream that trusts regate's tokens takes it)
+            let read = || {
+                let n = route.repo()?;
+                let scope = Scope::repository(n.as_str(), &[Action::Pull]);
+                let now = crate::util::now_secs();
+                self.tokens
+                    .keys
+                    .issue_until("regate-trust", &[], true, &[scope], now, now + 60)
+                    .ok()
+            };
+            let src = crate::trust::Upstream::new(up.client().clone(), up.base(), &read);
+            return Ok(t.after_upstream(gate, &src, resp, &mint).await);
+        }
+        let perms = Perms {
+            principal: &principal,
+            policy: &policy,
+            ip,
+        };
         let (parts, body) = req.into_parts();
         let r = reg::Request {
             method: &parts.method,
@@ -101,13 +124,6 @@ impl App {
         };
         let mut out = self.registry.handle(route, r).await?;
         if let Some(t) = &self.trust {
-            let mint = |n: &RepoName| {
-                let scope = Scope::repository(n.as_str(), &[Action::Pull]);
-                self.tokens
-                    .keys
-                    .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
-                    .ok()
-            };
             t.after(gate, &self.registry, &mut out, &mint).await;
         }
         let notifier = self.notifier.get();

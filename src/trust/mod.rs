@@ -1,32 +1,45 @@
 //! Trusted images: a per-repository policy enforced on manifest GET/HEAD after authorisation.
 //!
-//! A rule may require a signature (cosign, stored under the `sha256-<hex>.sig` tag or as an
-//! OCI 1.1 referrer) from one of its keys, and may block images with scan findings at or above a
-//! severity (reports from a Harbor Pluggable Scanner API adapter, see [`scanner`]). Reads by a
-//! caller who may push to the repository, by the scanner itself, and of signature artifacts are
-//! never gated. Verdicts are cached per repository and digest (signed 5 min, unsigned 30 s),
-//! dropped when a signature for the digest arrives here (tag or referrer) and on any delete.
+//! A rule may require a signature from one of its keys or roots and may block images with scan
+//! findings at or above a severity (reports from a Harbor Pluggable Scanner API adapter, see
+//! [`scanner`]). Signatures are looked for under the `<alg>-<hex>.sig` tag and among the
+//! digest's OCI 1.1 referrers, in the forms the clients write them: cosign's simple-signing
+//! layers and sigstore bundles (DSSE in-toto statement or message signature), checked with
+//! public keys ([`cosign`]); notation's JWS and COSE envelopes, checked against X.509 roots
+//! ([`notation`]). One counts only if it binds exactly the digest pulled.
+//!
+//! The reads go through [`ArtifactSource`] ([`source`]): the bundled [`Registry`]'s storage, or
+//! in `upstream:` mode the upstream registry (referrers API, else the referrers tag schema), read
+//! with a short-lived pull-only token regate mints for the one repository; there a GET is
+//! decided on the bytes actually served ([`Trust::after_upstream`]).
+//!
+//! Reads by a caller who may push to the repository, by the scanner itself, and of signature
+//! artifacts are never gated. Verdicts are cached per repository and digest (signed 5 min,
+//! unsigned 30 s), dropped when a signature for the digest arrives through regate (tag or
+//! referrer; in upstream mode any manifest push) and on any delete.
 
 pub mod cosign;
 pub mod notation;
 pub mod scanner;
+pub mod source;
+
+pub use source::{ArtifactSource, Upstream};
 
 use crate::auth::policy::Glob;
 use crate::config::trust::{parse_date, ScannerConfig, Severity, TrustRule, Unscanned};
 use crate::http::{self, Resp};
 use crate::registry::error::{ApiError, Code};
 use crate::registry::{Event, Manifest, Outcome, Registry, Route};
-use crate::storage::{layout, Storage};
+use crate::storage::Storage;
 use crate::types::names::{Algorithm, Digest, Reference, RepoName, Tag};
 use ::http::{HeaderName, Method, StatusCode};
 use base64::Engine as _;
+use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub const TRUST_HEADER: &str = "x-regate-trust";
-/// Candidate signatures examined per image at most (tag + referrers).
-const MAX_CANDIDATES: usize = 64;
 const MAX_SIG_LAYER: u64 = 256 << 10;
 /// Layer media types of signature and attestation artifacts: a manifest made only of these is
 /// not a runnable image and is never gated.
@@ -53,6 +66,16 @@ struct Rule {
     unscanned: Unscanned,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SigKind {
+    /// cosign's simple-signing payload with the signature in an annotation.
+    Simple,
+    /// A sigstore bundle (cosign's new bundle format).
+    Bundle,
+    /// A notation envelope (JWS or COSE).
+    Notation,
+}
+
 #[derive(Debug, Clone)]
 enum Verdict {
     Signed(String),
@@ -76,6 +99,7 @@ pub struct Gate {
     rule: usize,
     repo: RepoName,
     exempt: bool,
+    head: bool,
 }
 
 /// Mints a short-lived pull-only token for one repository (the scanner's credential).
@@ -104,7 +128,38 @@ fn layers(m: &Manifest) -> Vec<Layer> {
         .unwrap_or_default()
 }
 
+/// Artifact types of signature and attestation manifests, as an index lists them.
+const SIGNATURE_ARTIFACTS: &[&str] = &[
+    "application/vnd.dev.cosign.artifact.sig.v1+json",
+    "application/vnd.cncf.notary.signature",
+    "application/vnd.in-toto+json",
+    "application/vnd.dev.sigstore.bundle.v0.3+json",
+    "application/vnd.dev.sigstore.bundle+json;version=0.3",
+];
+
+#[derive(Deserialize)]
+struct Children {
+    #[serde(default)]
+    manifests: Vec<Child>,
+}
+
+#[derive(Deserialize)]
+struct Child {
+    #[serde(rename = "artifactType", default)]
+    artifact_type: String,
+}
+
+/// A signature or attestation, or an index of nothing else (the referrers tag schema's
+/// `<alg>-<hex>` index that clients keep on a registry without the referrers API).
 fn is_signature_artifact(m: &Manifest) -> bool {
+    if !m.children.is_empty() {
+        let c = serde_json::from_slice::<Children>(&m.bytes)
+            .map(|c| c.manifests)
+            .unwrap_or_default();
+        return !c.is_empty()
+            && c.iter()
+                .all(|c| SIGNATURE_ARTIFACTS.contains(&c.artifact_type.as_str()));
+    }
     let l = layers(m);
     !l.is_empty() && l.iter().all(|l| SIGNATURE_LAYERS.contains(&l.media_type.as_str()))
 }
@@ -193,6 +248,7 @@ impl Trust {
                     rule,
                     repo: repo.clone(),
                     exempt: exempt(repo),
+                    head: method == Method::HEAD,
                 })
             }
             _ => None,
@@ -320,36 +376,102 @@ impl Trust {
         if g.exempt || out.resp.status() != StatusCode::OK {
             return;
         }
-        let Some(d) = out
-            .resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Digest::parse)
-        else {
+        let Some(d) = served_digest(&out.resp) else {
             return;
         };
+        let m = reg.load_manifest(&d).await.ok().flatten();
+        if self.decide(&g, reg, &d, m, &mut out.resp, mint).await {
+            out.event = None;
+        }
+    }
+
+    /// Upstream mode: decides a gated manifest read that the upstream answered with `resp`,
+    /// reading the signatures from `src` (the upstream). A GET is decided on exactly the bytes
+    /// served (read here, bounded, and hashed); a HEAD on the digest the upstream names.
+    pub async fn after_upstream<S: ArtifactSource>(
+        &self,
+        gate: Option<Gate>,
+        src: &S,
+        resp: Resp,
+        mint: Mint<'_>,
+    ) -> Resp {
+        let Some(g) = gate else { return resp };
+        if g.exempt || resp.status() != StatusCode::OK {
+            return resp;
+        }
+        let named = served_digest(&resp);
+        let (mut resp, d, m) = if g.head {
+            let Some(d) = named else {
+                return self.unreadable(&g, None, resp, "the upstream named no digest");
+            };
+            let m = src.manifest(&g.repo, &d).await.ok().flatten();
+            (resp, d, m)
+        } else {
+            let (parts, body) = resp.into_parts();
+            let bytes = match http_body_util::Limited::new(body, source::MAX_MANIFEST as usize)
+                .collect()
+                .await
+            {
+                Ok(c) => c.to_bytes(),
+                Err(_) => {
+                    let resp = Resp::from_parts(parts, http::full(bytes::Bytes::new()));
+                    return self.unreadable(&g, named.as_ref(), resp, "the upstream manifest could not be read");
+                }
+            };
+            let algo = named.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
+            let d = Digest::of(algo, &bytes);
+            let ct = parts
+                .headers
+                .get(::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let m = Manifest::parse_as(bytes.clone(), ct.as_deref(), algo)
+                .ok()
+                .map(Arc::new);
+            (Resp::from_parts(parts, http::full(bytes)), d, m)
+        };
+        self.decide(&g, src, &d, m, &mut resp, mint).await;
+        resp
+    }
+
+    /// A gated upstream answer that cannot be verified: passed on under a report-only rule.
+    fn unreadable(&self, g: &Gate, d: Option<&Digest>, mut resp: Resp, why: &str) -> Resp {
+        if self.rules[g.rule].enforce {
+            let d = d.map_or_else(|| "?".to_owned(), |d| d.to_string());
+            let e = ApiError::new(Code::Denied, format!("untrusted image {}@{d}: {why}", g.repo))
+                .with_status(StatusCode::SERVICE_UNAVAILABLE);
+            return e.into_response();
+        }
+        http::set(&mut resp, HeaderName::from_static(TRUST_HEADER), "unverified");
+        resp
+    }
+
+    /// The verdict on a gated read of `d` (its manifest `m`, if it could be read): sets the
+    /// trust header, or replaces `resp` with the denial; whether it denied.
+    async fn decide<S: ArtifactSource>(
+        &self,
+        g: &Gate,
+        src: &S,
+        d: &Digest,
+        m: Option<Arc<Manifest>>,
+        resp: &mut Resp,
+        mint: Mint<'_>,
+    ) -> bool {
         let rule = &self.rules[g.rule];
-        let m = match reg.load_manifest(&d).await {
-            Ok(Some(m)) => m,
-            _ if !rule.enforce => return,
-            _ => {
-                deny(
-                    out,
-                    &g.repo,
-                    &d,
-                    "the manifest could not be read for verification",
-                    true,
-                );
-                return;
+        let m = match m {
+            Some(m) => m,
+            None if !rule.enforce => return false,
+            None => {
+                *resp = denial(&g.repo, d, "the manifest could not be read for verification", true);
+                return true;
             }
         };
         let mut problems: Vec<(&'static str, String)> = Vec::new();
         if rule.signature {
-            if let Verdict::Unsigned(why) = &*self.signature(reg, &g.repo, &m, rule).await {
+            if let Verdict::Unsigned(why) = &*self.signature(src, &g.repo, &m, rule).await {
                 // signatures themselves are not signed (checked only here, off the hot path)
                 if is_signature_artifact(&m) {
-                    return;
+                    return false;
                 }
                 problems.push(("unsigned", why.clone()));
             }
@@ -360,16 +482,34 @@ impl Trust {
             }
         }
         if problems.is_empty() {
-            http::set(&mut out.resp, HeaderName::from_static(TRUST_HEADER), "verified");
-            return;
+            http::set(resp, HeaderName::from_static(TRUST_HEADER), "verified");
+            return false;
         }
         let why = problems.iter().map(|p| p.1.as_str()).collect::<Vec<_>>().join("; ");
         tracing::info!(target: "regate::audit", event = "untrusted", repo = %g.repo, digest = %d,
             enforce = rule.enforce, reason = %why, "trust");
         if rule.enforce {
-            deny(out, &g.repo, &d, &why, false);
-        } else {
-            http::set(&mut out.resp, HeaderName::from_static(TRUST_HEADER), problems[0].0);
+            *resp = denial(&g.repo, d, &why, false);
+            return true;
+        }
+        http::set(resp, HeaderName::from_static(TRUST_HEADER), problems[0].0);
+        false
+    }
+
+    /// Upstream mode: a write the proxy passed on. A manifest pushed may be a signature (a
+    /// `.sig` tag, a referrer, a referrers-tag index) of any image here: the short-lived
+    /// denials go; a delete may remove one: every verdict goes.
+    pub fn upstream_wrote(&self, route: &Route, method: &Method, status: StatusCode) {
+        if !status.is_success() {
+            return;
+        }
+        match (route, method) {
+            (Route::Manifest(..), &Method::PUT) => self.denials.invalidate_all(),
+            (Route::Manifest(..) | Route::Blob(..), &Method::DELETE) => {
+                self.verdicts.invalidate_all();
+                self.denials.invalidate_all();
+            }
+            _ => {}
         }
     }
 
@@ -407,15 +547,15 @@ impl Trust {
         }
     }
 
-    async fn signature(&self, reg: &Registry, repo: &RepoName, m: &Manifest, rule: &Rule) -> Arc<Verdict> {
+    async fn signature<S: ArtifactSource>(&self, src: &S, repo: &RepoName, m: &Manifest, rule: &Rule) -> Arc<Verdict> {
         let k = (repo.clone(), m.digest.clone());
         if let Some(v) = self.verdicts.get(&k).or_else(|| self.denials.get(&k)) {
             return v;
         }
         let v = Arc::new(if rule.platforms && !m.children.is_empty() {
-            self.every_platform(reg, repo, m, rule).await
+            self.every_platform(src, repo, m, rule).await
         } else {
-            self.verify(reg, repo, &m.digest, rule).await
+            self.verify(src, repo, &m.digest, rule).await
         });
         if let Verdict::Unsigned(_) = &*v {
             self.denials.insert(k, v.clone());
@@ -435,10 +575,10 @@ impl Trust {
     }
 
     /// An index whose every platform manifest carries a trusted signature of its own.
-    async fn every_platform(&self, reg: &Registry, repo: &RepoName, m: &Manifest, rule: &Rule) -> Verdict {
+    async fn every_platform<S: ArtifactSource>(&self, src: &S, repo: &RepoName, m: &Manifest, rule: &Rule) -> Verdict {
         let mut by = Vec::new();
         for c in &m.children {
-            match self.verify(reg, repo, c, rule).await {
+            match self.verify(src, repo, c, rule).await {
                 Verdict::Signed(b) => {
                     self.verdicts
                         .insert((repo.clone(), c.clone()), Arc::new(Verdict::Signed(b.clone())));
@@ -450,64 +590,77 @@ impl Trust {
         Verdict::Signed(format!("every platform manifest ({})", by.join("; ")))
     }
 
-    async fn verify(&self, reg: &Registry, repo: &RepoName, d: &Digest, rule: &Rule) -> Verdict {
+    /// Looks for a signature of exactly `d` from the rule's keys or roots: under the
+    /// `<alg>-<hex>.sig` tag and among `d`'s referrers.
+    async fn verify<S: ArtifactSource>(&self, src: &S, repo: &RepoName, d: &Digest, rule: &Rule) -> Verdict {
         let mut candidates: Vec<Arc<Manifest>> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
-        let tag = Tag::parse(&format!("{}-{}.sig", d.algorithm().as_str(), d.hex()));
-        if let Some(t) = tag {
-            match reg.resolve(repo, &Reference::Tag(t)).await {
-                Ok(Some(sd)) => {
-                    if let Ok(Some(m)) = reg.load_manifest(&sd).await {
-                        candidates.push(m);
-                    }
-                }
+        if let Some(t) = Tag::parse(&format!("{}-{}.sig", d.algorithm().as_str(), d.hex())) {
+            match src.tag(repo, &t).await {
+                Ok(Some(sd)) => match src.manifest(repo, &sd).await {
+                    Ok(Some(m)) => candidates.push(m),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                },
                 Ok(None) => {}
-                Err(e) => errors.push(format!("signature tag unreadable: {e}")),
+                Err(e) => errors.push(e),
             }
         }
-        let store = reg.store();
-        for a in Algorithm::ALL {
-            match store.list(&layout::referrers_dir(repo, d, a)).await {
-                Ok(entries) => {
-                    for e in entries.iter().take(MAX_CANDIDATES) {
-                        let Some(rd) = Digest::from_hex(a, &e.name) else {
-                            continue;
-                        };
-                        if !matches!(store.stat(&layout::revision_link(repo, &rd)).await, Ok(Some(_))) {
-                            continue;
-                        }
-                        if let Ok(Some(m)) = reg.load_manifest(&rd).await {
-                            candidates.push(m);
-                        }
+        match src.referrers(repo, d).await {
+            Ok(found) => {
+                for rd in found.iter().take(source::MAX_REFERRERS) {
+                    match src.manifest(repo, rd).await {
+                        Ok(Some(m)) => candidates.push(m),
+                        Ok(None) => {}
+                        Err(e) => errors.push(e),
                     }
                 }
-                Err(e) => errors.push(format!("referrers unreadable: {e}")),
             }
+            Err(e) => errors.push(e),
         }
+        // a bundle's message signature is over the signed manifest's bytes: read once, if needed
+        let mut signed: Option<Option<Arc<Manifest>>> = None;
         let mut checked = 0;
         for m in candidates {
             for l in layers(&m) {
-                let cosign_sig = l.media_type == cosign::SIMPLE_SIGNING && !rule.keys.is_empty();
-                let notation_sig = l.media_type == notation::JWS && !rule.roots.is_empty();
-                if !(cosign_sig || notation_sig) || l.size > MAX_SIG_LAYER {
+                let keys = !rule.keys.is_empty();
+                let kind = if l.media_type == cosign::SIMPLE_SIGNING && keys {
+                    SigKind::Simple
+                } else if cosign::BUNDLE_LAYERS.contains(&l.media_type.as_str()) && keys {
+                    SigKind::Bundle
+                } else if (l.media_type == notation::JWS || l.media_type == notation::COSE) && !rule.roots.is_empty() {
+                    SigKind::Notation
+                } else {
+                    continue;
+                };
+                if l.size > MAX_SIG_LAYER {
                     continue;
                 }
                 let sig = l.annotations.get(cosign::SIGNATURE_ANNOTATION);
-                if cosign_sig && sig.is_none() {
+                if kind == SigKind::Simple && sig.is_none() {
                     continue;
                 }
                 let Some(ld) = Digest::parse(&l.digest) else { continue };
-                let payload = match store.read(&layout::blob_data(&ld), MAX_SIG_LAYER).await {
-                    Ok(Some(b)) if Digest::sha256_of(&b) == ld || ld.algorithm().as_str() != "sha256" => b,
+                let payload = match src.blob(repo, &ld, MAX_SIG_LAYER).await {
+                    Ok(Some(b)) => b,
                     _ => {
                         errors.push("signature payload blob missing".into());
                         continue;
                     }
                 };
                 checked += 1;
-                let r = match sig {
-                    Some(sig) if cosign_sig => cosign::check(&payload, sig, d, &rule.keys),
-                    _ => notation::check(&payload, d, &rule.roots, crate::util::now_secs()),
+                let r = match (kind, sig) {
+                    (SigKind::Simple, Some(sig)) => cosign::check(&payload, sig, d, &rule.keys),
+                    (SigKind::Bundle, _) => {
+                        if signed.is_none() {
+                            signed = Some(src.manifest(repo, d).await.ok().flatten());
+                        }
+                        match signed.as_ref().and_then(Option::as_ref) {
+                            Some(sm) => cosign::check_bundle(&payload, d, &sm.bytes, &rule.keys),
+                            None => Err("the signed manifest could not be read"),
+                        }
+                    }
+                    _ => notation::check(&payload, &l.media_type, d, &rule.roots, crate::util::now_secs()),
                 };
                 match r {
                     Ok(by) => return Verdict::Signed(by),
@@ -617,13 +770,21 @@ impl Trust {
     }
 }
 
-fn deny(out: &mut Outcome, repo: &RepoName, d: &Digest, why: &str, unavailable: bool) {
+/// The answer to a gated read that the policy refuses (503 when it could not be verified).
+fn denial(repo: &RepoName, d: &Digest, why: &str, unavailable: bool) -> Resp {
     let mut e = ApiError::new(Code::Denied, format!("untrusted image {repo}@{d}: {why}"));
     if unavailable {
         e = e.with_status(StatusCode::SERVICE_UNAVAILABLE);
     }
-    out.resp = e.into_response();
-    out.event = None;
+    e.into_response()
+}
+
+/// The digest an answer names (`Docker-Content-Digest`).
+fn served_digest(r: &Resp) -> Option<Digest> {
+    r.headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Digest::parse)
 }
 
 #[cfg(test)]
@@ -655,6 +816,29 @@ mod tests {
             l("application/vnd.oci.image.layer.v1.tar+gzip")
         ))));
         assert!(!is_signature_artifact(&m("")));
+        let index = |types: &[&str]| {
+            let ms: Vec<String> = types
+                .iter()
+                .map(|t| {
+                    format!(
+                        r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":1{t}}}"#,
+                        Digest::sha256_of(t.as_bytes())
+                    )
+                })
+                .collect();
+            Manifest::parse(
+                bytes::Bytes::from(format!(
+                    r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+                    ms.join(",")
+                )),
+                None,
+            )
+            .unwrap()
+        };
+        let sig = r#","artifactType":"application/vnd.cncf.notary.signature""#;
+        let bundle = r#","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json""#;
+        assert!(is_signature_artifact(&index(&[sig, bundle])));
+        assert!(!is_signature_artifact(&index(&[sig, ""])), "a platform manifest");
     }
 
     #[test]
