@@ -1874,3 +1874,90 @@ async fn upstream_mode_enforces_the_policy() {
     let t = token(&s, Some(("reader", "reader-pw")), &["repository:other/x:pull"]).await;
     assert_eq!(get(&s, &t, "other/x", "v1", false).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mode_scans_on_push_and_gates_pulls() {
+    assert!(have("skopeo") && have("docker-registry"));
+    let state: Shared = Arc::default();
+    let url = adapter(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hp = htpasswd(dir.path(), USERS);
+    let first = Server::start_in(
+        dir,
+        &format!(
+            "auth:\n  htpasswd: {}\n  service: registry.test\n{}{}",
+            hp.display(),
+            access(),
+            scan_policy(&url, true, "deny")
+        ),
+    );
+    let cert = first.data().join("token.crt");
+    let dir = first.into_dir();
+    let up = trust_support::distribution(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:1/token\n    service: registry.test\n    issuer: regate\n    rootcertbundle: {}\n",
+        cert.display()
+    ));
+    let cfg = dir.path().join("regate.yaml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("upstream: {}\n", up.url));
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::start_with_config(dir, &cfg);
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/scanned";
+    let mut digests = Vec::new();
+    for (tag, findings) in [
+        ("bad", vec![("CVE-2026-7777", "Critical")]),
+        ("fine", vec![("CVE-2026-0001", "Low")]),
+    ] {
+        let content = format!("upstream layer {tag}");
+        let cfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let m = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":digest(cfg),"size":cfg.len()},
+            "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":digest(content.as_bytes()),"size":content.len()}]});
+        let d = digest(&serde_json::to_vec(&m).unwrap());
+        state.lock().unwrap().findings.insert(
+            d.clone(),
+            findings.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        );
+        // the push goes through regate to the upstream; regate asks for the scan
+        let (pd, _) = dev.image(repo, tag, &content).await;
+        assert_eq!(pd, d);
+        digests.push((tag, d));
+    }
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/scanned:pull"]).await;
+    for (tag, d) in &digests {
+        // the report is kept here, for a manifest the upstream holds
+        let rep = wait_report(&s, &reader, repo, d).await;
+        assert_eq!(rep["artifact"]["digest"], d.as_str());
+        let (st, _, body) = get(&s, &reader, repo, tag, false).await;
+        if *tag == "bad" {
+            assert_eq!(st, 403, "{body}");
+            let msg = serde_json::from_str::<Value>(&body).unwrap()["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                msg.contains(&format!("{repo}@{d}")) && msg.contains("CVE-2026-7777"),
+                "{msg}"
+            );
+            let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
+            assert!(!o.ok && o.stderr.contains(d.as_str()), "{}", o.stderr);
+        } else {
+            assert_eq!(st, 200, "{body}");
+            let o = skopeo_pull(&s, &format!("{repo}:{tag}"), "reader:reader-pw", false);
+            assert!(o.ok, "{}", o.stderr);
+        }
+    }
+    // the scans were asked for on push (nothing had pulled yet), and the adapter read each
+    // manifest through regate from the upstream with its pull-only token
+    let requests = state.lock().unwrap().requests.clone();
+    for (_, d) in &digests {
+        let seen: Vec<_> = requests.iter().filter(|r| &r.1 == d).collect();
+        assert!(!seen.is_empty(), "no scan asked for {d}: {requests:?}");
+        assert!(seen.iter().all(|r| r.0 == repo && r.3 == 200), "{seen:?}");
+    }
+}

@@ -94,19 +94,13 @@ impl App {
         if let Some(up) = &self.upstream {
             let resp = self.forward(up, req, &principal, &need, ip).await;
             let Some(t) = &self.trust else { return Ok(resp) };
-            t.upstream_wrote(&route, &method, resp.status());
             // the policy's reads go to the upstream with a pull-only token for this repository
             // that lives a minute (an upstream that trusts regate's tokens takes it)
-            let read = || {
-                let n = route.repo()?;
-                let scope = Scope::repository(n.as_str(), &[Action::Pull]);
-                let now = crate::util::now_secs();
-                self.tokens
-                    .keys
-                    .issue_until("regate-trust", &[], true, &[scope], now, now + 60)
-                    .ok()
-            };
+            let read = || route.repo().and_then(|n| self.trust_read_token(n));
             let src = crate::trust::Upstream::new(up.client().clone(), up.base(), &read);
+            // pushes through regate are watched as bundled ones are (signatures, scan on push)
+            let (status, served) = (resp.status(), crate::trust::served_digest(&resp));
+            t.upstream_wrote(&route, &method, status, served, &src, &mint).await;
             return Ok(t.after_upstream(gate, &src, resp, &mint).await);
         }
         let perms = Perms {
@@ -179,7 +173,25 @@ impl App {
         self.authorize(req.headers(), &need, ip)
             .await
             .map_err(|e| self.challenge(&need, &[], e))?;
-        Ok(t.api_report(&self.registry, &repo, &d).await)
+        match &self.upstream {
+            // the report is kept here; the manifest it is for, there
+            Some(up) => {
+                let read = || self.trust_read_token(&repo);
+                let src = crate::trust::Upstream::new(up.client().clone(), up.base(), &read);
+                Ok(t.api_report(&src, &repo, &d).await)
+            }
+            None => Ok(t.api_report(&self.registry, &repo, &d).await),
+        }
+    }
+
+    /// The token the trust policy reads `repo` from the upstream with: pull only, one minute.
+    fn trust_read_token(&self, repo: &RepoName) -> Option<String> {
+        let scope = Scope::repository(repo.as_str(), &[Action::Pull]);
+        let now = crate::util::now_secs();
+        self.tokens
+            .keys
+            .issue_until("regate-trust", &[], true, &[scope], now, now + 60)
+            .ok()
     }
 
     /// Upstream mode: hands the authorised request to the upstream registry. A Bearer token the

@@ -29,7 +29,7 @@ use crate::auth::policy::Glob;
 use crate::config::trust::{parse_date, ScannerConfig, Severity, TrustRule, Unscanned};
 use crate::http::{self, Resp};
 use crate::registry::error::{ApiError, Code};
-use crate::registry::{Event, Manifest, Outcome, Registry, Route};
+use crate::registry::{Manifest, Outcome, Registry, Route};
 use crate::storage::Storage;
 use crate::types::names::{Algorithm, Digest, Reference, RepoName, Tag};
 use ::http::{HeaderName, Method, StatusCode};
@@ -364,7 +364,7 @@ impl Trust {
     pub async fn after(&self, gate: Option<Gate>, reg: &Registry, out: &mut Outcome, mint: Mint<'_>) {
         if let Some(ev) = &out.event {
             match ev.action {
-                "push" => self.pushed(reg, ev, mint).await,
+                "push" => self.pushed(reg, &ev.repo, &ev.digest, ev.tag.as_deref(), mint).await,
                 "delete" => {
                     self.verdicts.invalidate_all();
                     self.denials.invalidate_all();
@@ -498,13 +498,37 @@ impl Trust {
 
     /// Upstream mode: a write the proxy passed on. A manifest pushed may be a signature (a
     /// `.sig` tag, a referrer, a referrers-tag index) of any image here: the short-lived
-    /// denials go; a delete may remove one: every verdict goes.
-    pub fn upstream_wrote(&self, route: &Route, method: &Method, status: StatusCode) {
+    /// denials go, and the push is watched as a bundled one is (scan on push, read back from
+    /// the upstream); a delete may remove a signature: every verdict goes.
+    pub async fn upstream_wrote<S: ArtifactSource>(
+        &self,
+        route: &Route,
+        method: &Method,
+        status: StatusCode,
+        served: Option<Digest>,
+        src: &S,
+        mint: Mint<'_>,
+    ) {
         if !status.is_success() {
             return;
         }
         match (route, method) {
-            (Route::Manifest(..), &Method::PUT) => self.denials.invalidate_all(),
+            (Route::Manifest(repo, reference), &Method::PUT) => {
+                // another replica or the upstream's own clients may have signed anything: the
+                // short-lived denials all go, then the push is watched as a bundled one is
+                self.denials.invalidate_all();
+                let digest = match reference {
+                    Reference::Digest(d) => Some(d.clone()),
+                    Reference::Tag(_) => served,
+                };
+                let tag = match reference {
+                    Reference::Tag(t) => Some(t.as_str()),
+                    Reference::Digest(_) => None,
+                };
+                if let Some(d) = digest {
+                    self.pushed(src, repo, &d, tag, mint).await;
+                }
+            }
             (Route::Manifest(..) | Route::Blob(..), &Method::DELETE) => {
                 self.verdicts.invalidate_all();
                 self.denials.invalidate_all();
@@ -513,36 +537,38 @@ impl Trust {
         }
     }
 
-    async fn pushed(&self, reg: &Registry, ev: &Event, mint: Mint<'_>) {
+    /// A manifest `d` pushed to `repo` (under `tag`): the denials its signature ends go, and a
+    /// runnable image the policy scans is sent to the scanner.
+    async fn pushed<S: ArtifactSource>(&self, src: &S, repo: &RepoName, d: &Digest, tag: Option<&str>, mint: Mint<'_>) {
         // a platform's signature may complete its index's: those denials are not keyed by the
         // platform, so all go (they are short-lived anyway)
-        let by_platform = self.rule_for(&ev.repo).is_some_and(|i| self.rules[i].platforms);
+        let by_platform = self.rule_for(repo).is_some_and(|i| self.rules[i].platforms);
         // a `.sig` tag names the digest it signs; a referrer names it as its subject
-        if let Some(t) = ev.tag.as_deref() {
+        if let Some(t) = tag {
             if let Some(signed) = t.strip_suffix(".sig") {
                 if let Some(d) = Digest::parse(&signed.replacen('-', ":", 1)) {
-                    self.denials.invalidate(&(ev.repo.clone(), d));
+                    self.denials.invalidate(&(repo.clone(), d));
                     if by_platform {
                         self.denials.invalidate_all();
                     }
                 }
             }
         }
-        let m = match reg.load_manifest(&ev.digest).await {
+        let m = match src.manifest(repo, d).await {
             Ok(Some(m)) => m,
             _ => return,
         };
         if let Some(s) = &m.subject {
-            self.denials.invalidate(&(ev.repo.clone(), s.clone()));
+            self.denials.invalidate(&(repo.clone(), s.clone()));
             if by_platform {
                 self.denials.invalidate_all();
             }
         }
         let Some(sc) = &self.scanner else { return };
-        let wants_scan = self.rule_for(&ev.repo).is_some_and(|i| self.rules[i].block.is_some());
+        let wants_scan = self.rule_for(repo).is_some_and(|i| self.rules[i].block.is_some());
         if sc.scan_on_push && wants_scan && m.children.is_empty() && !is_signature_artifact(&m) {
-            if let Some(tok) = self.mint_for_scanner(&ev.repo, mint) {
-                sc.request(&ev.repo, &m.digest, &m.media_type, tok);
+            if let Some(tok) = self.mint_for_scanner(repo, mint) {
+                sc.request(repo, &m.digest, &m.media_type, tok);
             }
         }
     }
@@ -753,8 +779,8 @@ impl Trust {
     }
 
     /// The stored report of a manifest this repository holds.
-    pub async fn api_report(&self, reg: &Registry, repo: &RepoName, d: &Digest) -> Resp {
-        let held = matches!(reg.resolve(repo, &Reference::Digest(d.clone())).await, Ok(Some(_)));
+    pub async fn api_report<S: ArtifactSource>(&self, src: &S, repo: &RepoName, d: &Digest) -> Resp {
+        let held = matches!(src.manifest(repo, d).await, Ok(Some(_)));
         let report = match (&self.scanner, held) {
             (Some(sc), true) => sc.report_bytes(d).await,
             _ => None,
@@ -780,7 +806,7 @@ fn denial(repo: &RepoName, d: &Digest, why: &str, unavailable: bool) -> Resp {
 }
 
 /// The digest an answer names (`Docker-Content-Digest`).
-fn served_digest(r: &Resp) -> Option<Digest> {
+pub fn served_digest(r: &Resp) -> Option<Digest> {
     r.headers()
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
