@@ -995,7 +995,7 @@ fn notation_chain(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>
                 "-out",
                 &s("leaf.csr"),
                 "-subj",
-                &format!("/CN={name} signer"),
+                &format!("/C=CN/ST=Zhejiang/L=Hangzhou/O={name} org/CN={name} signer"),
             ],
         ]
         .concat(),
@@ -1960,4 +1960,60 @@ async fn upstream_mode_scans_on_push_and_gates_pulls() {
         assert!(!seen.is_empty(), "no scan asked for {d}: {requests:?}");
         assert!(seen.iter().all(|r| r.0 == repo && r.3 == 200), "{seen:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notation_identities_narrow_the_signers() {
+    assert!(have("openssl"));
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let (root, leaf_key, leaf, root_der) = notation_chain(&pki, "acme");
+    // one root; "mine/*" trusts the signer's organisation, "theirs/*" another one under it
+    let s = start(
+        dir,
+        &format!(
+            "policy:\n  - repository: \"mine/*\"\n    require_signature: {{ notation: [{r}], notation_identities: [\"x509.subject: C=CN, ST=Zhejiang, O=acme org\"] }}\n  - repository: \"theirs/*\"\n    require_signature: {{ notation: [{r}], notation_identities: [\"x509.subject: C=CN, ST=Zhejiang, O=other org\", \"x509.subject: C=US, ST=WA, O=acme org\"] }}\n",
+            r = root.display()
+        ),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    for (repo, trusted) in [("mine/app", true), ("theirs/app", false)] {
+        let img = dev.image(repo, "v1", "identity layer").await;
+        let env = notation_envelope(&pki, &leaf_key, &[&leaf, &root_der], (&img.0, img.1));
+        dev.notation(repo, (&img.0, img.1), &env).await;
+        let reader = token(&s, Some(("reader", "reader-pw")), &[&format!("repository:{repo}:pull")]).await;
+        let (st, h, body) = get(&s, &reader, repo, "v1", false).await;
+        if trusted {
+            assert_eq!((st, h.as_str()), (200, "verified"), "{repo}: {body}");
+        } else {
+            assert_eq!(st, 403, "{repo}: {body}");
+            assert!(body.contains("not of a trusted identity"), "{body}");
+        }
+    }
+    // an identity that does not name C, ST and O is refused, as notation refuses it
+    let bad = s.data().parent().unwrap().join("bad-identity.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "storage: {{ backend: memory }}\npolicy:\n  - repository: \"x/*\"\n    require_signature: {{ notation: [{}], notation_identities: [\"x509.subject: CN=acme signer\"] }}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regate"))
+        .args(["check-config", "--schema-only", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("policy[0].require_signature.notation_identities[0]") && err.contains("C, ST and O"),
+        "{err}"
+    );
 }

@@ -34,6 +34,11 @@ pub struct RequireSignature {
     /// PEM X.509 root certificates of notation signatures.
     #[serde(default)]
     pub notation: Vec<PathBuf>,
+    /// notation's `trustedIdentities`: `x509.subject: C=US, ST=WA, O=acme`; a notation signature
+    /// counts only when its signing certificate's subject holds every attribute of one of them.
+    /// Absent: any certificate that chains to `notation` roots.
+    #[serde(default)]
+    pub notation_identities: Vec<String>,
     /// For an index: every platform manifest must carry a signature of its own (as
     /// `cosign sign --recursive` makes); the index's own signature does not stand for them.
     #[serde(default)]
@@ -152,6 +157,54 @@ pub fn parse_date(s: &str) -> Option<i64> {
 }
 
 /// Checks `policy:` and `scanner:`; with `files`, that every named key and certificate exists.
+/// A notation trusted identity, `x509.subject: C=US, ST=WA, O=acme-rockets.io`, as its
+/// attributes (upper-case keys; `\,` stands for a comma in a value). Like notation, it must name
+/// at least C, ST and O.
+pub fn parse_identity(s: &str) -> Result<Vec<(String, String)>, String> {
+    let Some(dn) = s.trim().strip_prefix("x509.subject:") else {
+        return Err(format!("{s:?} does not start with x509.subject:"));
+    };
+    let mut parts = vec![String::new()];
+    let mut chars = dn.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let (Some(n), Some(last)) = (chars.next(), parts.last_mut()) {
+                    last.push(n);
+                }
+            }
+            ',' => parts.push(String::new()),
+            c => {
+                if let Some(last) = parts.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    for p in parts {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(format!("{:?} is not KEY=value", p.trim()));
+        };
+        let (k, v) = (k.trim().to_ascii_uppercase(), v.trim().to_owned());
+        if v.is_empty() {
+            return Err(format!("{k} has no value"));
+        }
+        if out.iter().any(|(o, _)| *o == k) {
+            return Err(format!("{k} is named twice"));
+        }
+        out.push((k, v));
+    }
+    for need in ["C", "ST", "O"] {
+        if !out.iter().any(|(k, _)| k == need) {
+            return Err(format!(
+                "must name at least C, ST and O (as notation asks); {need} is missing"
+            ));
+        }
+    }
+    Ok(out)
+}
+
 pub fn validate(policy: &[TrustRule], scanner: Option<&ScannerConfig>, files: bool) -> Vec<String> {
     let mut e = Vec::new();
     for (i, r) in policy.iter().enumerate() {
@@ -183,6 +236,21 @@ pub fn validate(policy: &[TrustRule], scanner: Option<&ScannerConfig>, files: bo
                 }
             }
         }
+        for (j, id) in sig
+            .map(|s| s.notation_identities.iter())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Err(m) = parse_identity(id) {
+                e.push(format!("{at}.require_signature.notation_identities[{j}]: {m}"));
+            }
+        }
+        if sig.is_some_and(|s| !s.notation_identities.is_empty() && s.notation.is_empty()) {
+            e.push(format!(
+                "{at}.require_signature.notation_identities: needs notation roots to check them against"
+            ));
+        }
         if files {
             for p in sig.map(|s| s.cosign.iter().chain(&s.notation)).into_iter().flatten() {
                 if !p.is_file() {
@@ -210,6 +278,24 @@ pub fn validate(policy: &[TrustRule], scanner: Option<&ScannerConfig>, files: bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notation_identities_parse_as_notation_writes_them() {
+        assert_eq!(
+            parse_identity("x509.subject: C=CN, ST=Zhejiang, o=Acme\\, Ltd, CN=signer").unwrap(),
+            vec![
+                ("C".to_owned(), "CN".to_owned()),
+                ("ST".to_owned(), "Zhejiang".to_owned()),
+                ("O".to_owned(), "Acme, Ltd".to_owned()),
+                ("CN".to_owned(), "signer".to_owned()),
+            ]
+        );
+        assert!(parse_identity("C=CN, ST=Z, O=A").is_err(), "no x509.subject: prefix");
+        assert!(parse_identity("x509.subject: C=CN, ST=Z").is_err(), "no O");
+        assert!(parse_identity("x509.subject: C=CN, ST=Z, O=A, O=B").is_err(), "O twice");
+        assert!(parse_identity("x509.subject: C=CN, ST=Z, O=").is_err(), "empty value");
+        assert!(parse_identity("x509.subject: C=CN, ST=Z, junk").is_err());
+    }
 
     #[test]
     fn rules_parse_with_plain_and_dated_cves() {

@@ -187,7 +187,7 @@ impl Trust {
                 .iter()
                 .map(|p| cosign::Key::load(p))
                 .collect::<Result<Vec<_>, _>>()?;
-            let roots = notation::Roots::load(&sig.notation)?;
+            let roots = notation::Roots::load(&sig.notation)?.with_identities(&sig.notation_identities)?;
             rules.push(Rule {
                 glob: Glob::new(&r.repository),
                 keys,

@@ -29,13 +29,70 @@ const KNOWN_CRIT: &[&str] = &[
     "io.cncf.notary.authenticSigningTime",
 ];
 
-/// Trusted root certificates of one rule.
+/// Trusted root certificates of one rule, and the identities its signers must have.
 #[derive(Debug, Clone, Default)]
 pub struct Roots {
     certs: Vec<CertificateDer<'static>>,
+    /// notation's `trustedIdentities` (subject attributes); empty: any signer under the roots.
+    identities: Vec<Vec<(String, String)>>,
+}
+
+/// The subject attributes of a certificate that identities name (C, ST, L, O, OU, CN), with
+/// their string values; `None` when the certificate cannot be read.
+fn subject_of(der: &[u8]) -> Option<Vec<(&'static str, String)>> {
+    use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+    use x509_cert::der::{Decode as _, Tag, Tagged as _};
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let mut out = Vec::new();
+    for rdn in cert.tbs_certificate.subject.0.iter() {
+        for atv in rdn.0.iter() {
+            let key = match atv.oid.to_string().as_str() {
+                "2.5.4.6" => "C",
+                "2.5.4.8" => "ST",
+                "2.5.4.7" => "L",
+                "2.5.4.10" => "O",
+                "2.5.4.11" => "OU",
+                "2.5.4.3" => "CN",
+                _ => continue,
+            };
+            let v = &atv.value;
+            let val = match v.tag() {
+                Tag::PrintableString => PrintableStringRef::try_from(v).ok().map(|s| s.as_str().to_owned()),
+                Tag::Utf8String => Utf8StringRef::try_from(v).ok().map(|s| s.as_str().to_owned()),
+                Tag::Ia5String => Ia5StringRef::try_from(v).ok().map(|s| s.as_str().to_owned()),
+                Tag::TeletexString => TeletexStringRef::try_from(v).ok().map(|s| s.as_str().to_owned()),
+                _ => None,
+            };
+            if let Some(val) = val {
+                out.push((key, val));
+            }
+        }
+    }
+    Some(out)
 }
 
 impl Roots {
+    /// With `identities` (notation's `trustedIdentities`), a signer counts only when its subject
+    /// holds every attribute of one of them.
+    pub fn with_identities(mut self, identities: &[String]) -> Result<Roots, String> {
+        for id in identities {
+            self.identities.push(crate::config::trust::parse_identity(id)?);
+        }
+        Ok(self)
+    }
+
+    /// Whether the signing certificate `leaf` is of an identity the rule trusts.
+    fn trusts_identity(&self, leaf: &[u8]) -> bool {
+        if self.identities.is_empty() {
+            return true;
+        }
+        let Some(subject) = subject_of(leaf) else { return false };
+        self.identities.iter().any(|id| {
+            id.iter()
+                .all(|(k, v)| subject.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+    }
+
     pub fn load(paths: &[std::path::PathBuf]) -> Result<Roots, String> {
         let mut certs = Vec::new();
         for p in paths {
@@ -52,7 +109,10 @@ impl Roots {
             }
             certs.extend(found);
         }
-        Ok(Roots { certs })
+        Ok(Roots {
+            certs,
+            identities: Vec::new(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -410,6 +470,9 @@ pub fn check(
     };
     leaf.verify_signature(verifier, &c.signed, &sig)
         .map_err(|_| "no signature from a trusted key")?;
+    if !c.chain.first().is_some_and(|l| roots.trusts_identity(l.as_ref())) {
+        return Err("notation signing certificate is not of a trusted identity");
+    }
     Ok(match media_type {
         COSE => "notation certificate (COSE)".to_owned(),
         _ => "notation certificate".to_owned(),
@@ -531,6 +594,7 @@ AK+ZtGzekZTcl0yphEOm/TSWQ7lRlA2S3QJIlZjASgE2
             certs: CertificateDer::pem_slice_iter(PYCOSE_ROOT.as_bytes())
                 .collect::<Result<_, _>>()
                 .unwrap(),
+            identities: Vec::new(),
         };
         let d = Digest::sha256_of(b"pycose fixture");
         assert_eq!(
