@@ -2017,3 +2017,55 @@ async fn notation_identities_narrow_the_signers() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_on_demand_by_those_who_may_push() {
+    let state: Shared = Arc::default();
+    let url = adapter(state.clone()).await;
+    let s = start(
+        tempfile::tempdir().unwrap(),
+        &format!("{}  scan_on_push: false\n", scan_policy(&url, true, "allow")),
+    );
+    let dev = Reg {
+        s: &s,
+        user: "dev",
+        pw: "dev-pw",
+    };
+    let repo = "prod/demand";
+    let (d, _) = dev.image(repo, "v1", "layer on demand").await;
+    state
+        .lock()
+        .unwrap()
+        .findings
+        .insert(d.clone(), vec![("CVE-2026-4242".into(), "High".into())]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(state.lock().unwrap().requests.is_empty(), "scan_on_push is off");
+    let post = |bearer: String, digest: String| {
+        let url = format!("{}/api/v1/scans/{repo}/{digest}", s.url);
+        async move { client().post(url).bearer_auth(bearer).send().await.unwrap() }
+    };
+    // a reader may read reports, not ask for scans
+    let reader = token(&s, Some(("reader", "reader-pw")), &["repository:prod/demand:pull"]).await;
+    let r = post(reader.clone(), d.clone()).await;
+    assert!([401, 403].contains(&r.status().as_u16()), "{}", r.status());
+    let pusher = token(&s, Some(("dev", "dev-pw")), &["repository:prod/demand:pull,push"]).await;
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let r = post(pusher.clone(), missing).await;
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN", "{v}");
+    let r = post(pusher.clone(), d.clone()).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("/api/v1/scans/{repo}/{d}")
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["requested"], json!([d]));
+    // the report arrives and the pull is blocked by it
+    let rep = wait_report(&s, &reader, repo, &d).await;
+    assert_eq!(rep["vulnerabilities"][0]["id"], "CVE-2026-4242");
+    let (st, _, body) = get(&s, &reader, repo, "v1", false).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("CVE-2026-4242"), "{body}");
+}

@@ -84,13 +84,7 @@ impl App {
             })
         });
         // the scanner's credential: a pull-only token for one repository
-        let mint = |n: &RepoName| {
-            let scope = Scope::repository(n.as_str(), &[Action::Pull]);
-            self.tokens
-                .keys
-                .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
-                .ok()
-        };
+        let mint = |n: &RepoName| self.scanner_token(n);
         if let Some(up) = &self.upstream {
             let resp = self.forward(up, req, &principal, &need, ip).await;
             let Some(t) = &self.trust else { return Ok(resp) };
@@ -161,7 +155,8 @@ impl App {
         Ok(out.resp)
     }
 
-    /// `GET /api/v1/scans/<repository>/<digest>`: the stored scan report, to callers who may pull.
+    /// `/api/v1/scans/<repository>/<digest>`: `GET` the stored scan report, to callers who may
+    /// pull; `POST` asks for a scan now, from callers who may push (202, the digests sent).
     pub(super) async fn scan_report(&self, req: Request<Incoming>, ip: IpAddr) -> Result<Resp, ApiError> {
         let (Some(t), Some((repo, d))) = (&self.trust, crate::trust::Trust::api_target(req.uri().path())) else {
             return Err(ApiError::new(
@@ -169,19 +164,53 @@ impl App {
                 "no scan reports here (no policy:, or not /api/v1/scans/<repository>/<digest>)",
             ));
         };
-        let need = Need::Repo(repo.clone(), vec![Action::Pull]);
+        let action = match *req.method() {
+            Method::GET | Method::HEAD => Action::Pull,
+            Method::POST => Action::Push,
+            _ => {
+                return Err(
+                    ApiError::new(Code::Unsupported, "use GET (the report) or POST (scan now)")
+                        .with_header(header::ALLOW, "GET, HEAD, POST"),
+                )
+            }
+        };
+        let need = Need::Repo(repo.clone(), vec![action]);
         self.authorize(req.headers(), &need, ip)
             .await
             .map_err(|e| self.challenge(&need, &[], e))?;
-        match &self.upstream {
-            // the report is kept here; the manifest it is for, there
-            Some(up) => {
-                let read = || self.trust_read_token(&repo);
-                let src = crate::trust::Upstream::new(up.client().clone(), up.base(), &read);
-                Ok(t.api_report(&src, &repo, &d).await)
-            }
-            None => Ok(t.api_report(&self.registry, &repo, &d).await),
+        let mint = |n: &RepoName| self.scanner_token(n);
+        // the report is kept here; in upstream mode the manifest it is for is read there
+        let read = || self.trust_read_token(&repo);
+        let up = self
+            .upstream
+            .as_ref()
+            .map(|up| crate::trust::Upstream::new(up.client().clone(), up.base(), &read));
+        if action == Action::Pull {
+            return Ok(match &up {
+                Some(src) => t.api_report(src, &repo, &d).await,
+                None => t.api_report(&self.registry, &repo, &d).await,
+            });
         }
+        let sent = match &up {
+            Some(src) => t.scan_on_demand(src, &repo, &d, &mint).await?,
+            None => t.scan_on_demand(&self.registry, &repo, &d, &mint).await?,
+        };
+        tracing::info!(target: "regate::audit", event = "scan_requested", %ip, repo = %repo, digest = %d, "scan on demand");
+        let mut r = http::json(
+            ::http::StatusCode::ACCEPTED,
+            &serde_json::json!({ "requested": sent.iter().map(|d| d.to_string()).collect::<Vec<_>>() }),
+        );
+        http::set(&mut r, header::LOCATION, req.uri().path());
+        Ok(r)
+    }
+
+    /// The scanner's credential: a pull-only token for one repository.
+    fn scanner_token(&self, repo: &RepoName) -> Option<String> {
+        let scope = Scope::repository(repo.as_str(), &[Action::Pull]);
+        self.tokens
+            .keys
+            .issue("regate-scanner", &[], true, &[scope], crate::util::now_secs())
+            .ok()
     }
 
     /// The token the trust policy reads `repo` from the upstream with: pull only, one minute.

@@ -779,6 +779,53 @@ impl Trust {
     }
 
     /// The stored report of a manifest this repository holds.
+    /// `POST /api/v1/scans/<repository>/<digest>`: a scan of `d` now (of each platform
+    /// manifest, for an index), whatever the schedule; the digests sent to the scanner.
+    pub async fn scan_on_demand<S: ArtifactSource>(
+        &self,
+        src: &S,
+        repo: &RepoName,
+        d: &Digest,
+        mint: Mint<'_>,
+    ) -> Result<Vec<Digest>, ApiError> {
+        let Some(sc) = &self.scanner else {
+            return Err(ApiError::new(Code::Unsupported, "no scanner: is configured"));
+        };
+        if sc.is_down() {
+            return Err(ApiError::new(
+                Code::Unavailable,
+                "the scanner is not reachable; retry later",
+            ));
+        }
+        let unreadable = |e: String| ApiError::new(Code::Unavailable, format!("manifest unreadable: {e}"));
+        let m = src
+            .manifest(repo, d)
+            .await
+            .map_err(unreadable)?
+            .ok_or_else(|| ApiError::new(Code::ManifestUnknown, format!("{repo}@{d} is not here")))?;
+        let mut images = Vec::new();
+        if m.children.is_empty() {
+            images.push(m);
+        } else {
+            for c in m.children.iter().take(source::MAX_REFERRERS) {
+                if let Some(cm) = src.manifest(repo, c).await.map_err(unreadable)? {
+                    images.push(cm);
+                }
+            }
+        }
+        images.retain(|m| !is_signature_artifact(m));
+        if images.is_empty() {
+            return Err(ApiError::new(Code::Unsupported, "signature artifacts are not scanned"));
+        }
+        let tok = self
+            .mint_for_scanner(repo, mint)
+            .ok_or_else(|| ApiError::new(Code::Unavailable, "no credential for the scanner could be made"))?;
+        for m in &images {
+            sc.request(repo, &m.digest, &m.media_type, tok.clone());
+        }
+        Ok(images.into_iter().map(|m| m.digest.clone()).collect())
+    }
+
     pub async fn api_report<S: ArtifactSource>(&self, src: &S, repo: &RepoName, d: &Digest) -> Resp {
         let held = matches!(src.manifest(repo, d).await, Ok(Some(_)));
         let report = match (&self.scanner, held) {
