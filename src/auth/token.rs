@@ -236,11 +236,15 @@ mod der {
     }
 }
 
+/// Writes a new private file (0600) whole or not at all: into a temporary file beside it, synced,
+/// then linked into place, which fails if another process made `path` first. A crash leaves at
+/// most the temporary file, never an empty or partial key at `path`.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), rand::random::<u32>()));
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
     #[cfg(unix)]
@@ -248,9 +252,18 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    let mut f = o.open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+    let written = (|| {
+        let mut f = o.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// A new token signing key: EC P-256.
@@ -284,6 +297,13 @@ impl TokenKeys {
         audience: &str,
         ttl: u64,
     ) -> Result<Self, String> {
+        // an empty key file is what an interrupted first start of an older regate left behind
+        // (it created the file, then wrote it): no key was ever issued from it
+        if std::fs::metadata(key_path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            tracing::warn!(path = %key_path.display(), "the token signing key file is empty; generating a new key");
+            std::fs::remove_file(key_path)
+                .map_err(|e| format!("cannot replace the empty token signing key {}: {e}", key_path.display()))?;
+        }
         let key_pem = match std::fs::read_to_string(key_path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -569,6 +589,28 @@ fn verify_key_from_cert(p: &Path) -> Result<(VerifyKey, serde_json::Value), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_key_file_left_by_a_crash_is_replaced_and_no_temporary_file_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("token.key"), dir.path().join("token.crt"));
+        std::fs::write(&key, b"").unwrap();
+        let k = TokenKeys::load_or_generate(&key, &cert, &[], "regate", "reg.test", 300).unwrap();
+        assert!(std::fs::read_to_string(&key).unwrap().contains("PRIVATE KEY"));
+        // the same key is read back on the next start
+        let again = TokenKeys::load_or_generate(&key, &cert, &[], "regate", "reg.test", 300).unwrap();
+        assert_eq!(k.jwks(), again.jwks());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        // a key another process wrote first is never overwritten
+        assert_eq!(
+            write_private(&key, b"other").unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
+    }
 
     fn keys(dir: &Path) -> TokenKeys {
         TokenKeys::load_or_generate(&dir.join("k.pem"), &dir.join("c.pem"), &[], "regate", "reg.test", 300).unwrap()
