@@ -22,6 +22,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
 
+mod append;
+mod parts;
+use parts::end_of;
+
 #[derive(Debug, Clone)]
 struct Part {
     offset: u64,
@@ -244,98 +248,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Stores one chunk as `part-<offset>` with its sha256 beside it; returns its size.
-    async fn write_part(
-        &self,
-        name: &RepoName,
-        id: &UploadId,
-        offset: u64,
-        first: Option<Bytes>,
-        body: &mut BodyReader,
-    ) -> Result<u64, ApiError> {
-        let next = match first {
-            Some(c) => Some(c),
-            None => body.chunk().await.map_err(body_error)?,
-        };
-        if next.is_none() {
-            return Ok(0);
-        }
-        let key = layout::upload_part(name, id, offset);
-        let mut w = self.store.writer(&key).await?;
-        let mut h = Sha256::new();
-        if let Err(e) = pump(&mut w, next, body, |c| h.update(c)).await {
-            w.abort().await;
-            return Err(e);
-        }
-        let size = w.written();
-        w.commit().await?;
-        let hex = hex::encode(h.finalize());
-        // the chunk itself is durable; its hash is a shortcut (a missing one means hashing the
-        // chunk again at the end), so it need not wait for the disk
-        self.store
-            .put_unsynced(&format!("{key}.sha256"), Bytes::from(hex))
-            .await?;
-        Ok(size)
-    }
-
-    /// Joins the parts into the blob. A single part whose recorded hash matches is moved into
-    /// place without copying; otherwise the parts are streamed, hashed and written anew.
-    async fn assemble(&self, name: &RepoName, id: &UploadId, parts: &[Part], d: &Digest) -> Result<u64, ApiError> {
-        let total = end_of(parts);
-        let dest = layout::blob_data(d);
-        // the recorded hash is a sha256: a shortcut only for a blob named by one
-        let sha256 = d.algorithm() == Algorithm::Sha256;
-        if let ([p], true) = (parts, sha256) {
-            if let Some(hex) = &p.sha256 {
-                if hex != d.hex() {
-                    let got = Digest::parse(&format!("sha256:{hex}"));
-                    return Err(match got {
-                        Some(g) => digest_mismatch(d, &g),
-                        None => ApiError::new(Code::DigestInvalid, "upload content does not match the digest"),
-                    });
-                }
-                if !self.blob_stored(d).await? {
-                    self.store
-                        .rename(&layout::upload_part(name, id, p.offset), &dest)
-                        .await?;
-                }
-                return Ok(total);
-            }
-        }
-        let mut w = self.store.writer(&dest).await?;
-        let mut h = Hasher::new(d.algorithm());
-        for p in parts {
-            let key = layout::upload_part(name, id, p.offset);
-            let Some((_, mut s)) = self.store.get(&key, None).await? else {
-                w.abort().await;
-                return Err(ApiError::new(Code::BlobUploadInvalid, "an upload chunk has vanished"));
-            };
-            while let Some(c) = s.next().await {
-                let c = match c {
-                    Ok(c) => c,
-                    Err(e) => {
-                        w.abort().await;
-                        return Err(e.into());
-                    }
-                };
-                h.update(&c);
-                if let Err(e) = w.write(c).await {
-                    w.abort().await;
-                    return Err(e.into());
-                }
-            }
-        }
-        if w.written() != total {
-            w.abort().await;
-            return Err(ApiError::new(
-                Code::BlobUploadInvalid,
-                "upload chunks changed while assembling",
-            ));
-        }
-        self.verify_and_commit(w, h, d).await?;
-        Ok(total)
-    }
-
     /// What the upload holds; `BLOB_UPLOAD_UNKNOWN` when there is no such upload.
     async fn held(&self, name: &RepoName, id: &UploadId) -> Result<Held, ApiError> {
         let entries = self.store.list(&layout::upload_dir(name, id)).await?;
@@ -366,241 +278,6 @@ impl Registry {
         .into_response();
         self.upload_headers(&mut r, name, id, now);
         r
-    }
-
-    /// Locks the upload's `data` file (waiting for a request that is writing it) and reads its
-    /// progress. `Err(len)` when the upload no longer holds `offset` bytes.
-    async fn lock_upload(
-        &self,
-        name: &RepoName,
-        id: &UploadId,
-        offset: u64,
-    ) -> Result<Result<(FsAppender, Progress), u64>, ApiError> {
-        let a = match self.store.appender(&layout::upload_data(name, id)).await {
-            Ok(a) => a,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown_upload(name, id)),
-            Err(e) => return Err(e.into()),
-        };
-        let p = match self.progress(name, id).await {
-            Ok(p) => p,
-            Err(e) => {
-                a.release().await;
-                return Err(e);
-            }
-        };
-        if p.len != offset {
-            a.release().await;
-            return Ok(Err(p.len));
-        }
-        Ok(Ok((a, p)))
-    }
-
-    /// Appends the body (after `first`) to the upload's `data` file at `offset`, hashing it
-    /// onto the running sha256, and records the new length. A chunk counts only once it is
-    /// whole: one cut short (a dropped connection, a crash) is cut off the file again.
-    /// `Ok(Err(len))` when the upload no longer holds `offset` bytes.
-    async fn append_chunk(
-        &self,
-        name: &RepoName,
-        id: &UploadId,
-        offset: u64,
-        first: Option<Bytes>,
-        body: &mut BodyReader,
-    ) -> Result<Result<u64, u64>, ApiError> {
-        let next = match first {
-            Some(c) => Some(c),
-            None => body.chunk().await.map_err(body_error)?,
-        };
-        if next.is_none() {
-            return Ok(Ok(0));
-        }
-        let (mut a, p) = match self.lock_upload(name, id, offset).await? {
-            Ok(x) => x,
-            Err(now) => return Ok(Err(now)),
-        };
-        if let Err(e) = a.begin(offset).await {
-            a.release().await;
-            return Err(damaged_upload(e));
-        }
-        let mut h = p.sha256;
-        let pumped = pump(&mut a, next, body, |c| {
-            if let Some(h) = &mut h {
-                h.update(c);
-            }
-        })
-        .await;
-        if let Err(e) = pumped {
-            a.abort().await;
-            return Err(e);
-        }
-        let n = a.written();
-        a.complete().await?;
-        let saved = self.save_progress(name, id, offset + n, h.as_ref()).await;
-        if let Err(e) = saved {
-            a.abort().await;
-            return Err(e.into());
-        }
-        a.release().await;
-        Ok(Ok(n))
-    }
-
-    /// The upload's recorded progress. No record means no chunk was ever completed; a record a
-    /// power loss damaged (it is not flushed) leaves the file's length as the best account, with
-    /// the file hashed again at the end.
-    async fn progress(&self, name: &RepoName, id: &UploadId) -> Result<Progress, ApiError> {
-        let Some(raw) = self.store.read(&layout::upload_progress(name, id), 1024).await? else {
-            return Ok(Progress {
-                len: 0,
-                sha256: Some(ResumableSha256::new()),
-            });
-        };
-        if let Some(p) = std::str::from_utf8(&raw).ok().and_then(Progress::parse) {
-            return Ok(p);
-        }
-        let len = self
-            .store
-            .stat(&layout::upload_data(name, id))
-            .await?
-            .map(|m| m.size)
-            .unwrap_or(0);
-        Ok(Progress { len, sha256: None })
-    }
-
-    /// Records that the upload's first `len` bytes are whole chunks, with their sha256 when
-    /// known. Not flushed to disk: after a process crash the page cache still holds it and the
-    /// file; after a power loss the sha256 is not trusted (another boot) and the bytes are
-    /// hashed again, so nothing unverified is ever published.
-    async fn save_progress(
-        &self,
-        name: &RepoName,
-        id: &UploadId,
-        len: u64,
-        h: Option<&ResumableSha256>,
-    ) -> std::io::Result<()> {
-        let state = h.map(|h| h.to_text()).unwrap_or_else(|| "-".into());
-        let text = format!("{len} {} {state}", boot_id());
-        self.store
-            .put_unsynced(&layout::upload_progress(name, id), Bytes::from(text))
-            .await
-    }
-
-    /// Checks an appended upload of `len` bytes against `d` and renames its file into place,
-    /// holding the upload's lock throughout so no chunk can land in a published blob.
-    /// `Ok(Err(now))` when the upload no longer holds `len` bytes.
-    async fn publish_appended(
-        &self,
-        name: &RepoName,
-        id: &UploadId,
-        len: u64,
-        d: &Digest,
-    ) -> Result<Result<(), u64>, ApiError> {
-        let (mut a, p) = match self.lock_upload(name, id, len).await? {
-            Ok(x) => x,
-            Err(now) => return Ok(Err(now)),
-        };
-        // cut off the bytes of a chunk a crash interrupted, so the file is exactly the upload
-        if let Err(e) = a.begin(len).await {
-            a.release().await;
-            return Err(damaged_upload(e));
-        }
-        if let Err(e) = a.complete().await {
-            a.release().await;
-            return Err(e.into());
-        }
-        let res = self.verify_and_place(name, id, len, p.sha256, d).await;
-        a.release().await;
-        res.map(Ok)
-    }
-
-    async fn verify_and_place(
-        &self,
-        name: &RepoName,
-        id: &UploadId,
-        len: u64,
-        sha256: Option<ResumableSha256>,
-        d: &Digest,
-    ) -> Result<(), ApiError> {
-        let data = layout::upload_data(name, id);
-        // the running hash is a sha256; a blob named by another algorithm is hashed again,
-        // streaming from the file
-        let got = match sha256.filter(|_| d.algorithm() == Algorithm::Sha256) {
-            Some(h) => Digest::from_sha256(h.finalize()),
-            None => {
-                let Some((_, mut s)) = self.store.get(&data, None).await? else {
-                    return Err(unknown_upload(name, id));
-                };
-                let mut h = Hasher::new(d.algorithm());
-                let mut n = 0u64;
-                while let Some(c) = s.next().await {
-                    let c = c?;
-                    n += c.len() as u64;
-                    h.update(&c);
-                }
-                if n != len {
-                    return Err(damaged_upload(std::io::Error::other(format!(
-                        "{n} bytes on disk, {len} recorded"
-                    ))));
-                }
-                h.finish()
-            }
-        };
-        if &got != d {
-            return Err(digest_mismatch(d, &got));
-        }
-        if !self.blob_stored(d).await? {
-            self.store.rename(&data, &layout::blob_data(d)).await?;
-        }
-        Ok(())
-    }
-
-    /// The upload's parts in order, from its directory listing.
-    async fn parts(
-        &self,
-        name: &RepoName,
-        id: &UploadId,
-        entries: &[crate::storage::Entry],
-    ) -> Result<Vec<Part>, ApiError> {
-        let mut parts = Vec::new();
-        for e in entries {
-            let Some(off) = e.name.strip_prefix("part-") else {
-                continue;
-            };
-            if off.contains('.') {
-                continue;
-            }
-            let Ok(offset) = off.parse::<u64>() else { continue };
-            let key = layout::upload_part(name, id, offset);
-            let Some(meta) = self.store.stat(&key).await? else {
-                continue;
-            };
-            let sha256 = if entries.iter().any(|x| x.name == format!("{}.sha256", e.name)) {
-                self.store
-                    .read(&format!("{key}.sha256"), 128)
-                    .await?
-                    .and_then(|b| String::from_utf8(b.to_vec()).ok())
-                    // a sidecar a crash cut short is no shortcut: the chunk is hashed again
-                    .filter(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
-            } else {
-                None
-            };
-            parts.push(Part {
-                offset,
-                size: meta.size,
-                sha256,
-            });
-        }
-        parts.sort_by_key(|p| p.offset);
-        let mut at = 0;
-        for p in &parts {
-            if p.offset != at {
-                return Err(ApiError::new(
-                    Code::BlobUploadInvalid,
-                    "upload chunks are not contiguous; cancel and restart the upload",
-                ));
-            }
-            at += p.size;
-        }
-        Ok(parts)
     }
 
     fn upload_headers(&self, r: &mut Resp, name: &RepoName, id: &UploadId, size: u64) {
@@ -642,29 +319,6 @@ fn push_event(name: &RepoName, d: &Digest, size: u64) -> Event {
     }
 }
 
-/// An appended upload's recorded progress (`regate-progress`: `<len> <boot id> <sha256 state
-/// or ->`).
-struct Progress {
-    len: u64,
-    /// The sha256 of the first `len` bytes, when recorded in this boot of the machine.
-    sha256: Option<ResumableSha256>,
-}
-
-impl Progress {
-    fn parse(text: &str) -> Option<Progress> {
-        let mut it = text.splitn(3, ' ');
-        let len: u64 = it.next()?.parse().ok()?;
-        let boot = it.next()?;
-        let state = it.next()?;
-        let sha256 = if boot == boot_id() {
-            ResumableSha256::from_text(state).filter(|h| h.len() == len)
-        } else {
-            None
-        };
-        Some(Progress { len, sha256 })
-    }
-}
-
 fn damaged_upload(e: std::io::Error) -> ApiError {
     ApiError::new(
         Code::BlobUploadInvalid,
@@ -678,12 +332,6 @@ trait Sink {
 }
 
 impl Sink for BlobWriter {
-    async fn put(&mut self, c: Bytes) -> std::io::Result<()> {
-        self.write(c).await
-    }
-}
-
-impl Sink for FsAppender {
     async fn put(&mut self, c: Bytes) -> std::io::Result<()> {
         self.write(c).await
     }
@@ -710,22 +358,6 @@ fn unknown_upload(name: &RepoName, id: &UploadId) -> ApiError {
         Code::BlobUploadUnknown,
         format!("upload {id} is not known to repository {name}"),
     )
-}
-
-/// This boot of the machine (Linux's random boot id), or, where there is none, this process.
-fn boot_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_owned())
-            .ok()
-            .filter(|s| !s.is_empty() && !s.contains(' '))
-            .unwrap_or_else(|| format!("process-{}", uuid::Uuid::new_v4()))
-    })
-}
-
-fn end_of(parts: &[Part]) -> u64 {
-    parts.last().map(|p| p.offset + p.size).unwrap_or(0)
 }
 
 /// The digest an upload is to be checked against: sha256 or sha512, well formed. Another
