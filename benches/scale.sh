@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # regate vs distribution as the work grows (issue #23): 10,000 repositories, a repository with
-# 50,000 tags, gc over 100,000 blobs, a fleet of 50 CI clients, and the real docker client.
+# 50,000 tags, gc over 100,000 blobs (and 10,000 on moto's S3 server), a fleet of 50 CI clients, and the real docker client.
 #
 #   bash benches/scale.sh            # full run (a few GB of small files under target/, removed after)
 #   bash benches/scale.sh --quick    # every size at 1/10
 #
 # Options are passed to benches/scale.py (see `--help`): --quick, --dir DIR, --json FILE,
-# --duration SECS, --keep, --only catalog,tags,gc,fleet,docker, --repeat N (docker push/pull
+# --duration SECS, --keep, --only catalog,tags,gc,gcs3,fleet,docker, --repeat N (docker push/pull
 # rounds on fresh registries, rows are medians). Prints one table with ratios and the
 # issue's targets, and writes the same figures as JSON (target/bench/scale-<time>.json).
 # Needs what compare.sh needs (docker-registry nginx skopeo apache2-utils openssl curl python3) and

@@ -130,9 +130,14 @@ async fn catalog_and_tag_pages_over_a_distribution_root() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["build-01500", "build-01501"]));
 
-    // with no `n`, or a larger one, an answer holds at most 10,000 tags and links to the rest
+    // with no `n`, or a larger one, one answer holds all 10,500 tags (up to 100,000); a smaller
+    // `n` links to the rest
     let pull = token(&s, Some((&admin.0, &admin.1)), &["repository:ci/many:pull"]).await;
-    for first in ["/v2/ci/many/tags/list", "/v2/ci/many/tags/list?n=20000"] {
+    for first in [
+        "/v2/ci/many/tags/list",
+        "/v2/ci/many/tags/list?n=20000",
+        "/v2/ci/many/tags/list?n=99999999999",
+    ] {
         let r = client()
             .get(format!("{}{first}", s.url))
             .bearer_auth(&pull)
@@ -140,13 +145,22 @@ async fn catalog_and_tag_pages_over_a_distribution_root() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let l = next(&r).unwrap();
-        assert_eq!(l, format!("/v2/ci/many/tags/list?n=10000&last={}", many[9999]));
+        assert!(next(&r).is_none(), "{first}");
         let v: Value = r.json().await.unwrap();
-        assert_eq!(v["tags"], serde_json::json!(many[..10_000]), "{first}");
-        let (rest, pages) = walk(&s, &pull, &l, "tags", 10_000).await;
-        assert_eq!((rest.as_slice(), pages), (&many[10_000..], 1));
+        assert_eq!(v["tags"], serde_json::json!(many), "{first}");
     }
+    let r = client()
+        .get(format!("{}/v2/ci/many/tags/list?n=10000", s.url))
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    let l = next(&r).unwrap();
+    assert_eq!(l, format!("/v2/ci/many/tags/list?n=10000&last={}", many[9999]));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(many[..10_000]));
+    let (rest, pages) = walk(&s, &pull, &l, "tags", 10_000).await;
+    assert_eq!((rest.as_slice(), pages), (&many[10_000..], 1));
     // pages of 1,000 from a `last` that is not a tag, in lexical order
     let (all, pages) = walk(&s, &pull, "/v2/ci/many/tags/list?n=1000&last=r5", "tags", 1000).await;
     let after: Vec<String> = many.iter().filter(|t| t.as_str() > "r5").cloned().collect();

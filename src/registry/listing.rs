@@ -16,11 +16,12 @@ pub const MAX_PAGE: usize = 1000;
 
 /// The most tags one answer holds, whatever `n` asks for, and its size when `n` is not given.
 /// distribution answers every tag at once when there is no `n`; the OCI distribution spec lets
-/// the server answer fewer with a `Link` to the rest. A page is read in one pass over the tags
-/// directory holding only the page (tags are at most 128 bytes: 10,000 of them at most 1.3 MB
-/// of names), so a whole list of 50,000 tags takes 5 such passes instead of the 50 that a bound
-/// of 1,000 cost, while no answer grows with the tag count.
-pub const MAX_TAGS_PAGE: usize = 10_000;
+/// the server answer fewer with a `Link` to the rest. On local disk a repository's tags are kept
+/// sorted in memory while its tags directory is unchanged (see `storage::fs::Listing`), so an
+/// answer costs a `stat` and the page, and a repository of 50,000 tags comes in one answer; the
+/// bound keeps any one answer (and, on object storage or for a directory too large to keep,
+/// the page held while the tags are read) to at most 100,000 names of at most 128 bytes.
+pub const MAX_TAGS_PAGE: usize = 100_000;
 
 fn page_size(query: &[(String, String)], cap: usize) -> Result<Option<usize>, ApiError> {
     match query_get(query, "n") {
@@ -134,9 +135,11 @@ where
 }
 
 impl Registry {
-    /// One page of tags: the storage reads the tags directory once and holds only the `n` + 1
-    /// smallest names after `last` (lexical order, `last` exclusive), so a page costs one pass
-    /// over the tags and memory for the page, however many tags the repository has.
+    /// One page of tags in lexical order after `last` (exclusive): on local disk cut from the
+    /// repository's tags kept sorted in memory while its tags directory is unchanged (one `stat`
+    /// tells), otherwise read in one pass over the tags holding only the `n` + 1 smallest names
+    /// after `last`, so memory is the page's (and the bounded listings kept), however many tags
+    /// the repository has.
     pub(super) async fn tags(&self, name: &RepoName, query: &[(String, String)]) -> Result<Resp, ApiError> {
         let limit = page_size(query, MAX_TAGS_PAGE)?.unwrap_or(MAX_TAGS_PAGE);
         let last = query_get(query, "last").filter(|l| !l.is_empty());
@@ -152,7 +155,18 @@ impl Registry {
         }
         let page: Vec<String> = page.into_iter().map(|e| e.name).collect();
         let n = page.len();
-        let mut r = http::json(StatusCode::OK, &json!({ "name": name.as_str(), "tags": page }));
+        #[derive(serde::Serialize)]
+        struct TagList<'a> {
+            name: &'a str,
+            tags: &'a [String],
+        }
+        let mut r = http::json(
+            StatusCode::OK,
+            &TagList {
+                name: name.as_str(),
+                tags: &page,
+            },
+        );
         if more {
             link_next(&mut r, &format!("/v2/{name}/tags/list"), n, page.last());
         }

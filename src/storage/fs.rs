@@ -6,6 +6,7 @@ use super::{clamp_range, ByteStream, Entry, ObjMeta};
 use bytes::Bytes;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
@@ -18,6 +19,104 @@ pub struct FsStore {
     root: PathBuf,
     tmp: PathBuf,
     fsync: bool,
+    /// Directories read through [`Self::list_after`] (a repository's tags), kept sorted in
+    /// memory with the `stat` they were read under; see [`Listing`].
+    listings: moka::sync::Cache<String, Arc<Listing>>,
+}
+
+/// The most bytes (names and their bookkeeping, see [`Listing::weight`]) that the listings kept
+/// in memory hold together, whatever clients ask for; the least recently used go first.
+pub const LISTINGS_BYTES: u64 = 32 << 20;
+
+/// A directory whose listing would weigh more than this is not kept (about 190,000 tags of 12
+/// bytes): its pages are read from the directory each time, holding only the page.
+pub const LISTING_MAX_BYTES: u64 = LISTINGS_BYTES / 4;
+
+/// A listing is only kept when the directory's last change lies this far before the moment its
+/// reading began. A file system stamps changes with a coarse clock (a jiffy; a second on ext4
+/// with small inodes, two on FAT), so a change made just after the `stat` could carry the very
+/// stamp the listing was read under; once the stamp is older than the coarsest granularity, any
+/// later change carries a later one (git's "racy" rule for its index, with a margin).
+pub const RACY: Duration = Duration::from_secs(2);
+
+/// Calls [`FsStore::forget`] for its key when dropped: when a write or delete ends, however it
+/// ends (an error, or the request dropped while it waited on the blocking pool).
+struct Forget<'a>(&'a FsStore, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
+/// What one `stat` of a directory says about its entries. Creating, removing or renaming an
+/// entry sets the directory's mtime and ctime to the change's time (and usually its link count),
+/// and no call can set a ctime back; a directory removed and made again is another inode, or the
+/// same inode with a later ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirStamp {
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl DirStamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        DirStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            nlink: m.nlink(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Whether the directory's last change (its ctime) lies more than [`RACY`] before `t`.
+    fn settled_before(&self, t: SystemTime) -> bool {
+        let Ok(now) = t.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let (s, ns) = self.ctime;
+        let Ok(s) = u64::try_from(s) else {
+            return false;
+        };
+        let changed = Duration::new(s, u32::try_from(ns).unwrap_or(0));
+        changed.saturating_add(RACY) < now
+    }
+}
+
+/// Every entry of a directory, sorted by name, and the [`DirStamp`] of the directory taken
+/// before it was read. It answers a page only while a fresh `stat` of the directory gives the
+/// same stamp: any entry made or removed since, by this process or another on the same disk,
+/// changes the stamp, and [`RACY`] keeps out a listing whose stamp a later change could repeat.
+struct Listing {
+    stamp: DirStamp,
+    entries: Vec<super::Entry>,
+}
+
+impl Listing {
+    /// What one entry costs in memory: its name, the `Entry` and the allocator's share.
+    fn weight(e: &super::Entry) -> u64 {
+        e.name.len() as u64 + std::mem::size_of::<super::Entry>() as u64 + 16
+    }
+
+    /// The `limit` first entries after `after` that `keep` accepts, and whether more follow.
+    fn page(entries: &[super::Entry], after: Option<&str>, limit: usize, keep: super::Keep) -> (Vec<Entry>, bool) {
+        let start = after.map_or(0, |a| entries.partition_point(|e| e.name.as_str() <= a));
+        let mut page = Vec::new();
+        for e in entries[start..].iter().filter(|e| keep(e)) {
+            if page.len() == limit {
+                return (page, true);
+            }
+            page.push(e.clone());
+        }
+        (page, false)
+    }
 }
 
 impl FsStore {
@@ -45,7 +144,29 @@ impl FsStore {
             root: root.to_owned(),
             tmp,
             fsync,
+            listings: moka::sync::Cache::builder()
+                .max_capacity(LISTINGS_BYTES)
+                .weigher(|_: &String, l: &Arc<Listing>| {
+                    let w: u64 = l.entries.iter().map(Listing::weight).sum();
+                    u32::try_from(w).unwrap_or(u32::MAX)
+                })
+                .build(),
         })
+    }
+
+    /// Drops the listings of every directory on the way to `key` (and of `key` itself, which may
+    /// be a directory): this process's own writes and deletes never leave a listing behind that
+    /// only its stamp would refuse.
+    fn forget(&self, key: &str) {
+        let mut at = key.len();
+        loop {
+            self.listings.invalidate(&key[..at]);
+            match key[..at].rfind('/') {
+                Some(i) => at = i,
+                None => break,
+            }
+        }
+        self.listings.invalidate("");
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -162,6 +283,7 @@ impl FsStore {
     /// A small object in one trip to the blocking pool: written beside, flushed when `fsync`,
     /// renamed into place (and the directory entry flushed when `fsync`).
     pub async fn put_with(&self, key: &str, data: Bytes, fsync: bool) -> io::Result<()> {
+        let _forget = Forget(self, key);
         let tmp_dir = self.tmp.clone();
         let dest = self.path(key);
         tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -267,6 +389,7 @@ impl FsStore {
     /// data is flushed first and the destination's directory after, so the new name never points
     /// at bytes a power loss could take back.
     pub async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let _forget = (Forget(self, from), Forget(self, to));
         let (from, to) = (self.path(from), self.path(to));
         let fsync = self.fsync;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -287,6 +410,7 @@ impl FsStore {
     }
 
     pub async fn delete(&self, key: &str) -> io::Result<()> {
+        let _forget = Forget(self, key);
         match tokio::fs::remove_file(self.path(key)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -297,6 +421,7 @@ impl FsStore {
     /// Removes the directory `prefix` when it is empty (what a delete leaves behind); a
     /// directory that is not empty, or gone, is left as it is.
     pub async fn prune(&self, prefix: &str) -> io::Result<()> {
+        let _forget = Forget(self, prefix);
         match tokio::fs::remove_dir(self.path(prefix)).await {
             Ok(()) => Ok(()),
             Err(e)
@@ -312,6 +437,7 @@ impl FsStore {
     }
 
     pub async fn delete_all(&self, prefix: &str) -> io::Result<()> {
+        let _forget = Forget(self, prefix);
         match tokio::fs::remove_dir_all(self.path(prefix)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -347,9 +473,13 @@ impl FsStore {
         .map_err(io::Error::other)?
     }
 
-    /// [`super::Storage::list_after`]: the directory is read in one blocking call, and only the
-    /// `limit` + 1 smallest names after `after` are held (a name that cannot be kept is compared
-    /// in place, never copied).
+    /// [`super::Storage::list_after`], from memory while the directory is unchanged: one `stat`
+    /// of the directory, and when its [`DirStamp`] is the one a kept [`Listing`] was read under,
+    /// the page is cut from that sorted listing (a binary search for `after`, then the page).
+    /// Otherwise the directory is read in one blocking call: whole, sorted and kept (when it
+    /// weighs at most [`LISTING_MAX_BYTES`] and its last change is [`RACY`]-old), or, for a
+    /// larger one, holding only the `limit` + 1 smallest names after `after` (a name that cannot
+    /// be kept is compared in place, never copied).
     pub async fn list_after(
         &self,
         prefix: &str,
@@ -358,24 +488,34 @@ impl FsStore {
         keep: super::Keep,
     ) -> io::Result<(Vec<Entry>, bool)> {
         let dir = self.dir(prefix);
-        let mut page = super::Smallest::new(after, limit);
-        tokio::task::spawn_blocking(move || {
-            read_dir(&dir, |name, e| {
-                if page.wants(name) {
-                    let e = Entry {
-                        name: name.to_owned(),
-                        is_dir: e.file_type()?.is_dir(),
-                    };
-                    if keep(&e) {
-                        page.insert(e);
-                    }
-                }
-                Ok(())
-            })?;
-            Ok(page.finish())
-        })
-        .await
-        .map_err(io::Error::other)?
+        // the time before the stat: a change after it is stamped no earlier than RACY before it
+        let began = SystemTime::now();
+        // inline, like `stat`: a microsecond on a local disk
+        let stamp = match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => DirStamp::of(&m),
+            Ok(_) => return Ok((Vec::new(), false)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+                return Ok((Vec::new(), false))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(l) = self.listings.get(prefix) {
+            if l.stamp == stamp {
+                return Ok(Listing::page(&l.entries, after, limit, keep));
+            }
+        }
+        let after = after.map(str::to_owned);
+        let (page, whole) = tokio::task::spawn_blocking(move || read_listing(&dir, after.as_deref(), limit, keep))
+            .await
+            .map_err(io::Error::other)??;
+        match whole {
+            Some(entries) if stamp.settled_before(began) => {
+                self.listings
+                    .insert(prefix.to_owned(), Arc::new(Listing { stamp, entries }));
+            }
+            _ => self.listings.invalidate(prefix),
+        }
+        Ok(page)
     }
 
     pub async fn touch(&self, key: &str) -> io::Result<()> {
@@ -438,6 +578,54 @@ fn read_dir(dir: &Path, mut f: impl FnMut(&str, &std::fs::DirEntry) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// Reads `dir` for [`FsStore::list_after`]: the page, and every entry sorted by name unless they
+/// weigh more than [`LISTING_MAX_BYTES`] (then only the page is held from there on). Blocking.
+#[allow(clippy::type_complexity)]
+fn read_listing(
+    dir: &Path,
+    after: Option<&str>,
+    limit: usize,
+    keep: super::Keep,
+) -> io::Result<((Vec<Entry>, bool), Option<Vec<Entry>>)> {
+    let mut whole = Some(Vec::new());
+    let mut weight = 0;
+    let mut page = super::Smallest::new(after, limit);
+    read_dir(dir, |name, e| {
+        if let Some(all) = &mut whole {
+            let e = Entry {
+                name: name.to_owned(),
+                is_dir: e.file_type()?.is_dir(),
+            };
+            weight += Listing::weight(&e);
+            all.push(e);
+            if weight > LISTING_MAX_BYTES {
+                // too large to keep: from here on only the page is held
+                for e in whole.take().into_iter().flatten() {
+                    if page.wants(&e.name) && keep(&e) {
+                        page.insert(e);
+                    }
+                }
+            }
+        } else if page.wants(name) {
+            let e = Entry {
+                name: name.to_owned(),
+                is_dir: e.file_type()?.is_dir(),
+            };
+            if keep(&e) {
+                page.insert(e);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(match whole {
+        Some(mut all) => {
+            all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            (Listing::page(&all, after, limit, keep), Some(all))
+        }
+        None => (page.finish(), None),
+    })
 }
 
 /// Less room than this on the root's filesystem counts as full.
@@ -858,6 +1046,157 @@ mod tests {
         let (page, more) = s.list_after("r/tags", None, 0, dirs).await.unwrap();
         assert_eq!((page.len(), more), (0, true));
         assert_eq!(s.list_after("missing", None, 5, dirs).await.unwrap(), (vec![], false));
+    }
+
+    fn names(page: &(Vec<Entry>, bool)) -> (Vec<&str>, bool) {
+        (page.0.iter().map(|e| e.name.as_str()).collect(), page.1)
+    }
+
+    /// A tags directory is kept in memory once its last change is RACY-old, answers from there
+    /// while a `stat` gives the same stamp, and never after an entry was made or removed: by
+    /// this store (which also forgets it at once), or behind its back as another process would.
+    #[tokio::test]
+    async fn kept_listings_answer_only_while_the_directory_is_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(d.path(), false).unwrap();
+        let tags = d.path().join("r/tags");
+        let dirs: super::super::Keep = |e| e.is_dir;
+        for i in 0..300 {
+            std::fs::create_dir_all(tags.join(format!("t{i:03}"))).unwrap();
+        }
+        // read while the directory just changed: answered, but not kept (racy)
+        let p = s.list_after("r/tags", Some("t297"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["t298", "t299"], false));
+        assert!(s.listings.get("r/tags").is_none(), "a racy listing was kept");
+
+        // a directory whose listing weighs more than LISTING_MAX_BYTES is never kept
+        let long = "x".repeat(240);
+        let big = (LISTING_MAX_BYTES / (240 + 6 + 32)) as usize + 10;
+        std::fs::create_dir_all(d.path().join("big")).unwrap();
+        for i in 0..big {
+            std::fs::File::create(d.path().join(format!("big/{long}{i:06}"))).unwrap();
+        }
+        tokio::time::sleep(RACY + Duration::from_millis(200)).await;
+
+        let p = s
+            .list_after("big", Some(&format!("{long}000099")), 2, |_| true)
+            .await
+            .unwrap();
+        let want = [format!("{long}000100"), format!("{long}000101")];
+        assert_eq!(names(&p), (vec![want[0].as_str(), want[1].as_str()], true));
+        assert!(s.listings.get("big").is_none(), "a listing above the bound was kept");
+
+        let p = s.list_after("r/tags", Some("t297"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["t298", "t299"], false));
+        let kept = s.listings.get("r/tags").expect("a settled listing is kept");
+        assert_eq!(kept.entries.len(), 300);
+        // answered from memory while the stamp holds: a page that only the kept listing has
+        // (a name put into it here) proves it
+        let mut doctored = kept.entries.clone();
+        doctored.push(Entry {
+            name: "zz-only-in-memory".into(),
+            is_dir: true,
+        });
+        s.listings.insert(
+            "r/tags".into(),
+            Arc::new(Listing {
+                stamp: kept.stamp,
+                entries: doctored,
+            }),
+        );
+        let p = s.list_after("r/tags", Some("t299"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["zz-only-in-memory"], false));
+
+        // another process adds a tag (a directory made behind this store's back): the stamp
+        // changed, the directory is read again
+        std::fs::create_dir_all(tags.join("t300")).unwrap();
+        let p = s.list_after("r/tags", Some("t299"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["t300"], false));
+        assert!(
+            s.listings.get("r/tags").is_none(),
+            "the listing read just after a change was kept"
+        );
+
+        // once settled it is kept again; then another process removes a tag
+        tokio::time::sleep(RACY + Duration::from_millis(200)).await;
+        let p = s.list_after("r/tags", Some("t298"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["t299", "t300"], false));
+        assert!(s.listings.get("r/tags").is_some());
+        std::fs::remove_dir(tags.join("t299")).unwrap();
+        let p = s.list_after("r/tags", Some("t298"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["t300"], false));
+
+        // this store's own write and delete forget the listing at once
+        tokio::time::sleep(RACY + Duration::from_millis(200)).await;
+        let _ = s.list_after("r/tags", None, 1, dirs).await.unwrap();
+        assert!(s.listings.get("r/tags").is_some());
+        s.put("r/tags/t301/current/link", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert!(s.listings.get("r/tags").is_none(), "a put did not forget the listing");
+        let p = s.list_after("r/tags", Some("t299"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["t300", "t301"], false));
+        tokio::time::sleep(RACY + Duration::from_millis(200)).await;
+        let _ = s.list_after("r/tags", None, 1, dirs).await.unwrap();
+        assert!(s.listings.get("r/tags").is_some());
+        s.delete_all("r/tags/t300").await.unwrap();
+        assert!(
+            s.listings.get("r/tags").is_none(),
+            "a delete did not forget the listing"
+        );
+        let p = s.list_after("r/tags", Some("t299"), 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["t301"], false));
+
+        // the directory removed and made again (same names): read again, not believed
+        tokio::time::sleep(RACY + Duration::from_millis(200)).await;
+        let _ = s.list_after("r/tags", None, 1, dirs).await.unwrap();
+        std::fs::remove_dir_all(&tags).unwrap();
+        std::fs::create_dir_all(tags.join("only")).unwrap();
+        let p = s.list_after("r/tags", None, 5, dirs).await.unwrap();
+        assert_eq!(names(&p), (vec!["only"], false));
+        std::fs::remove_dir_all(&tags).unwrap();
+        assert_eq!(s.list_after("r/tags", None, 5, dirs).await.unwrap(), (vec![], false));
+    }
+
+    /// Listings kept for any number of directories weigh at most LISTINGS_BYTES together.
+    #[tokio::test]
+    async fn kept_listings_are_bounded_in_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(d.path(), false).unwrap();
+        let stamp = DirStamp {
+            dev: 0,
+            ino: 0,
+            nlink: 0,
+            size: 0,
+            mtime: (0, 0),
+            ctime: (0, 0),
+        };
+        // 200 listings of 1 MiB each, as 200 repositories of 10,000 tags would be
+        let entries: Vec<Entry> = (0..10_000)
+            .map(|i| Entry {
+                name: format!("{i:060}"),
+                is_dir: true,
+            })
+            .collect();
+        let one: u64 = entries.iter().map(Listing::weight).sum();
+        assert!(one > 1 << 20);
+        for r in 0..200 {
+            s.listings.insert(
+                format!("r{r}/tags"),
+                Arc::new(Listing {
+                    stamp,
+                    entries: entries.clone(),
+                }),
+            );
+            s.listings.run_pending_tasks();
+            assert!(
+                s.listings.weighted_size() <= LISTINGS_BYTES,
+                "{}",
+                s.listings.weighted_size()
+            );
+        }
+        assert!(s.listings.entry_count() <= LISTINGS_BYTES / one);
+        assert!(s.listings.entry_count() >= 8, "{} kept", s.listings.entry_count());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
