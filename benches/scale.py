@@ -319,8 +319,9 @@ def catalog_workload(regate, work, res, repos, tags_per_repo, ca):
              (Peer("distribution", "http", dist.port), dist)]
     for peer, proc in peers:
         # drop the page cache's advantage of whoever runs second: both run warm, after one walk
-        # one start first, left to finish writing the files a first start makes (the token
-        # signing key), so that the timed start-ups are restarts and none is stopped mid-write
+        # one start first: a first start also generates the token signing key, so the timed
+        # start-ups are all restarts (a first start stopped mid-write once left an empty key file;
+        # since 1b7e4d0 the key is linked into place whole, and an empty one is replaced)
         timed_start(proc)
         time.sleep(1)
         proc.stop()
