@@ -356,6 +356,10 @@ def tags_workload(regate, loadgen, work, res, tags, seconds, ca):
     man, all_tags = gen_tags(root, name, tags)
     log(f"tags data: {tags} tags in {time.perf_counter() - t0:.1f} s")
     all_sorted = sorted(all_tags)
+    # a registry's tags directory between pushes: regate keeps a listing in memory only once the
+    # directory's last change is 2 s old (its "racy" rule); within 2 s of a push the list is read
+    # from disk (the row below this one measures that)
+    time.sleep(2.5)
     rg, dist = regate_proc(regate, work, "regate-tags", root), dist_proc(work, "dist-tags", root)
     peers = [(Peer("regate", "https", rg.port, auth_port=rg.port), rg),
              (Peer("distribution", "http", dist.port), dist)]
@@ -368,10 +372,22 @@ def tags_workload(regate, loadgen, work, res, tags, seconds, ca):
         r = res[peer.name]
         h = peer.headers(name)
         walk(peer, f"/v2/{name}/tags/list", "tags", h)  # warm
-        items, pages, dt = walk(peer, f"/v2/{name}/tags/list", "tags", h)
-        if sorted(items) != all_sorted:
-            sys.exit(f"scale: {peer.name} tags/list gave {len(items)} tags")
-        r["tags_whole_s"], r["tags_whole_pages"] = dt, pages
+        # the median of several walks (one walk is one sample of a few tens of milliseconds)
+        times, t0 = [], time.perf_counter()
+        while len(times) < 5 or (time.perf_counter() - t0 < seconds and len(times) < 50):
+            items, pages, dt = walk(peer, f"/v2/{name}/tags/list", "tags", h)
+            if sorted(items) != all_sorted:
+                sys.exit(f"scale: {peer.name} tags/list gave {len(items)} tags")
+            times.append(dt)
+        r["tags_whole_s"], r["tags_whole_pages"] = statistics.median(times), pages
+        if peer.name == "regate":
+            # just after a push: a tag made and deleted again, so the directory changed this instant
+            os.makedirs(os.path.join(root, "docker/registry/v2/repositories", name, "_manifests/tags", "zz-racy"))
+            os.rmdir(os.path.join(root, "docker/registry/v2/repositories", name, "_manifests/tags", "zz-racy"))
+            fresh_times = [walk(peer, f"/v2/{name}/tags/list", "tags", h)[2] for _ in range(5)]
+            r["tags_whole_changed_s"] = statistics.median(fresh_times)
+        if peer.name == "regate" and pages == 1:
+            r["tags_whole_ceiling_s"] = static_answer_ceiling(work, peer, f"/v2/{name}/tags/list", h, seconds)
         w = repeat(peer, [f"/v2/{name}/tags/list?n=100&last={l}" for l in lasts], h, seconds)
         r["tags_page100_rps"], r["tags_page100_p50_ms"] = w["rps"], w["p50_ms"]
         r["tags_page100_items"] = w["items"]
@@ -382,6 +398,37 @@ def tags_workload(regate, loadgen, work, res, tags, seconds, ca):
         r["tags_manifest_get_rps"], r["tags_manifest_get_p99_ms"] = lw["rps"], lw["p99_ms"]
         r["tags_manifest_get_errors"] = lw["errors"]
         proc.stop()
+
+
+def static_answer_ceiling(work, peer, path, headers, seconds):
+    """the same client fetching regate's answer to `path`, saved as a file, from nginx over TLS
+    (one keep-alive connection, the body parsed as JSON as in `walk`): the floor of the
+    whole-list row on this machine with this client; median seconds"""
+    c = peer.conn()
+    c.request("GET", path, headers=headers)
+    body = c.getresponse().read()
+    d = tempfile.mkdtemp(prefix="tags-ceiling-", dir=work)
+    with open(os.path.join(d, "list.json"), "wb") as f:
+        f.write(body)
+    shutil.copy(os.path.join(work, "tls.crt"), d)
+    shutil.copy(os.path.join(work, "tls.key"), d)
+    st = compare.nginx_static_tls(d, free_port(), d)
+    st.start()
+    try:
+        cc = Peer("nginx", "https", st.port).conn()
+        times, t0 = [], time.perf_counter()
+        while len(times) < 5 or (time.perf_counter() - t0 < seconds and len(times) < 50):
+            t = time.perf_counter()
+            cc.request("GET", "/list.json")
+            r = cc.getresponse()
+            got = r.read()
+            if r.status != 200 or got != body:
+                sys.exit(f"scale: nginx static answered {r.status}")
+            json.loads(got)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    finally:
+        st.stop()
 
 
 def gc_workload(regate, work, res, sizes):
@@ -683,6 +730,8 @@ def rows(meta):
         ("catalog_hwm_rss_mib", "  peak RSS (VmHWM)", "MiB", False),
         ("tags_whole_s", f"tags/list, all {T:,} tags (following Link)", "s", False),
         ("tags_whole_pages", "  pages it took", "pages", None),
+        ("tags_whole_changed_s", "  regate within 2 s of a change (read from disk)", "s", None),
+        ("tags_whole_ceiling_s", "  ceiling: regate's answer as a static file, nginx TLS, same client", "s", None),
         ("tags_page100_rps", "tags/list?n=100&last=<random>", "req/s", True),
         ("tags_page100_p50_ms", "  p50", "ms", False),
         ("tags_page100_items", "  tags per answer", "tags", None),
@@ -757,7 +806,12 @@ def targets(res, meta):
         add(f"catalog walk, n={n}: >= 5x distribution's pages/s",
             lambda k=k: (f"{r[k] / d[k]:.1f}x", r[k] / d[k] >= 5))
     add("tags/list, all tags: >= 5x distribution's throughput",
-        lambda: (f"{d['tags_whole_s'] / r['tags_whole_s']:.1f}x", d["tags_whole_s"] / r["tags_whole_s"] >= 5))
+        lambda: (f"{d['tags_whole_s'] / r['tags_whole_s']:.1f}x"
+                 + (f" (the client's ceiling here, nginx serving the same answer over TLS: "
+                    f"{d['tags_whole_s'] / r['tags_whole_ceiling_s']:.1f}x; regate reaches "
+                    f"{100 * r['tags_whole_ceiling_s'] / r['tags_whole_s']:.0f} % of it)"
+                    if r.get("tags_whole_ceiling_s") else ""),
+                 d["tags_whole_s"] / r["tags_whole_s"] >= 5))
     add("tags/list?n=100: >= 5x distribution's req/s",
         lambda: (f"{r['tags_page100_rps'] / d['tags_page100_rps']:.1f}x (distribution answers "
                  f"{d['tags_page100_items']:.0f} tags, regate {r['tags_page100_items']:.0f})",

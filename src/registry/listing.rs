@@ -34,7 +34,29 @@ fn page_size(query: &[(String, String)], cap: usize) -> Result<Option<usize>, Ap
 
 /// What a tags page counts: a directory under `_manifests/tags` whose name is a valid tag.
 fn is_tag(e: &Entry) -> bool {
-    e.is_dir && Tag::parse(&e.name).is_some()
+    e.is_dir && Tag::valid(&e.name)
+}
+
+/// `{"name":…,"tags":[…]}` written in one pass into one buffer of the right size: the page's
+/// names passed `is_tag`, whose alphabet needs no escaping in JSON (the name goes through
+/// serde_json all the same).
+fn tag_list_json(name: &RepoName, page: &[Entry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + 2 * name.as_str().len() + page.iter().map(|e| e.name.len() + 3).sum::<usize>());
+    b.extend_from_slice(b"{\"name\":");
+    if serde_json::to_writer(&mut b, name.as_str()).is_err() {
+        b.extend_from_slice(b"\"\"");
+    }
+    b.extend_from_slice(b",\"tags\":[");
+    for (i, e) in page.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.push(b'"');
+        b.extend_from_slice(e.name.as_bytes());
+        b.push(b'"');
+    }
+    b.extend_from_slice(b"]}");
+    b
 }
 
 fn link_next(r: &mut Resp, path: &str, n: usize, last: Option<&String>) {
@@ -153,22 +175,16 @@ impl Registry {
                 format!("repository {name} is not known"),
             ));
         }
-        let page: Vec<String> = page.into_iter().map(|e| e.name).collect();
         let n = page.len();
-        #[derive(serde::Serialize)]
-        struct TagList<'a> {
-            name: &'a str,
-            tags: &'a [String],
-        }
-        let mut r = http::json(
-            StatusCode::OK,
-            &TagList {
-                name: name.as_str(),
-                tags: &page,
-            },
-        );
+        let mut r = Resp::new(http::full(tag_list_json(name, &page)));
+        http::set(&mut r, header::CONTENT_TYPE, "application/json");
         if more {
-            link_next(&mut r, &format!("/v2/{name}/tags/list"), n, page.last());
+            link_next(
+                &mut r,
+                &format!("/v2/{name}/tags/list"),
+                n,
+                page.last().map(|e| &e.name),
+            );
         }
         Ok(r)
     }
@@ -307,6 +323,24 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_lists_are_the_json_serde_would_write() {
+        let name = RepoName::parse("team/app").unwrap();
+        for tags in [vec![], vec!["latest"], vec!["1.0", "v2_b-3", "Z"]] {
+            let page: Vec<Entry> = tags
+                .iter()
+                .map(|t| Entry {
+                    name: t.to_string(),
+                    is_dir: true,
+                })
+                .collect();
+            let got: serde_json::Value = serde_json::from_slice(&tag_list_json(&name, &page)).unwrap();
+            assert_eq!(got, json!({"name": "team/app", "tags": tags}));
+        }
+        assert!(!Tag::valid("") && !Tag::valid(".x") && !Tag::valid("a\"b") && !Tag::valid(&"a".repeat(129)));
+        assert!(Tag::valid("_a.b-c") && Tag::valid(&"a".repeat(128)));
+    }
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()

@@ -76,15 +76,21 @@ pub struct Tag(String);
 impl Tag {
     /// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`
     pub fn parse(s: &str) -> Option<Self> {
+        Self::valid(s).then(|| Self(s.to_owned()))
+    }
+
+    /// Whether `s` is a tag, without making one (a listing checks every name it reads). A valid
+    /// tag never needs escaping in JSON.
+    pub fn valid(s: &str) -> bool {
         let b = s.as_bytes();
-        if b.is_empty() || b.len() > MAX_TAG_LEN {
-            return None;
-        }
-        let first_ok = b[0].is_ascii_alphanumeric() || b[0] == b'_';
-        let rest_ok = b[1..]
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
-        (first_ok && rest_ok).then(|| Self(s.to_owned()))
+        let Some((&first, rest)) = b.split_first() else {
+            return false;
+        };
+        b.len() <= MAX_TAG_LEN
+            && (first.is_ascii_alphanumeric() || first == b'_')
+            && rest
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
     }
     pub fn as_str(&self) -> &str {
         &self.0
