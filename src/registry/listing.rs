@@ -4,7 +4,7 @@ use super::error::{ApiError, Code};
 use super::manifests::OCI_INDEX;
 use super::{Permissions, Registry};
 use crate::http::{self, query_get, Resp};
-use crate::storage::{layout, Entry};
+use crate::storage::{layout, Entry, EntryRef, Page};
 use crate::types::names::{Algorithm, Digest, RepoName, Tag};
 use ::http::{header, HeaderName, StatusCode};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -33,15 +33,15 @@ fn page_size(query: &[(String, String)], cap: usize) -> Result<Option<usize>, Ap
 }
 
 /// What a tags page counts: a directory under `_manifests/tags` whose name is a valid tag.
-fn is_tag(e: &Entry) -> bool {
-    e.is_dir && Tag::valid(&e.name)
+fn is_tag(e: EntryRef<'_>) -> bool {
+    e.is_dir && Tag::valid(e.name)
 }
 
 /// `{"name":…,"tags":[…]}` written in one pass into one buffer of the right size: the page's
 /// names passed `is_tag`, whose alphabet needs no escaping in JSON (the name goes through
 /// serde_json all the same).
-fn tag_list_json(name: &RepoName, page: &[Entry]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(24 + 2 * name.as_str().len() + page.iter().map(|e| e.name.len() + 3).sum::<usize>());
+fn tag_list_json(name: &RepoName, page: &Page) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + 2 * name.as_str().len() + page.name_bytes() + 3 * page.len());
     b.extend_from_slice(b"{\"name\":");
     if serde_json::to_writer(&mut b, name.as_str()).is_err() {
         b.extend_from_slice(b"\"\"");
@@ -59,7 +59,7 @@ fn tag_list_json(name: &RepoName, page: &[Entry]) -> Vec<u8> {
     b
 }
 
-fn link_next(r: &mut Resp, path: &str, n: usize, last: Option<&String>) {
+fn link_next(r: &mut Resp, path: &str, n: usize, last: Option<&str>) {
     if let Some(last) = last {
         let q: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("n", &n.to_string())
@@ -179,12 +179,7 @@ impl Registry {
         let mut r = Resp::new(http::full(tag_list_json(name, &page)));
         http::set(&mut r, header::CONTENT_TYPE, "application/json");
         if more {
-            link_next(
-                &mut r,
-                &format!("/v2/{name}/tags/list"),
-                n,
-                page.last().map(|e| &e.name),
-            );
+            link_next(&mut r, &format!("/v2/{name}/tags/list"), n, page.last().map(|e| e.name));
         }
         Ok(r)
     }
@@ -224,7 +219,7 @@ impl Registry {
         let n = page.len();
         let mut r = http::json(StatusCode::OK, &json!({ "repositories": page }));
         if more {
-            link_next(&mut r, "/v2/_catalog", n, page.last());
+            link_next(&mut r, "/v2/_catalog", n, page.last().map(String::as_str));
         }
         Ok(r)
     }
@@ -323,6 +318,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn tag_lists_are_the_json_serde_would_write() {
@@ -335,8 +331,31 @@ mod tests {
                     is_dir: true,
                 })
                 .collect();
-            let got: serde_json::Value = serde_json::from_slice(&tag_list_json(&name, &page)).unwrap();
+            let owned = tag_list_json(&name, &Page::owned(page.clone()));
+            let got: serde_json::Value = serde_json::from_slice(&owned).unwrap();
             assert_eq!(got, json!({"name": "team/app", "tags": tags}));
+            // the same page borrowed from a kept listing, whole and with names it refuses
+            let mut sorted = page.clone();
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
+            let whole = Arc::new(crate::storage::Sorted::new(sorted.clone()));
+            assert_eq!(
+                tag_list_json(&name, &Page::cut(&whole, None, usize::MAX, is_tag).0),
+                tag_list_json(&name, &Page::owned(sorted.clone()))
+            );
+            sorted.push(Entry {
+                name: "-not-a-tag".into(),
+                is_dir: true,
+            });
+            sorted.push(Entry {
+                name: "zfile".into(),
+                is_dir: false,
+            });
+            let mixed = Arc::new(crate::storage::Sorted::new(sorted.clone()));
+            let want: Vec<Entry> = sorted.into_iter().filter(|e| is_tag(e.view())).collect();
+            assert_eq!(
+                tag_list_json(&name, &Page::cut(&mixed, None, usize::MAX, is_tag).0),
+                tag_list_json(&name, &Page::owned(want))
+            );
         }
         assert!(!Tag::valid("") && !Tag::valid(".x") && !Tag::valid("a\"b") && !Tag::valid(&"a".repeat(129)));
         assert!(Tag::valid("_a.b-c") && Tag::valid(&"a".repeat(128)));
@@ -380,7 +399,7 @@ mod tests {
             let s = &s;
             async move {
                 let (p, more) = s.list_after("r/tags", last, n, is_tag).await.unwrap();
-                (p.into_iter().map(|e| e.name).collect::<Vec<_>>(), more)
+                (p.iter().map(|e| e.name.to_owned()).collect::<Vec<_>>(), more)
             }
         };
         let all: Vec<String> = tags.iter().map(|t| t.to_string()).collect();

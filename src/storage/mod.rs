@@ -23,64 +23,10 @@ pub struct ObjMeta {
     pub modified: Option<SystemTime>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub name: String,
-    pub is_dir: bool,
-}
+mod page;
 
-/// Which entries a bounded listing ([`Storage::list_after`]) counts; a plain function, so the
-/// local disk's listing can take it onto the blocking pool.
-pub type Keep = fn(&Entry) -> bool;
-
-/// The `limit` smallest names after `after` among those offered, with one more kept to tell
-/// whether more follow: what [`Storage::list_after`] holds while it reads a directory of any size.
-/// A name offered twice (an object and a prefix of the same name) counts once, as a directory.
-pub(crate) struct Smallest {
-    after: Option<String>,
-    limit: usize,
-    kept: std::collections::BTreeMap<String, bool>,
-}
-
-impl Smallest {
-    pub(crate) fn new(after: Option<&str>, limit: usize) -> Self {
-        Smallest {
-            after: after.map(str::to_owned),
-            limit,
-            kept: Default::default(),
-        }
-    }
-
-    /// Whether `name` would be kept now: after `after`, and below the largest kept while
-    /// `limit` + 1 are held (checked before an entry is built, so most names of a long listing
-    /// cost no allocation).
-    pub(crate) fn wants(&self, name: &str) -> bool {
-        self.after.as_deref().is_none_or(|a| name > a)
-            && (self.kept.len() <= self.limit || self.kept.last_key_value().is_some_and(|(m, _)| name <= m.as_str()))
-    }
-
-    pub(crate) fn insert(&mut self, e: Entry) {
-        if !self.wants(&e.name) {
-            return;
-        }
-        *self.kept.entry(e.name).or_insert(false) |= e.is_dir;
-        if self.kept.len() > self.limit.saturating_add(1) {
-            self.kept.pop_last();
-        }
-    }
-
-    /// The page in name order, and whether more follow it.
-    pub(crate) fn finish(self) -> (Vec<Entry>, bool) {
-        let more = self.kept.len() > self.limit;
-        let page = self
-            .kept
-            .into_iter()
-            .take(self.limit)
-            .map(|(name, is_dir)| Entry { name, is_dir })
-            .collect();
-        (page, more)
-    }
-}
+pub(crate) use page::Smallest;
+pub use page::{Entry, EntryRef, Keep, Page, Sorted};
 
 /// The configured backend. An enum rather than a trait object: the set is closed, calls stay
 /// static, and async methods need no boxing.
@@ -295,13 +241,13 @@ impl Storage {
         after: Option<&str>,
         limit: usize,
         keep: Keep,
-    ) -> io::Result<(Vec<Entry>, bool)> {
+    ) -> io::Result<(Page, bool)> {
         match self {
             Storage::Fs(s) => s.list_after(prefix, after, limit, keep).await,
             Storage::Memory(s) => {
                 let mut page = Smallest::new(after, limit);
                 for e in s.list(prefix) {
-                    if page.wants(&e.name) && keep(&e) {
+                    if page.wants(&e.name) && keep(e.view()) {
                         page.insert(e);
                     }
                 }
@@ -406,80 +352,8 @@ pub(crate) fn clamp_range(range: Option<(u64, u64)>, len: u64) -> (u64, u64) {
 mod tests {
     use super::*;
 
-    fn names(v: &[Entry]) -> Vec<&str> {
-        v.iter().map(|e| e.name.as_str()).collect()
-    }
-
-    #[test]
-    fn smallest_keeps_the_page_after_last_and_no_more_than_it() {
-        // names offered in a scrambled order, as a directory listing gives them; `a-b` sorts
-        // between `a` and `a0` (as on S3, where `a-b/` comes before `a/`)
-        let mut all: Vec<String> = (0..500).map(|i| format!("t{i:03}")).collect();
-        all.extend(["a", "a-b", "a.c", "a0", "_x", "B"].map(String::from));
-        let mut scrambled = all.clone();
-        scrambled.sort_by_key(|s| {
-            let h = s
-                .bytes()
-                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            h.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        });
-        let mut sorted = all.clone();
-        sorted.sort();
-        for after in [
-            None,
-            Some(""),
-            Some("a"),
-            Some("a-"),
-            Some("t250"),
-            Some("t2500"),
-            Some("zz"),
-        ] {
-            for limit in [0, 1, 2, 7, 100, 10_000, usize::MAX] {
-                let mut page = Smallest::new(after, limit);
-                for s in &scrambled {
-                    page.insert(Entry {
-                        name: s.clone(),
-                        is_dir: true,
-                    });
-                    assert!(page.kept.len() <= limit.saturating_add(1), "holds more than the page");
-                }
-                let (got, more) = page.finish();
-                let rest: Vec<&str> = sorted
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|s| after.is_none_or(|a| *s > a))
-                    .collect();
-                let want: Vec<&str> = rest.iter().copied().take(limit).collect();
-                assert_eq!(names(&got), want, "after {after:?} limit {limit}");
-                assert_eq!(more, rest.len() > limit, "after {after:?} limit {limit}");
-            }
-        }
-    }
-
-    #[test]
-    fn smallest_counts_a_name_offered_twice_once_as_a_directory() {
-        let mut page = Smallest::new(None, 2);
-        for (name, is_dir) in [("b", false), ("a", false), ("b", true), ("c", true)] {
-            page.insert(Entry {
-                name: name.into(),
-                is_dir,
-            });
-        }
-        let (got, more) = page.finish();
-        assert_eq!(
-            got,
-            vec![
-                Entry {
-                    name: "a".into(),
-                    is_dir: false
-                },
-                Entry {
-                    name: "b".into(),
-                    is_dir: true
-                }
-            ]
-        );
-        assert!(more);
+    fn names(v: &Page) -> Vec<&str> {
+        v.iter().map(|e| e.name).collect()
     }
 
     #[tokio::test]

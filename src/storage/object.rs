@@ -362,7 +362,7 @@ impl ObjectStore {
         after: Option<&str>,
         limit: usize,
         keep: super::Keep,
-    ) -> io::Result<(Vec<Entry>, bool)> {
+    ) -> io::Result<(super::Page, bool)> {
         use futures_util::TryStreamExt as _;
         let dir = if prefix.is_empty() {
             "/".to_owned()
@@ -395,7 +395,7 @@ impl ObjectStore {
                 name: name.to_owned(),
                 is_dir,
             };
-            if keep(&e) {
+            if keep(e.view()) {
                 page.insert(e);
             }
         }
@@ -929,10 +929,10 @@ mod tests {
             let (proxy, log) = capture().await;
             let s = store_via(yaml, &proxy);
             let (page, more) = s.list_after("r/_manifests/tags", Some("t1"), 2, dirs).await.unwrap();
-            let names: Vec<&str> = page.iter().map(|e| e.name.as_str()).collect();
+            let names: Vec<&str> = page.iter().map(|e| e.name).collect();
             assert_eq!((names, more), (vec!["t2", "t3"], true), "{yaml}");
             let (page, more) = s.list_after("r/_manifests/tags", Some("t4"), 2, dirs).await.unwrap();
-            let names: Vec<&str> = page.iter().map(|e| e.name.as_str()).collect();
+            let names: Vec<&str> = page.iter().map(|e| e.name).collect();
             assert_eq!((names, more), (vec!["t5"], false), "{yaml}");
             let (page, more) = s.list_after("r/_manifests/tags", None, 10, dirs).await.unwrap();
             assert_eq!((page.len(), more), (6, false), "{yaml}");

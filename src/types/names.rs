@@ -70,6 +70,23 @@ impl fmt::Display for RepoName {
     }
 }
 
+/// What each byte may be in a tag (`[A-Za-z0-9_][A-Za-z0-9_.-]*`): 2 anywhere, 1 after the
+/// first byte only, 0 nowhere. One load per byte: a listing checks every name it reads.
+const TAG_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            t[c] = 2;
+        } else if b == b'.' || b == b'-' {
+            t[c] = 1;
+        }
+        c += 1;
+    }
+    t
+};
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tag(String);
 
@@ -87,10 +104,8 @@ impl Tag {
             return false;
         };
         b.len() <= MAX_TAG_LEN
-            && (first.is_ascii_alphanumeric() || first == b'_')
-            && rest
-                .iter()
-                .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
+            && TAG_BYTE[usize::from(first)] == 2
+            && rest.iter().all(|&c| TAG_BYTE[usize::from(c)] != 0)
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -318,6 +333,19 @@ mod tests {
         assert!(Tag::parse("-x").is_none());
         assert!(Tag::parse("a/b").is_none());
         assert!(Tag::parse("").is_none());
+        // every byte, first and later, against the grammar written out
+        let first = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let later = |c: u8| first(c) || c == b'.' || c == b'-';
+        for c in 0..=255u8 {
+            let one = [c];
+            let two = [b'a', c];
+            for (bytes, want) in [(&one[..], first(c)), (&two[..], later(c))] {
+                if let Ok(s) = std::str::from_utf8(bytes) {
+                    assert_eq!(Tag::valid(s), want, "{bytes:?}");
+                }
+            }
+        }
+        assert!(!Tag::valid("aé"));
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! unchanged (see [`Listing`]).
 
 use super::*;
+use crate::storage::{Page, Sorted};
 
-/// The most bytes (names and their bookkeeping, see [`Listing::weight`]) that the listings kept
+/// The most bytes (names and their bookkeeping, see [`Sorted::weight`]) that the listings kept
 /// in memory hold together, whatever clients ask for; the least recently used go first.
 pub const LISTINGS_BYTES: u64 = 32 << 20;
 
-/// A directory whose listing would weigh more than this is not kept (about 190,000 tags of 12
-/// bytes): its pages are read from the directory each time, holding only the page.
+/// A directory whose listing weighs more than this while it is read (as [`Listing::weight`]
+/// counts it, before it is packed: about 190,000 tags of 12 bytes) is not kept: its pages are
+/// read from the directory each time, holding only the page.
 pub const LISTING_MAX_BYTES: u64 = LISTINGS_BYTES / 4;
 
 /// A listing is only kept when the directory's last change lies this far before the moment its
@@ -18,6 +20,11 @@ pub const LISTING_MAX_BYTES: u64 = LISTINGS_BYTES / 4;
 /// stamp the listing was read under; once the stamp is older than the coarsest granularity, any
 /// later change carries a later one (git's "racy" rule for its index, with a margin).
 pub const RACY: Duration = Duration::from_secs(2);
+
+/// A directory whose size (as `stat` gives it) is at most this is read inline by
+/// [`FsStore::list`]: one block on ext4, a directory held in its inode on XFS, a few dozen names
+/// on btrfs and tmpfs.
+const SMALL_DIR_BYTES: u64 = 4096;
 
 /// Calls [`FsStore::forget`] for its key when dropped: when a write or delete ends, however it
 /// ends (an error, or the request dropped while it waited on the blocking pool).
@@ -76,31 +83,14 @@ impl DirStamp {
 /// changes the stamp, and [`RACY`] keeps out a listing whose stamp a later change could repeat.
 pub(super) struct Listing {
     pub(super) stamp: DirStamp,
-    pub(super) entries: Vec<super::Entry>,
+    pub(super) entries: Arc<Sorted>,
 }
 
 impl Listing {
-    /// What one entry costs in memory: its name, the `Entry` and the allocator's share.
+    /// What one entry costs in memory while the directory is read: its name, the `Entry` and the
+    /// allocator's share (packed into a [`Sorted`], it costs its name and 8 bytes).
     pub(super) fn weight(e: &super::Entry) -> u64 {
         e.name.len() as u64 + std::mem::size_of::<super::Entry>() as u64 + 16
-    }
-
-    /// The `limit` first entries after `after` that `keep` accepts, and whether more follow.
-    pub(super) fn page(
-        entries: &[super::Entry],
-        after: Option<&str>,
-        limit: usize,
-        keep: crate::storage::Keep,
-    ) -> (Vec<Entry>, bool) {
-        let start = after.map_or(0, |a| entries.partition_point(|e| e.name.as_str() <= a));
-        let mut page = Vec::new();
-        for e in entries[start..].iter().filter(|e| keep(e)) {
-            if page.len() == limit {
-                return (page, true);
-            }
-            page.push(e.clone());
-        }
-        (page, false)
     }
 }
 
@@ -139,7 +129,7 @@ fn read_listing(
     after: Option<&str>,
     limit: usize,
     keep: crate::storage::Keep,
-) -> io::Result<((Vec<Entry>, bool), Option<Vec<Entry>>)> {
+) -> io::Result<((Page, bool), Option<Arc<Sorted>>)> {
     let mut whole = Some(Vec::new());
     let mut weight = 0;
     let mut page = crate::storage::Smallest::new(after, limit);
@@ -154,7 +144,7 @@ fn read_listing(
             if weight > LISTING_MAX_BYTES {
                 // too large to keep: from here on only the page is held
                 for e in whole.take().into_iter().flatten() {
-                    if page.wants(&e.name) && keep(&e) {
+                    if page.wants(&e.name) && keep(e.view()) {
                         page.insert(e);
                     }
                 }
@@ -164,16 +154,16 @@ fn read_listing(
                 name: name.to_owned(),
                 is_dir: e.file_type()?.is_dir(),
             };
-            if keep(&e) {
+            if keep(e.view()) {
                 page.insert(e);
             }
         }
         Ok(())
     })?;
     Ok(match whole {
-        Some(mut all) => {
-            all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-            (Listing::page(&all, after, limit, keep), Some(all))
+        Some(all) => {
+            let all = Arc::new(Sorted::new(all));
+            (Page::cut(&all, after, limit, keep), Some(all))
         }
         None => (page.finish(), None),
     })
@@ -204,10 +194,13 @@ impl FsStore {
     }
 
     /// A directory is read in one trip to the blocking pool (`tokio::fs::read_dir` makes one per
-    /// 32 entries: 1,560 for a repository of 50,000 tags).
+    /// 32 entries: 1,560 for a repository of 50,000 tags); one that fits in a block (a
+    /// repository's own directory, a blob's) is read inline, like [`Self::stat`] and small
+    /// reads: the catalog lists a directory per repository, and a page of 1,000 spent most of
+    /// its time handing those listings to blocking-pool threads and waking them.
     pub async fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
         let dir = self.dir(prefix);
-        tokio::task::spawn_blocking(move || {
+        let read = move || {
             let mut out = Vec::new();
             read_dir(&dir, |name, e| {
                 out.push(Entry {
@@ -218,9 +211,13 @@ impl FsStore {
             })?;
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
-        })
-        .await
-        .map_err(io::Error::other)?
+        };
+        match std::fs::metadata(self.dir(prefix)) {
+            Ok(m) if !m.is_dir() => Ok(Vec::new()),
+            Ok(m) if m.len() <= SMALL_DIR_BYTES => read(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(Vec::new()),
+            _ => tokio::task::spawn_blocking(read).await.map_err(io::Error::other)?,
+        }
     }
 
     /// [`super::Storage::list_after`], from memory while the directory is unchanged: one `stat`
@@ -236,22 +233,22 @@ impl FsStore {
         after: Option<&str>,
         limit: usize,
         keep: crate::storage::Keep,
-    ) -> io::Result<(Vec<Entry>, bool)> {
+    ) -> io::Result<(Page, bool)> {
         let dir = self.dir(prefix);
         // the time before the stat: a change after it is stamped no earlier than RACY before it
         let began = SystemTime::now();
         // inline, like `stat`: a microsecond on a local disk
         let stamp = match std::fs::metadata(&dir) {
             Ok(m) if m.is_dir() => DirStamp::of(&m),
-            Ok(_) => return Ok((Vec::new(), false)),
+            Ok(_) => return Ok((Page::owned(Vec::new()), false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
-                return Ok((Vec::new(), false))
+                return Ok((Page::owned(Vec::new()), false))
             }
             Err(e) => return Err(e),
         };
         if let Some(l) = self.listings.get(prefix) {
             if l.stamp == stamp {
-                return Ok(Listing::page(&l.entries, after, limit, keep));
+                return Ok(Page::cut(&l.entries, after, limit, keep));
             }
         }
         let after = after.map(str::to_owned);

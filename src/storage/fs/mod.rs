@@ -57,10 +57,7 @@ impl FsStore {
             fsync,
             listings: moka::sync::Cache::builder()
                 .max_capacity(LISTINGS_BYTES)
-                .weigher(|_: &String, l: &Arc<Listing>| {
-                    let w: u64 = l.entries.iter().map(Listing::weight).sum();
-                    u32::try_from(w).unwrap_or(u32::MAX)
-                })
+                .weigher(|_: &String, l: &Arc<Listing>| u32::try_from(l.entries.weight()).unwrap_or(u32::MAX))
                 .build(),
         })
     }
@@ -399,7 +396,7 @@ mod tests {
             let (page, more) = s.list_after("r/tags", last.as_deref(), 7, dirs).await.unwrap();
             assert!(page.len() <= 7 && (!more || page.len() == 7));
             assert!(page.iter().all(|e| e.is_dir));
-            seen.extend(page.into_iter().map(|e| e.name));
+            seen.extend(page.iter().map(|e| e.name.to_owned()));
             last = seen.last().cloned();
             if !more {
                 break;
@@ -407,26 +404,23 @@ mod tests {
         }
         assert_eq!(seen, tags);
         let (page, more) = s.list_after("r/tags", Some("v2998"), 3, dirs).await.unwrap();
-        assert_eq!(
-            page.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
-            ["v2999", "v3", "v30"]
-        );
+        assert_eq!(page.iter().map(|e| e.name).collect::<Vec<_>>(), ["v2999", "v3", "v30"]);
         assert!(more);
         let (page, more) = s.list_after("r/tags", Some("v997"), 7, dirs).await.unwrap();
-        assert_eq!(
-            page.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
-            ["v998", "v999"]
-        );
+        assert_eq!(page.iter().map(|e| e.name).collect::<Vec<_>>(), ["v998", "v999"]);
         assert!(!more);
         let (page, more) = s.list_after("r/tags", Some("v999"), 7, |_| true).await.unwrap();
         assert_eq!((page.len(), more), (0, false));
         let (page, more) = s.list_after("r/tags", None, 0, dirs).await.unwrap();
         assert_eq!((page.len(), more), (0, true));
-        assert_eq!(s.list_after("missing", None, 5, dirs).await.unwrap(), (vec![], false));
+        assert_eq!(
+            s.list_after("missing", None, 5, dirs).await.unwrap(),
+            (super::super::Page::owned(vec![]), false)
+        );
     }
 
-    fn names(page: &(Vec<Entry>, bool)) -> (Vec<&str>, bool) {
-        (page.0.iter().map(|e| e.name.as_str()).collect(), page.1)
+    fn names(page: &(super::super::Page, bool)) -> (Vec<&str>, bool) {
+        (page.0.iter().map(|e| e.name).collect(), page.1)
     }
 
     /// A tags directory is kept in memory once its last change is RACY-old, answers from there
@@ -469,7 +463,7 @@ mod tests {
         assert_eq!(kept.entries.len(), 300);
         // answered from memory while the stamp holds: a page that only the kept listing has
         // (a name put into it here) proves it
-        let mut doctored = kept.entries.clone();
+        let mut doctored: Vec<Entry> = kept.entries.iter().map(|e| e.to_entry()).collect();
         doctored.push(Entry {
             name: "zz-only-in-memory".into(),
             is_dir: true,
@@ -478,7 +472,7 @@ mod tests {
             "r/tags".into(),
             Arc::new(Listing {
                 stamp: kept.stamp,
-                entries: doctored,
+                entries: Arc::new(crate::storage::Sorted::new(doctored)),
             }),
         );
         let p = s.list_after("r/tags", Some("t299"), 5, dirs).await.unwrap();
@@ -532,7 +526,10 @@ mod tests {
         let p = s.list_after("r/tags", None, 5, dirs).await.unwrap();
         assert_eq!(names(&p), (vec!["only"], false));
         std::fs::remove_dir_all(&tags).unwrap();
-        assert_eq!(s.list_after("r/tags", None, 5, dirs).await.unwrap(), (vec![], false));
+        assert_eq!(
+            s.list_after("r/tags", None, 5, dirs).await.unwrap(),
+            (super::super::Page::owned(vec![]), false)
+        );
     }
 
     /// Listings kept for any number of directories weigh at most LISTINGS_BYTES together.
@@ -548,15 +545,16 @@ mod tests {
             mtime: (0, 0),
             ctime: (0, 0),
         };
-        // 200 listings of 1 MiB each, as 200 repositories of 10,000 tags would be
+        // 200 listings of 10,000 names of 60 bytes, as 200 repositories of 10,000 tags would be
         let entries: Vec<Entry> = (0..10_000)
             .map(|i| Entry {
                 name: format!("{i:060}"),
                 is_dir: true,
             })
             .collect();
-        let one: u64 = entries.iter().map(Listing::weight).sum();
-        assert!(one > 1 << 20);
+        let entries = Arc::new(crate::storage::Sorted::new(entries));
+        let one = entries.weight();
+        assert!(one > 600 << 10);
         for r in 0..200 {
             s.listings.insert(
                 format!("r{r}/tags"),

@@ -263,7 +263,7 @@ impl LfsStore {
         after: Option<&str>,
         limit: usize,
         keep: super::Keep,
-    ) -> io::Result<(Vec<Entry>, bool)> {
+    ) -> io::Result<(super::Page, bool)> {
         Box::pin(self.inner.meta.list_after(prefix, after, limit, keep)).await
     }
 
