@@ -5,8 +5,10 @@ Data is written once, straight to disk, in distribution's layout (docker/registr
 registries serve the same root:
   catalog   R repositories (default 10,000) of 5 tags each: small images sharing layers
   tags      one repository with T tags (default 50,000)
-  gc        B blobs (default 100,000, and B/10 for the slope), 20 % of them referenced by nothing
-  gcs3      B/100 blobs of gc data copied into a bucket of moto's S3 server (python3 -m moto.server)
+  gc        B blobs (default 100,000, and B/10 for the slope), 20 % of them referenced by nothing;
+            each size --gc-rounds times (default 3) on fresh hard-linked copies, the medians
+  gcs3      B/100 and B/10 blobs of gc data copied into moto's S3 server (python3 -m moto.server),
+            one bucket per peer and size
 Peers, started here on 127.0.0.1 (helpers from benches/compare.py):
   regate        TLS (self-signed), token auth (htpasswd user, ES256 JWTs), fs storage
   distribution  Debian's docker-registry (2.8), plain HTTP, no auth
@@ -431,30 +433,39 @@ def static_answer_ceiling(work, peer, path, headers, seconds):
         st.stop()
 
 
-def gc_workload(regate, work, res, sizes):
+def gc_workload(regate, work, res, sizes, rounds):
+    """gc over each size, dry run and real, `rounds` times each (a real run on a fresh hard-linked
+    copy of the same data each time); the rows are the medians, the samples go to the JSON"""
     for size in sizes:
         base = os.path.join(work, f"root-gc-{size}")
         t0 = time.perf_counter()
         kept, garbage = gen_gc(base, size)
         log(f"gc data: {size} blobs ({garbage} unreferenced) in {time.perf_counter() - t0:.1f} s")
         for peer in ("regate", "distribution"):
-            root = f"{base}-{peer}"
-            subprocess.run(["cp", "-al", base, root], check=True)
-            if peer == "regate":
-                cfg = regate_cfg(work, f"regate-gc-{size}", root, free_port())
-                cmd = lambda dry: [regate, "gc", *(["--dry-run"] if dry else []), "--grace", "0s", "--config", cfg]
-            else:
-                cfg, _ = dist_cfg(work, f"dist-gc-{size}", root)
-                cmd = lambda dry: ["docker-registry", "garbage-collect", *(["--dry-run"] if dry else []), cfg]
-            count_blobs(root)  # the same warm dentry cache for both
             r = res[peer]
+            samples = {True: [], False: []}
+            for i in range(rounds):
+                root = f"{base}-{peer}-{i}"
+                subprocess.run(["cp", "-al", base, root], check=True)
+                if peer == "regate":
+                    cfg = regate_cfg(work, f"regate-gc-{size}-{i}", root, free_port())
+                    cmd = lambda dry: [regate, "gc", *(["--dry-run"] if dry else []), "--grace", "0s", "--config", cfg]
+                else:
+                    cfg, _ = dist_cfg(work, f"dist-gc-{size}-{i}", root)
+                    cmd = lambda dry: ["docker-registry", "garbage-collect", *(["--dry-run"] if dry else []), cfg]
+                count_blobs(root)  # the same warm dentry cache for both
+                for dry in (True, False):
+                    samples[dry].append(run_rusage(cmd(dry))[:2])
+                left = count_blobs(root)
+                if left != kept:
+                    sys.exit(f"scale: after {peer}'s gc {left} blobs are left, {kept} expected")
+                remove(root)
             for dry in (True, False):
                 k = f"gc{size // 1000}k_{'dry' if dry else 'real'}"
-                dt, peak, _ = run_rusage(cmd(dry))
-                r[f"{k}_s"], r[f"{k}_rss_mib"] = dt, peak
-            left = count_blobs(root)
-            if left != kept:
-                sys.exit(f"scale: after {peer}'s gc {left} blobs are left, {kept} expected")
+                r[f"{k}_s"] = statistics.median(t for t, _ in samples[dry])
+                r[f"{k}_rss_mib"] = max(m for _, m in samples[dry])
+                r[f"{k}_samples_s"] = [t for t, _ in samples[dry]]
+        remove(base)
 
 
 def moto_server(work):
@@ -474,62 +485,67 @@ def moto_server(work):
             time.sleep(0.05)
 
 
-def gc_s3_workload(regate, work, res, size):
-    """the gc rows on the S3 server: the same data as the gc rows, copied into a moto bucket under
-    one root per peer; regate's S3 backend against distribution's s3 driver"""
+def gc_s3_workload(regate, work, res, sizes):
+    """the gc rows on the S3 server: the gc data of each size copied into moto, one bucket per
+    peer and size; regate's S3 backend against distribution's s3 driver. moto scans every key of
+    a bucket for each listing, so its own time grows with the bucket as well as with the data"""
     import boto3
     from concurrent.futures import ThreadPoolExecutor
-    base = os.path.join(work, f"root-gcs3-{size}")
-    kept, garbage = gen_gc(base, size)
     moto, endpoint = moto_server(work)
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="test", aws_secret_access_key="test")
-        bucket = "scale-gc"
-        s3.create_bucket(Bucket=bucket)
-        files = [os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs]
-        t0 = time.perf_counter()
-        for peer in ("regate", "distribution"):
-            def put(path, peer=peer):
-                with open(path, "rb") as f:
-                    s3.put_object(Bucket=bucket, Key=f"{peer}/{os.path.relpath(path, base)}", Body=f.read())
-            with ThreadPoolExecutor(8) as ex:
-                list(ex.map(put, files))
-        log(f"gc on S3: {size} blobs ({garbage} unreferenced), {2 * len(files)} objects written to moto "
-            f"in {time.perf_counter() - t0:.1f} s")
+        for size in sizes:
+            base = os.path.join(work, f"root-gcs3-{size}")
+            kept, garbage = gen_gc(base, size)
+            files = [os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs]
+            t0 = time.perf_counter()
+            for peer in ("regate", "distribution"):
+                bucket = f"gc-{peer}-{size}"
+                s3.create_bucket(Bucket=bucket)
 
-        def blobs_left(peer):
-            n = 0
-            for page in s3.get_paginator("list_objects_v2").paginate(
-                    Bucket=bucket, Prefix=f"{peer}/docker/registry/v2/blobs/"):
-                n += sum(1 for o in page.get("Contents", []) if o["Key"].endswith("/data"))
-            return n
+                def put(path, bucket=bucket):
+                    with open(path, "rb") as f:
+                        s3.put_object(Bucket=bucket, Key=os.path.relpath(path, base), Body=f.read())
+                with ThreadPoolExecutor(8) as ex:
+                    list(ex.map(put, files))
+            log(f"gc on S3: {size} blobs ({garbage} unreferenced), {2 * len(files)} objects written to moto "
+                f"in {time.perf_counter() - t0:.1f} s")
+            remove(base)
 
-        for peer in ("regate", "distribution"):
-            d = os.path.join(work, f"{peer}-gcs3")
-            os.makedirs(d, exist_ok=True)
-            if peer == "regate":
-                cfg = write(os.path.join(d, "regate.yaml"),
-                            f"listen: 127.0.0.1:{free_port()}\ndata_dir: {d}/data\n"
-                            f"storage: {{ backend: s3, s3: {{ bucket: {bucket}, region: us-east-1, endpoint: {endpoint}, "
-                            f"access_key_id: test, secret_access_key: test, root: regate }} }}\n")
-                cmd = lambda dry: [regate, "gc", *(["--dry-run"] if dry else []), "--grace", "0s", "--config", cfg]
-            else:
-                cfg = write(os.path.join(d, "config.yml"),
-                            "version: 0.1\nlog: { level: warn }\nstorage:\n  s3:\n"
-                            f"    region: us-east-1\n    regionendpoint: {endpoint}\n    bucket: {bucket}\n"
-                            "    accesskey: test\n    secretkey: test\n    rootdirectory: /distribution\n"
-                            "    secure: false\n    v4auth: true\n  delete: { enabled: true }\n"
-                            f"http:\n  addr: 127.0.0.1:{free_port()}\n")
-                cmd = lambda dry: ["docker-registry", "garbage-collect", *(["--dry-run"] if dry else []), cfg]
-            r = res[peer]
-            for dry in (True, False):
-                k = f"gcs3_{size // 1000}k_{'dry' if dry else 'real'}"
-                dt, peak, _ = run_rusage(cmd(dry))
-                r[f"{k}_s"], r[f"{k}_rss_mib"] = dt, peak
-            left = blobs_left(peer)
-            if left != kept:
-                sys.exit(f"scale: after {peer}'s gc on S3 {left} blobs are left, {kept} expected")
+            def blobs_left(bucket):
+                n = 0
+                for page in s3.get_paginator("list_objects_v2").paginate(
+                        Bucket=bucket, Prefix="docker/registry/v2/blobs/"):
+                    n += sum(1 for o in page.get("Contents", []) if o["Key"].endswith("/data"))
+                return n
+
+            for peer in ("regate", "distribution"):
+                bucket = f"gc-{peer}-{size}"
+                d = os.path.join(work, f"{peer}-gcs3-{size}")
+                os.makedirs(d, exist_ok=True)
+                if peer == "regate":
+                    cfg = write(os.path.join(d, "regate.yaml"),
+                                f"listen: 127.0.0.1:{free_port()}\ndata_dir: {d}/data\n"
+                                f"storage: {{ backend: s3, s3: {{ bucket: {bucket}, region: us-east-1, "
+                                f"endpoint: {endpoint}, access_key_id: test, secret_access_key: test }} }}\n")
+                    cmd = lambda dry: [regate, "gc", *(["--dry-run"] if dry else []), "--grace", "0s", "--config", cfg]
+                else:
+                    cfg = write(os.path.join(d, "config.yml"),
+                                "version: 0.1\nlog: { level: warn }\nstorage:\n  s3:\n"
+                                f"    region: us-east-1\n    regionendpoint: {endpoint}\n    bucket: {bucket}\n"
+                                "    accesskey: test\n    secretkey: test\n"
+                                "    secure: false\n    v4auth: true\n  delete: { enabled: true }\n"
+                                f"http:\n  addr: 127.0.0.1:{free_port()}\n")
+                    cmd = lambda dry: ["docker-registry", "garbage-collect", *(["--dry-run"] if dry else []), cfg]
+                r = res[peer]
+                for dry in (True, False):
+                    k = f"gcs3_{size // 1000}k_{'dry' if dry else 'real'}"
+                    dt, peak, out = run_rusage(cmd(dry))
+                    r[f"{k}_s"], r[f"{k}_rss_mib"] = dt, peak
+                left = blobs_left(bucket)
+                if left != kept:
+                    sys.exit(f"scale: after {peer}'s gc on S3 {left} blobs are left, {kept} expected: {out[-1500:]}")
     finally:
         moto.terminate()
         moto.wait()
@@ -745,8 +761,7 @@ def rows(meta):
                 (f"{k}_dry_rss_mib", "  peak RSS", "MiB", False),
                 (f"{k}_real_s", f"gc, {size:,} blobs", "s", False),
                 (f"{k}_real_rss_mib", "  peak RSS", "MiB", False)]
-    if meta.get("gcs3_size"):
-        size = meta["gcs3_size"]
+    for size in meta.get("gcs3_sizes", []):
         k = f"gcs3_{size // 1000}k"
         out += [(f"{k}_dry_s", f"gc dry run on S3 (moto), {size:,} blobs", "s", False),
                 (f"{k}_dry_rss_mib", "  peak RSS", "MiB", False),
@@ -836,6 +851,17 @@ def targets(res, meta):
 
     add(f"gc time grows no worse than linearly ({small:,} -> {big:,})", lambda: slope("_s"))
     add(f"gc peak RSS grows no worse than linearly ({small:,} -> {big:,})", lambda: slope("_rss_mib"))
+    if len(meta.get("gcs3_sizes", [])) == 2:
+        s3small, s3big = meta["gcs3_sizes"]
+        k3s, k3b = f"gcs3_{s3small // 1000}k_real_s", f"gcs3_{s3big // 1000}k_real_s"
+
+        def s3slope(p):
+            e = math.log(p[k3b] / p[k3s]) / math.log(s3big / s3small)
+            return e
+
+        add(f"gc on S3 time grows no worse than linearly ({s3small:,} -> {s3big:,})",
+            lambda: (f"exponent {s3slope(r):.2f} ({r[k3s]:.3g} -> {r[k3b]:.3g}; distribution's "
+                     f"{s3slope(d):.2f})", s3slope(r) <= 1.1))
     add("fleet pull: aggregate >= distribution's (TLS + token against plain HTTP)",
         lambda: (f"{r['fleet_pull_mibps'] / d['fleet_pull_mibps']:.2f}x"
                  + (f" (curl TLS ceiling here {meta['tls_ceiling_mibps'] / d['fleet_pull_mibps']:.2f}x)"
@@ -900,6 +926,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--repeat", type=int, default=1,
                     help="docker push/pull rounds, each on fresh registries; the rows are the medians (default 1)")
+    ap.add_argument("--gc-rounds", type=int, default=3,
+                    help="gc runs per size and peer, each real one on a fresh copy; the rows are the medians (default 3)")
     ap.add_argument("--only", help="comma-separated workloads, of " + ",".join(WORKLOADS) + " (default: all)")
     a = ap.parse_args()
     only = set(WORKLOADS if not a.only else a.only.split(","))
@@ -941,14 +969,15 @@ def main():
             partial(json_path, meta, res)
         if "gc" in only:
             log("gc")
-            gc_workload(regate, work, res, meta["gc_sizes"])
+            meta["gc_rounds"] = a.gc_rounds
+            gc_workload(regate, work, res, meta["gc_sizes"], a.gc_rounds)
             partial(json_path, meta, res)
         if "gcs3" in only:
             log("gc on S3 (moto)")
-            # 1/100 of the disk size: moto answered 500 to listings during regate's real gc of
-            # 10,000 blobs (16 deletions at a time against its single Python process)
-            meta["gcs3_size"] = max(100, meta["gc_sizes"][0] // 10)
-            gc_s3_workload(regate, work, res, meta["gcs3_size"])
+            # 1/100 and 1/10 of the disk sizes (moto is one Python process holding every object in
+            # memory; writing 10,000 blobs into it takes minutes)
+            meta["gcs3_sizes"] = [max(100, n // 10) for n in meta["gc_sizes"][:1]] + [meta["gc_sizes"][0]]
+            gc_s3_workload(regate, work, res, meta["gcs3_sizes"])
             partial(json_path, meta, res)
         if "fleet" in only:
             log("fleet: TLS ceiling (nginx static file, 50 curl clients)")

@@ -305,9 +305,12 @@ async fn sweep_one(
     // referenced again (a HEAD or a manifest check refreshes its time) since it was chosen
     match store.stat(&layout::blob_data(&d)).await? {
         Some(m) if older_than(m.modified, grace) => {
-            // the bytes before the marker: a push that finds no marker then finds no blob
+            // the bytes before the marker: a push that finds no marker then finds no blob; the
+            // directory goes when that left it empty (no listing per blob: on object storage a
+            // listing is a request that costs more than the deletes and scans a prefix)
             store.delete(&layout::blob_data(&d)).await?;
-            store.delete_all(&layout::blob_dir(&d)).await?;
+            store.delete(&marker).await?;
+            store.prune(&layout::blob_dir(&d)).await?;
             Ok(Some((d, m.size)))
         }
         _ => {

@@ -130,6 +130,12 @@ async fn gc_frees_the_layers_of_a_manifest_deleted_by_digest() {
     for d in [&b1[0], &b1[2]] {
         assert!(out.contains(&format!("deleted blob {d}")), "{d} not freed:\n{out}");
         assert_eq!(get_status(&s, &format!("blobs/{d}")).await.0, 404, "{d}");
+        // nothing of it is left on disk: no data, no sweep marker, no directory
+        let hex = d.strip_prefix("sha256:").unwrap();
+        let dir = s
+            .data()
+            .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]));
+        assert!(!dir.exists(), "{} left behind", dir.display());
     }
     for d in &b2 {
         assert!(!out.contains(d.as_str()), "{d} of the kept image freed:\n{out}");
