@@ -1757,26 +1757,11 @@ impl Reg<'_> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_mode_enforces_the_policy() {
-    assert!(have("skopeo") && have("openssl") && have("docker-registry"));
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let (k1, p1) = keypair(&keys, "k1", false);
-    let (root, leaf_key, leaf, root_der) = notation_chain(&keys, "trusted");
-    // regate first alone, to make its token signing certificate for distribution to trust
-    let hp = htpasswd(dir.path(), USERS);
-    let first = Server::start_in(
-        dir,
-        &format!(
-            "auth:\n  htpasswd: {}\n  service: registry.test\n{}policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}], notation: [{}] }}\n",
-            hp.display(),
-            access(),
-            p1.display(),
-            root.display()
-        ),
-    );
+/// regate in `upstream:` mode in front of distribution 2.8, which trusts regate's tokens: regate
+/// is started once alone with `config` (to make its token signing certificate), distribution
+/// with that certificate, then regate again with `upstream:` added.
+fn behind_upstream(dir: tempfile::TempDir, config: &str) -> (Server, trust_support::Distribution) {
+    let first = Server::start_in(dir, config);
     let cert = first.data().join("token.crt");
     let dir = first.into_dir();
     let up = trust_support::distribution(&format!(
@@ -1787,7 +1772,28 @@ async fn upstream_mode_enforces_the_policy() {
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!("upstream: {}\n", up.url));
     std::fs::write(&cfg, text).unwrap();
-    let s = Server::start_with_config(dir, &cfg);
+    (Server::start_with_config(dir, &cfg), up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mode_enforces_the_policy() {
+    assert!(have("skopeo") && have("openssl") && have("docker-registry"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (k1, p1) = keypair(&keys, "k1", false);
+    let (root, leaf_key, leaf, root_der) = notation_chain(&keys, "trusted");
+    let hp = htpasswd(dir.path(), USERS);
+    let (s, _upstream) = behind_upstream(
+        dir,
+        &format!(
+            "auth:\n  htpasswd: {}\n  service: registry.test\n{}policy:\n  - repository: \"prod/*\"\n    require_signature: {{ cosign: [{}], notation: [{}] }}\n",
+            hp.display(),
+            access(),
+            p1.display(),
+            root.display()
+        ),
+    );
     let dev = Reg {
         s: &s,
         user: "dev",
@@ -1882,7 +1888,7 @@ async fn upstream_mode_scans_on_push_and_gates_pulls() {
     let url = adapter(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let hp = htpasswd(dir.path(), USERS);
-    let first = Server::start_in(
+    let (s, _upstream) = behind_upstream(
         dir,
         &format!(
             "auth:\n  htpasswd: {}\n  service: registry.test\n{}{}",
@@ -1891,17 +1897,6 @@ async fn upstream_mode_scans_on_push_and_gates_pulls() {
             scan_policy(&url, true, "deny")
         ),
     );
-    let cert = first.data().join("token.crt");
-    let dir = first.into_dir();
-    let up = trust_support::distribution(&format!(
-        "auth:\n  token:\n    realm: http://127.0.0.1:1/token\n    service: registry.test\n    issuer: regate\n    rootcertbundle: {}\n",
-        cert.display()
-    ));
-    let cfg = dir.path().join("regate.yaml");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!("upstream: {}\n", up.url));
-    std::fs::write(&cfg, text).unwrap();
-    let s = Server::start_with_config(dir, &cfg);
     let dev = Reg {
         s: &s,
         user: "dev",

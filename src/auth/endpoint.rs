@@ -92,24 +92,10 @@ impl TokenService {
         (s, err.or(gerr))
     }
 
+    /// `GET` (docker's token request) or `POST` (the OAuth2 form) on `/token`; the error is
+    /// the answer the caller sends (it logs and counts by the status).
     #[allow(clippy::too_many_arguments)]
     pub async fn handle(
-        &self,
-        method: &Method,
-        headers: &HeaderMap,
-        query: Option<&str>,
-        body: Incoming,
-        ip: IpAddr,
-        now: u64,
-        audit: &mut TokenAudit,
-    ) -> Resp {
-        self.route(method, headers, query, body, ip, now, audit)
-            .await
-            .unwrap_or_else(ApiError::into_response)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn route(
         &self,
         method: &Method,
         headers: &HeaderMap,

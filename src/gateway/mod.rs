@@ -184,7 +184,8 @@ impl App {
                         crate::util::now_secs(),
                         &mut audit,
                     )
-                    .await;
+                    .await
+                    .unwrap_or_else(ApiError::into_response);
                 log.account = audit.account.clone();
                 log.denied = audit.denied_reason;
                 let counter = if r.status().is_success() {

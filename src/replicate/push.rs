@@ -157,39 +157,49 @@ impl Rule {
         }
     }
 
+    /// The tags of `repo` this rule copies that the remote lacks or has as another manifest,
+    /// with the manifest each names here (none when the rule does not cover `repo`).
+    async fn stale_tags(&self, reg: &Registry, repo: &RepoName) -> Result<Vec<(String, Digest)>, String> {
+        if !matches(&self.repos, repo.as_str()) {
+            return Ok(Vec::new());
+        }
+        let Some(target) = self.renamed(repo.as_str(), false) else {
+            return Ok(Vec::new());
+        };
+        let mut stale = Vec::new();
+        for t in reg.tag_names(repo).await.map_err(|e| e.to_string())? {
+            if !matches(&self.tags, &t) {
+                continue;
+            }
+            let Some(d) = reg.tag_target(repo, &t).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let there = self
+                .remote
+                .manifest_digest(&target, &t)
+                .await
+                .map_err(|e| e.to_string())?;
+            if there.as_deref() != Some(&d.to_string()) {
+                stale.push((t, d));
+            }
+        }
+        Ok(stale)
+    }
+
     /// Queues every tag here that the remote does not have as it is here.
     pub(super) async fn reconcile(&self, reg: &Registry) -> Result<usize, String> {
         let mut queued = 0;
         for repo in reg.repositories().await.map_err(|e| e.to_string())? {
-            if !matches(&self.repos, repo.as_str()) {
-                continue;
-            }
-            let Some(target) = self.renamed(repo.as_str(), false) else {
-                continue;
-            };
-            for t in reg.tag_names(&repo).await.map_err(|e| e.to_string())? {
-                if !matches(&self.tags, &t) {
-                    continue;
-                }
-                let Some(d) = reg.tag_target(&repo, &t).await.map_err(|e| e.to_string())? else {
-                    continue;
-                };
-                let there = self
-                    .remote
-                    .manifest_digest(&target, &t)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if there.as_deref() != Some(&d.to_string()) {
-                    self.spool(&Job {
-                        action: "push".into(),
-                        repo: repo.as_str().to_owned(),
-                        digest: d.to_string(),
-                        tag: Some(t),
-                        at: now(),
-                    })
-                    .await;
-                    queued += 1;
-                }
+            for (t, d) in self.stale_tags(reg, &repo).await? {
+                self.spool(&Job {
+                    action: "push".into(),
+                    repo: repo.as_str().to_owned(),
+                    digest: d.to_string(),
+                    tag: Some(t),
+                    at: now(),
+                })
+                .await;
+                queued += 1;
             }
         }
         Ok(queued)
@@ -203,27 +213,7 @@ impl Rule {
             Direction::Push => {
                 let mut copied = 0;
                 for repo in reg.repositories().await.map_err(|e| e.to_string())? {
-                    if !matches(&self.repos, repo.as_str()) {
-                        continue;
-                    }
-                    for t in reg.tag_names(&repo).await.map_err(|e| e.to_string())? {
-                        if !matches(&self.tags, &t) {
-                            continue;
-                        }
-                        let Some(d) = reg.tag_target(&repo, &t).await.map_err(|e| e.to_string())? else {
-                            continue;
-                        };
-                        let target = self.renamed(repo.as_str(), false).unwrap_or_default();
-                        if self
-                            .remote
-                            .manifest_digest(&target, &t)
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .as_deref()
-                            == Some(&d.to_string())
-                        {
-                            continue;
-                        }
+                    for (t, d) in self.stale_tags(reg, &repo).await? {
                         match self.push_manifest(reg, &repo, &d, &t).await {
                             Ok(()) => {
                                 copied += 1;
