@@ -236,13 +236,10 @@ async fn sweep(
     opts: &Options,
     report: &mut Report,
 ) -> io::Result<()> {
-    let now = SystemTime::now();
-    let stamp = bytes::Bytes::from(crate::util::rfc3339(
-        now.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    ));
     let started = std::time::Instant::now();
+    // every marker is empty and carries the stamp's time (a manifest push reads only that, see
+    // `going` in registry/manifests.rs); on local disk each is a hard link to the stamp
+    let stamp = store.marker_stamp()?;
     // markers need no fsync: they only stop pushes while this run lives (and are believed for
     // SWEEP_TTL at most), and a crash that could lose one ends the run before it deletes more
     // (with fsync, each marker cost a journal commit: most of a real run's time on local disk)
@@ -251,7 +248,8 @@ async fn sweep(
         if marking.len() == SWEEP_PARALLEL {
             marking.try_next().await?;
         }
-        marking.push(mark(store, d, stamp.clone()));
+        let stamp = &stamp;
+        marking.push(async move { store.put_marker(&layout::blob_sweep_marker(d), stamp).await });
     }
     while marking.try_next().await?.is_some() {}
     drop(marking);
@@ -282,10 +280,6 @@ async fn sweep(
             None => return Ok(()),
         }
     }
-}
-
-async fn mark(store: &Storage, d: &Digest, stamp: bytes::Bytes) -> io::Result<()> {
-    store.put_unsynced(&layout::blob_sweep_marker(d), stamp).await
 }
 
 /// One candidate of [`sweep`]: its blob (digest and size) when it was deleted; otherwise its

@@ -28,6 +28,10 @@ mod page;
 pub(crate) use page::Smallest;
 pub use page::{Entry, EntryRef, Keep, Page, Sorted};
 
+/// See [`Storage::marker_stamp`].
+#[derive(Debug)]
+pub struct MarkerStamp(Option<fs::Stamp>);
+
 /// The configured backend. An enum rather than a trait object: the set is closed, calls stay
 /// static, and async methods need no boxing.
 pub enum Storage {
@@ -144,6 +148,24 @@ impl Storage {
         match self {
             Storage::Fs(s) => s.put_with(key, data, false).await,
             other => other.put(key, data).await,
+        }
+    }
+
+    /// What the markers of one run share ([`Self::put_marker`]): on local disk an empty file
+    /// made now, removed when the stamp is dropped; elsewhere nothing.
+    pub fn marker_stamp(&self) -> io::Result<MarkerStamp> {
+        Ok(MarkerStamp(match self {
+            Storage::Fs(s) => Some(s.stamp()?),
+            _ => None,
+        }))
+    }
+
+    /// An empty object at `key` whose time is the stamp's (local disk: a hard link to it) or
+    /// the write's (elsewhere), not synced: for markers whose loss in a crash is harmless.
+    pub async fn put_marker(&self, key: &str, stamp: &MarkerStamp) -> io::Result<()> {
+        match (self, &stamp.0) {
+            (Storage::Fs(s), Some(stamp)) => s.link_marker(key, stamp).await,
+            _ => self.put_unsynced(key, Bytes::new()).await,
         }
     }
 

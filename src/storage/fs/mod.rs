@@ -14,7 +14,7 @@ mod listing;
 mod write;
 
 use listing::{Forget, Listing, LISTINGS_BYTES};
-pub use write::{FsAppender, FsWriter};
+pub use write::{FsAppender, FsWriter, Stamp};
 
 const READ_CHUNK: usize = 1 << 20;
 /// Buffers this large are handed to the writer thread at once.
@@ -572,6 +572,42 @@ mod tests {
         }
         assert!(s.listings.entry_count() <= LISTINGS_BYTES / one);
         assert!(s.listings.entry_count() >= 8, "{} kept", s.listings.entry_count());
+    }
+
+    /// A collector's markers are hard links to one stamp: empty, carrying the stamp's time (a
+    /// crashed run's marker is replaced by one of this run), the directory made when missing;
+    /// the stamp file goes with the stamp, the markers stay until deleted.
+    #[tokio::test]
+    async fn markers_are_links_to_the_run_s_stamp() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(d.path(), false).unwrap();
+        s.put("b/old/regate-sweeping", Bytes::from_static(b"a crashed run"))
+            .await
+            .unwrap();
+        let old = d.path().join("b/old/regate-sweeping");
+        let past = SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let stamp = s.stamp().unwrap();
+        let stamp_time = std::fs::metadata(&stamp.0).unwrap().modified().unwrap();
+        for key in ["b/old/regate-sweeping", "b/new/regate-sweeping"] {
+            s.link_marker(key, &stamp).await.unwrap();
+            let m = s.stat(key).await.unwrap().expect("marker");
+            assert_eq!((m.size, m.modified), (0, Some(stamp_time)), "{key}");
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(std::fs::metadata(&old).unwrap().nlink(), 3);
+        let path = stamp.0.clone();
+        drop(stamp);
+        assert!(!path.exists(), "the stamp file outlived its stamp");
+        assert!(s.stat("b/new/regate-sweeping").await.unwrap().is_some());
+        s.delete("b/new/regate-sweeping").await.unwrap();
+        assert!(s.stat("b/new/regate-sweeping").await.unwrap().is_none());
+        assert!(s.stat("b/old/regate-sweeping").await.unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
