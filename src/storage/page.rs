@@ -29,7 +29,6 @@ pub struct EntryRef<'a> {
 }
 
 impl EntryRef<'_> {
-    #[cfg(test)]
     pub fn to_entry(self) -> Entry {
         Entry {
             name: self.name.to_owned(),
@@ -91,8 +90,7 @@ impl Sorted {
         }
     }
 
-    #[cfg(test)]
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = EntryRef<'_>> + '_ {
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = EntryRef<'_>> + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
 
@@ -336,7 +334,7 @@ mod tests {
         // offered unsorted: Sorted::new sorts
         all.reverse();
         let all = Arc::new(Sorted::new(all));
-        assert!(all.iter().zip(all.iter().skip(1)).all(|(a, b)| a.name < b.name));
+        assert!(all.entries().zip(all.entries().skip(1)).all(|(a, b)| a.name < b.name));
         assert_eq!(all.len(), 304);
         let keeps: [Keep; 2] = [|e| e.is_dir, |_| true];
         for keep in keeps {
@@ -353,7 +351,7 @@ mod tests {
                 for limit in [0, 1, 2, 6, 7, 100, 10_000, usize::MAX] {
                     let (cut, more) = Page::cut(&all, after, limit, keep);
                     let mut want = Smallest::new(after, limit);
-                    for e in all.iter().rev().filter(|e| keep(*e)) {
+                    for e in all.entries().rev().filter(|e| keep(*e)) {
                         want.insert(e.to_entry());
                     }
                     let (want, want_more) = want.finish();

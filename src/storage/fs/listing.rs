@@ -193,13 +193,31 @@ impl FsStore {
         }
     }
 
-    /// A directory is read in one trip to the blocking pool (`tokio::fs::read_dir` makes one per
-    /// 32 entries: 1,560 for a repository of 50,000 tags); one that fits in a block (a
-    /// repository's own directory, a blob's) is read inline, like [`Self::stat`] and small
-    /// reads: the catalog lists a directory per repository, and a page of 1,000 spent most of
-    /// its time handing those listings to blocking-pool threads and waking them.
+    /// Every entry of a directory, sorted. Kept listings answer as for [`Self::list_after`]
+    /// (one `stat`, and the entries from memory while its [`DirStamp`] holds), and what is read
+    /// is kept under the same rules: the catalog lists one directory per repository, and a page
+    /// of 1,000 spent more than half its time opening, reading and closing them. A directory is
+    /// read in one trip to the blocking pool (`tokio::fs::read_dir` makes one per 32 entries:
+    /// 1,560 for a repository of 50,000 tags), or inline when `stat` says it fits in a block (a
+    /// repository's own directory, a blob's), like [`Self::stat`] and small reads: handing those
+    /// to blocking-pool threads and waking them was most of a catalog page before.
     pub async fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
         let dir = self.dir(prefix);
+        let began = SystemTime::now();
+        let m = match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        let stamp = DirStamp::of(&m);
+        if let Some(l) = self.listings.get(prefix) {
+            if l.stamp == stamp {
+                return Ok(l.entries.entries().map(|e| e.to_entry()).collect());
+            }
+        }
         let read = move || {
             let mut out = Vec::new();
             read_dir(&dir, |name, e| {
@@ -210,14 +228,20 @@ impl FsStore {
                 Ok(())
             })?;
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            Ok::<_, io::Error>(out)
         };
-        match std::fs::metadata(self.dir(prefix)) {
-            Ok(m) if !m.is_dir() => Ok(Vec::new()),
-            Ok(m) if m.len() <= SMALL_DIR_BYTES => read(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(Vec::new()),
-            _ => tokio::task::spawn_blocking(read).await.map_err(io::Error::other)?,
+        let all = if m.len() <= SMALL_DIR_BYTES {
+            read()?
+        } else {
+            tokio::task::spawn_blocking(read).await.map_err(io::Error::other)??
+        };
+        let weight: u64 = all.iter().map(Listing::weight).sum();
+        if weight <= LISTING_MAX_BYTES && stamp.settled_before(began) {
+            let entries = Arc::new(Sorted::new(all.clone()));
+            self.listings
+                .insert(prefix.to_owned(), Arc::new(Listing { stamp, entries }));
         }
+        Ok(all)
     }
 
     /// [`super::Storage::list_after`], from memory while the directory is unchanged: one `stat`

@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(kept.entries.len(), 300);
         // answered from memory while the stamp holds: a page that only the kept listing has
         // (a name put into it here) proves it
-        let mut doctored: Vec<Entry> = kept.entries.iter().map(|e| e.to_entry()).collect();
+        let mut doctored: Vec<Entry> = kept.entries.entries().map(|e| e.to_entry()).collect();
         doctored.push(Entry {
             name: "zz-only-in-memory".into(),
             is_dir: true,
@@ -572,6 +572,41 @@ mod tests {
         }
         assert!(s.listings.entry_count() <= LISTINGS_BYTES / one);
         assert!(s.listings.entry_count() >= 8, "{} kept", s.listings.entry_count());
+    }
+
+    /// `list` keeps a settled directory's entries like `list_after` and answers from them while
+    /// the directory's stamp holds; a change behind the store's back is read again.
+    #[tokio::test]
+    async fn whole_listings_are_kept_and_answered_while_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(d.path(), false).unwrap();
+        for n in ["_manifests", "_layers", "sub"] {
+            std::fs::create_dir_all(d.path().join("repo").join(n)).unwrap();
+        }
+        let names = |v: Vec<Entry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+        assert_eq!(names(s.list("repo").await.unwrap()), ["_layers", "_manifests", "sub"]);
+        assert!(s.listings.get("repo").is_none(), "a racy listing was kept");
+        tokio::time::sleep(RACY + Duration::from_millis(200)).await;
+        assert_eq!(names(s.list("repo").await.unwrap()), ["_layers", "_manifests", "sub"]);
+        let kept = s.listings.get("repo").expect("a settled listing is kept");
+        let mut doctored: Vec<Entry> = kept.entries.entries().map(|e| e.to_entry()).collect();
+        doctored.push(Entry {
+            name: "zz-only-in-memory".into(),
+            is_dir: false,
+        });
+        s.listings.insert(
+            "repo".into(),
+            Arc::new(Listing {
+                stamp: kept.stamp,
+                entries: Arc::new(crate::storage::Sorted::new(doctored)),
+            }),
+        );
+        assert_eq!(s.list("repo").await.unwrap().last().unwrap().name, "zz-only-in-memory");
+        std::fs::create_dir(d.path().join("repo/_uploads")).unwrap();
+        assert_eq!(
+            names(s.list("repo").await.unwrap()),
+            ["_layers", "_manifests", "_uploads", "sub"]
+        );
     }
 
     /// A collector's markers are hard links to one stamp: empty, carrying the stamp's time (a
