@@ -201,9 +201,14 @@ def dist_cfg(work, name, root, port=None):
     return cfg, port
 
 
+# the distribution binary every distribution row runs (`--distribution`): Debian's 2.8 by
+# default; a 3.x `registry` binary takes the same `serve <config>` and `garbage-collect <config>`
+DIST = "docker-registry"
+
+
 def dist_proc(work, name, root):
     cfg, port = dist_cfg(work, name, root)
-    return Proc(name, ["docker-registry", "serve", cfg], os.path.join(work, name, "log.txt"), port)
+    return Proc(name, [DIST, "serve", cfg], os.path.join(work, name, "log.txt"), port)
 
 
 def timed_start(proc):
@@ -452,7 +457,7 @@ def gc_workload(regate, work, res, sizes, rounds):
                     cmd = lambda dry: [regate, "gc", *(["--dry-run"] if dry else []), "--grace", "0s", "--config", cfg]
                 else:
                     cfg, _ = dist_cfg(work, f"dist-gc-{size}-{i}", root)
-                    cmd = lambda dry: ["docker-registry", "garbage-collect", *(["--dry-run"] if dry else []), cfg]
+                    cmd = lambda dry: [DIST, "garbage-collect", *(["--dry-run"] if dry else []), cfg]
                 count_blobs(root)  # the same warm dentry cache for both
                 for dry in (True, False):
                     samples[dry].append(run_rusage(cmd(dry))[:2])
@@ -537,7 +542,7 @@ def gc_s3_workload(regate, work, res, sizes):
                                 "    accesskey: test\n    secretkey: test\n"
                                 "    secure: false\n    v4auth: true\n  delete: { enabled: true }\n"
                                 f"http:\n  addr: 127.0.0.1:{free_port()}\n")
-                    cmd = lambda dry: ["docker-registry", "garbage-collect", *(["--dry-run"] if dry else []), cfg]
+                    cmd = lambda dry: [DIST, "garbage-collect", *(["--dry-run"] if dry else []), cfg]
                 r = res[peer]
                 for dry in (True, False):
                     k = f"gcs3_{size // 1000}k_{'dry' if dry else 'real'}"
@@ -926,10 +931,15 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--repeat", type=int, default=1,
                     help="docker push/pull rounds, each on fresh registries; the rows are the medians (default 1)")
+    ap.add_argument("--distribution", default="docker-registry",
+                    help="the distribution binary to compare with (default: Debian's docker-registry, 2.8); "
+                         "a 3.x `registry` binary runs the same rows")
     ap.add_argument("--gc-rounds", type=int, default=3,
                     help="gc runs per size and peer, each real one on a fresh copy; the rows are the medians (default 3)")
     ap.add_argument("--only", help="comma-separated workloads, of " + ",".join(WORKLOADS) + " (default: all)")
     a = ap.parse_args()
+    global DIST
+    DIST = a.distribution
     only = set(WORKLOADS if not a.only else a.only.split(","))
     if only - set(WORKLOADS):
         ap.error(f"unknown workloads: {','.join(sorted(only - set(WORKLOADS)))}")
@@ -998,7 +1008,8 @@ def main():
             "git": subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                   text=True).stdout.strip(),
             "peers": {"regate": "TLS (rustls), token auth (ES256), fs storage",
-                      "distribution": "docker-registry 2.8 (Debian), plain HTTP, no auth, access log off, fs storage"},
+                      "distribution": subprocess.run([DIST, "--version"], capture_output=True, text=True).stdout.strip()
+                      + ", plain HTTP, no auth, access log off, fs storage"},
         })
         goals = targets(res, meta)
         out = {"meta": meta, "results": res, "targets": goals}
