@@ -226,14 +226,13 @@ enum From<'a> {
     Lent(&'a Sorted, Range<usize>),
 }
 
-impl<'a> Iterator for PageIter<'a> {
-    type Item = EntryRef<'a>;
-
-    fn next(&mut self) -> Option<EntryRef<'a>> {
+impl<'a> PageIter<'a> {
+    /// The next entry `keep` accepts from the front, or from the back.
+    fn step(&mut self, back: bool) -> Option<EntryRef<'a>> {
         loop {
             let e = match &mut self.from {
-                From::Owned(it) => it.next()?.view(),
-                From::Lent(all, r) => all.get(r.next()?),
+                From::Owned(it) => if back { it.next_back() } else { it.next() }?.view(),
+                From::Lent(all, r) => all.get(if back { r.next_back() } else { r.next() }?),
             };
             if self.keep.is_none_or(|k| k(e)) {
                 return Some(e);
@@ -242,17 +241,17 @@ impl<'a> Iterator for PageIter<'a> {
     }
 }
 
+impl<'a> Iterator for PageIter<'a> {
+    type Item = EntryRef<'a>;
+
+    fn next(&mut self) -> Option<EntryRef<'a>> {
+        self.step(false)
+    }
+}
+
 impl DoubleEndedIterator for PageIter<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        loop {
-            let e = match &mut self.from {
-                From::Owned(it) => it.next_back()?.view(),
-                From::Lent(all, r) => all.get(r.next_back()?),
-            };
-            if self.keep.is_none_or(|k| k(e)) {
-                return Some(e);
-            }
-        }
+        self.step(true)
     }
 }
 
